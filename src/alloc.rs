@@ -1,0 +1,230 @@
+//! Offset allocator over the arena.
+//!
+//! Best fit over free ranges kept in two ordered maps: by `(size, offset)` to find
+//! the smallest range that fits, by `offset` to merge neighbours on free. Both
+//! operations are O(log n) in the number of free ranges. Arenas hold few, large
+//! objects (tables) and some small blobs, so n stays small; a TLSF-style O(1)
+//! allocator is a drop-in replacement behind this API if profiles ever show it.
+//!
+//! All sizes and offsets are multiples of `GRANULE_BYTES` (4 KiB) so that every
+//! object starts page aligned; large objects are additionally aligned to the
+//! arena's hugepage size by the caller's `align`.
+#![deny(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Allocation granule: every offset and size is a multiple of this.
+pub const GRANULE_BYTES: u64 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    capacity: u64,
+    by_size: BTreeSet<(u64, u64)>,
+    by_offset: BTreeMap<u64, u64>,
+    /// Live allocations, offset -> size. Kept to assert that frees match allocations.
+    live: BTreeMap<u64, u64>,
+    free_bytes: u64,
+}
+
+/// Rounds `n` up to the allocation granule.
+pub fn round_up(n: u64) -> u64 {
+    n.div_ceil(GRANULE_BYTES).saturating_mul(GRANULE_BYTES)
+}
+
+impl Allocator {
+    /// An allocator over `[0, capacity)`; `capacity` is rounded down to the granule.
+    pub fn new(capacity: u64) -> Self {
+        let capacity = capacity / GRANULE_BYTES * GRANULE_BYTES;
+        let mut a = Allocator {
+            capacity,
+            by_size: BTreeSet::new(),
+            by_offset: BTreeMap::new(),
+            live: BTreeMap::new(),
+            free_bytes: 0,
+        };
+        if capacity > 0 {
+            a.insert_free(0, capacity);
+        }
+        a
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.free_bytes
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.capacity - self.free_bytes
+    }
+
+    /// The largest contiguous free range.
+    pub fn largest_free(&self) -> u64 {
+        self.by_size.iter().next_back().map_or(0, |&(s, _)| s)
+    }
+
+    fn insert_free(&mut self, offset: u64, size: u64) {
+        debug_assert!(size > 0);
+        self.by_size.insert((size, offset));
+        self.by_offset.insert(offset, size);
+        self.free_bytes += size;
+    }
+
+    fn remove_free(&mut self, offset: u64, size: u64) {
+        let removed = self.by_size.remove(&(size, offset)) && self.by_offset.remove(&offset) == Some(size);
+        assert!(removed, "allocator free lists out of sync at offset {offset}");
+        self.free_bytes -= size;
+    }
+
+    /// Allocates `size` bytes (rounded up to the granule) at an offset that is a
+    /// multiple of `align` (a power of two, at least the granule). Returns the
+    /// offset and the rounded size, or `None` if no free range fits.
+    pub fn alloc(&mut self, size: u64, align: u64) -> Option<(u64, u64)> {
+        let size = round_up(size.max(1));
+        let align = align.max(GRANULE_BYTES);
+        assert!(align.is_power_of_two(), "alignment must be a power of two");
+        // Smallest free range that can hold `size` once aligned.
+        let (range_off, range_size, start) = self
+            .by_size
+            .range((size, 0)..)
+            .find_map(|&(s, o)| {
+                let start = o.checked_next_multiple_of(align)?;
+                (start.checked_add(size)? <= o + s).then_some((o, s, start))
+            })?;
+        self.remove_free(range_off, range_size);
+        if start > range_off {
+            self.insert_free(range_off, start - range_off);
+        }
+        let end = start + size;
+        if end < range_off + range_size {
+            self.insert_free(end, range_off + range_size - end);
+        }
+        let prev = self.live.insert(start, size);
+        assert!(prev.is_none(), "allocator handed out offset {start} twice");
+        Some((start, size))
+    }
+
+    /// Frees an allocation made by `alloc`, merging with free neighbours.
+    pub fn free(&mut self, offset: u64, size: u64) {
+        let live = self.live.remove(&offset);
+        assert_eq!(live, Some(size), "free of {size} bytes at {offset} does not match an allocation");
+        let mut start = offset;
+        let mut end = offset + size;
+        if let Some((&o, &s)) = self.by_offset.range(..offset).next_back() {
+            if o + s == offset {
+                self.remove_free(o, s);
+                start = o;
+            }
+        }
+        if let Some(&s) = self.by_offset.get(&end) {
+            self.remove_free(end, s);
+            end += s;
+        }
+        self.insert_free(start, end - start);
+    }
+
+    /// Shrinks a live allocation to `new_size` (rounded up), freeing the tail.
+    /// Returns the new size.
+    pub fn shrink(&mut self, offset: u64, size: u64, new_size: u64) -> u64 {
+        let new_size = round_up(new_size.max(1));
+        if new_size >= size {
+            return size;
+        }
+        assert_eq!(self.live.get(&offset), Some(&size), "shrink of an unknown allocation at {offset}");
+        self.live.insert(offset, new_size);
+        // Free the tail as its own allocation so `free` merges it.
+        self.live.insert(offset + new_size, size - new_size);
+        self.free(offset + new_size, size - new_size);
+        new_size
+    }
+
+    /// Checks every invariant; used by tests after each step.
+    pub fn check_invariants(&self) {
+        let mut ranges: Vec<(u64, u64, bool)> = self.by_offset.iter().map(|(&o, &s)| (o, s, true)).collect();
+        ranges.extend(self.live.iter().map(|(&o, &s)| (o, s, false)));
+        ranges.sort();
+        let mut cursor = 0;
+        let mut prev_free = false;
+        for &(o, s, is_free) in &ranges {
+            assert!(o >= cursor, "ranges overlap at offset {o}");
+            assert!(o % GRANULE_BYTES == 0 && s % GRANULE_BYTES == 0 && s > 0, "range not granular");
+            assert!(!(is_free && prev_free && o == cursor), "adjacent free ranges not merged at {o}");
+            prev_free = is_free;
+            cursor = o + s;
+        }
+        assert!(cursor <= self.capacity, "range past capacity");
+        let free: u64 = self.by_offset.values().sum();
+        let live: u64 = self.live.values().sum();
+        assert_eq!(free, self.free_bytes, "free byte count drifted");
+        assert_eq!(free + live, self.capacity, "free + live != capacity");
+        assert_eq!(self.by_size.len(), self.by_offset.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn alloc_free_merges_back_to_one_range() {
+        let mut a = Allocator::new(1 << 20);
+        let x = a.alloc(5000, 4096).unwrap();
+        let y = a.alloc(4096, 4096).unwrap();
+        assert_eq!(x, (0, 8192));
+        assert_eq!(y, (8192, 4096));
+        a.free(x.0, x.1);
+        a.free(y.0, y.1);
+        a.check_invariants();
+        assert_eq!(a.largest_free(), 1 << 20);
+    }
+
+    #[test]
+    fn alignment_is_honoured() {
+        let mut a = Allocator::new(16 << 20);
+        a.alloc(4096, 4096).unwrap();
+        let (o, _) = a.alloc(3 << 20, 2 << 20).unwrap();
+        assert_eq!(o % (2 << 20), 0);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn too_big_is_none() {
+        let mut a = Allocator::new(1 << 20);
+        assert!(a.alloc(2 << 20, 4096).is_none());
+    }
+
+    #[test]
+    fn shrink_returns_tail() {
+        let mut a = Allocator::new(1 << 20);
+        let (o, s) = a.alloc(100_000, 4096).unwrap();
+        let n = a.shrink(o, s, 10);
+        assert_eq!(n, 4096);
+        a.check_invariants();
+        assert_eq!(a.free_bytes(), (1 << 20) - 4096);
+    }
+
+    proptest! {
+        #[test]
+        fn random_alloc_free_keeps_invariants(ops in proptest::collection::vec((any::<bool>(), 1u64..300_000, 0usize..64), 1..300)) {
+            let mut a = Allocator::new(4 << 20);
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for (is_alloc, size, pick) in ops {
+                if is_alloc || live.is_empty() {
+                    let align = if size > 100_000 { 64 * 1024 } else { 4096 };
+                    if let Some((o, s)) = a.alloc(size, align) {
+                        prop_assert_eq!(o % align, 0);
+                        prop_assert!(s >= size);
+                        live.push((o, s));
+                    }
+                } else {
+                    let (o, s) = live.swap_remove(pick % live.len());
+                    a.free(o, s);
+                }
+                a.check_invariants();
+            }
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The shared-memory arena: one memfd, mapped once, its pages allocated ahead and
+//! reused across objects.
+//!
+//! Why: a put is only as fast as memcpy if the destination pages already exist
+//! (DESIGN.md: 1 GB into fresh 4 KiB pages costs 0.88 s of faults, into
+//! pre-allocated hugepages 0.08 s). So the arena allocates backing pages with
+//! `fallocate` the first time a range is handed out and never gives them back on
+//! the put path.
+//!
+//! Kinds of memory, tried in this order under `--hugepages auto`:
+//! 1. `hugetlb`: `memfd_create(MFD_HUGETLB)`, mapped without `MAP_NORESERVE` so the
+//!    kernel reserves every page at `mmap` time: a shortage fails here, at start,
+//!    never as a SIGBUS later.
+//! 2. `transparent-hugepages`: a shmem memfd with `MADV_HUGEPAGE`, when
+//!    `/sys/kernel/mm/transparent_hugepage/shmem_enabled` allows it.
+//! 3. `4k-pages`: a plain shmem memfd.
+//!
+//! This file and `client.rs` are the only places that map memory.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{FallocateFlags, MemfdFlags};
+use rustix::mm::{Advice, MapFlags, ProtFlags};
+
+/// Page size of hugetlb memory (the default hugepage size on x86_64 and aarch64).
+pub const HUGEPAGE_BYTES: u64 = 2 * 1024 * 1024;
+/// Base page size.
+pub const PAGE_BYTES: u64 = 4096;
+/// Granularity at which the arena tracks which pages are already allocated.
+const CHUNK_BYTES: u64 = HUGEPAGE_BYTES;
+
+/// What kind of memory backs the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    Hugetlb = 0,
+    TransparentHugepages = 1,
+    SmallPages = 2,
+}
+
+impl MemoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryKind::Hugetlb => "hugetlb",
+            MemoryKind::TransparentHugepages => "transparent-hugepages",
+            MemoryKind::SmallPages => "4k-pages",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<MemoryKind> {
+        match v {
+            0 => Some(MemoryKind::Hugetlb),
+            1 => Some(MemoryKind::TransparentHugepages),
+            2 => Some(MemoryKind::SmallPages),
+            _ => None,
+        }
+    }
+
+    /// Mapping granularity: arena length and large-object alignment.
+    pub fn page_bytes(self) -> u64 {
+        match self {
+            MemoryKind::Hugetlb => HUGEPAGE_BYTES,
+            _ => PAGE_BYTES,
+        }
+    }
+}
+
+/// `--hugepages` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HugepageMode {
+    /// Use reserved hugepages if there are enough, else transparent hugepages, else 4 KiB pages.
+    Auto,
+    /// Refuse to start without reserved hugepages.
+    Require,
+    /// Never use reserved hugepages (transparent hugepages are still tried).
+    Off,
+}
+
+/// Why the arena could not be created or grown.
+#[derive(Debug)]
+pub enum ArenaError {
+    /// Capacity is zero or does not fit in the address space.
+    BadCapacity(u64),
+    /// `--hugepages require` and the reserved pool is too small.
+    HugepagesUnavailable { requested_bytes: u64, reason: String },
+    /// A system call failed.
+    Sys { call: &'static str, err: rustix::io::Errno },
+    /// `fallocate` could not allocate pages for an object (memory exhausted).
+    Populate { offset: u64, len: u64, err: rustix::io::Errno },
+}
+
+impl std::fmt::Display for ArenaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArenaError::BadCapacity(c) => write!(f, "arena capacity of {c} bytes is not usable; pass --memory like 2G"),
+            ArenaError::HugepagesUnavailable { requested_bytes, reason } => write!(
+                f,
+                "hugepages required but unavailable for {} ({reason}); reserve them with \
+                 `echo {} > /proc/sys/vm/nr_hugepages` or use --hugepages auto",
+                crate::util::human_bytes(*requested_bytes),
+                requested_bytes.div_ceil(HUGEPAGE_BYTES)
+            ),
+            ArenaError::Sys { call, err } => write!(f, "{call} failed: {err}"),
+            ArenaError::Populate { offset, len, err } => write!(
+                f,
+                "could not allocate {} of memory at arena offset {offset}: {err}; the machine is out of memory \
+                 (lower --memory or free memory)",
+                crate::util::human_bytes(*len)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ArenaError {}
+
+fn sys(call: &'static str) -> impl FnOnce(rustix::io::Errno) -> ArenaError {
+    move |err| ArenaError::Sys { call, err }
+}
+
+/// A shared mapping of (part of) an arena fd. Unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; concurrent access is coordinated by
+// the store's protocol (only the creating connection writes an unsealed range,
+// sealed ranges are read-only). The pointer itself may move between threads.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only exposes the base pointer and length.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` from offset 0, shared, read-only or read-write.
+    pub fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> Result<Mapping, ArenaError> {
+        if len == 0 {
+            return Err(ArenaError::BadCapacity(0));
+        }
+        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        // SAFETY: we ask the kernel for a fresh mapping (null hint, no MAP_FIXED), so no
+        // existing memory is replaced. The mapping lives until `Drop` unmaps it, and
+        // every pointer handed out is derived from `self` and bounded by `len`.
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+            .map_err(sys("mmap"))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(ArenaError::Sys { call: "mmap", err: rustix::io::Errno::FAULT })?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes at `[offset, offset + len)`, or `None` when out of bounds.
+    ///
+    /// Readers call this only on sealed ranges they hold a lease on, which no one
+    /// writes (see `store.rs`), so the shared slice does not alias a writer.
+    pub fn slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: bounds checked above; the mapping outlives the returned borrow.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset as usize), len as usize) })
+    }
+
+    /// Mutable bytes at `[offset, offset + len)` of a writable mapping.
+    ///
+    /// # Safety
+    /// The caller must own this range exclusively: an unsealed object created by
+    /// this process, which no reader can see until it is sealed. The mapping must
+    /// have been created writable.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: bounds checked; exclusivity is the caller's contract above.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset as usize), len as usize) })
+    }
+
+    /// Pre-faults the page tables of a range about to be written
+    /// (`MADV_POPULATE_WRITE`), so the copy that follows runs at memcpy speed
+    /// instead of taking one fault per page. Best effort: old kernels lack it.
+    pub fn populate_write(&self, offset: u64, len: u64) {
+        self.advise(offset, len, Advice::LinuxPopulateWrite);
+    }
+
+    /// Asks for transparent hugepages on the whole mapping. Best effort.
+    pub fn advise_hugepages(&self) {
+        self.advise(0, self.len as u64, Advice::LinuxHugepage);
+    }
+
+    fn advise(&self, offset: u64, len: u64, advice: Advice) {
+        let start = offset & !(PAGE_BYTES - 1);
+        let end = (offset + len).min(self.len as u64);
+        if end <= start {
+            return;
+        }
+        // SAFETY: the range lies inside our mapping (clamped above); madvise with
+        // these advices does not change the contents or invalidate pointers.
+        let _ = unsafe {
+            rustix::mm::madvise(self.ptr.as_ptr().add(start as usize).cast(), (end - start) as usize, advice)
+        };
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we created this mapping in `map` with exactly this base and length,
+        // and no borrow of it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The server's arena: the memfd, a read-only descriptor for readers, the
+/// server's own read-write mapping, and which pages are already allocated.
+#[derive(Debug)]
+pub struct Arena {
+    fd: OwnedFd,
+    read_only_fd: OwnedFd,
+    mapping: Mapping,
+    kind: MemoryKind,
+    len: u64,
+    /// One bit per 2 MiB chunk: set once `fallocate` has allocated its pages.
+    populated: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Arena {
+    /// Creates an arena of at least `capacity` bytes (rounded up to the page size).
+    /// With `prefault`, all pages are allocated now instead of on first use.
+    pub fn create(capacity: u64, mode: HugepageMode, prefault: bool) -> Result<Arena, ArenaError> {
+        if capacity == 0 || capacity > isize::MAX as u64 / 2 {
+            return Err(ArenaError::BadCapacity(capacity));
+        }
+        let mut hugetlb_reason = String::from("--hugepages off");
+        if mode != HugepageMode::Off {
+            match Self::create_hugetlb(capacity) {
+                Ok(arena) => return arena.finish(prefault),
+                Err(e) if mode == HugepageMode::Require => {
+                    return Err(ArenaError::HugepagesUnavailable { requested_bytes: capacity, reason: e.to_string() });
+                }
+                Err(e) => hugetlb_reason = e.to_string(),
+            }
+        }
+        let arena = Self::create_shmem(capacity)?;
+        eprintln!(
+            "arrowpoold: reserved hugepages not used ({hugetlb_reason}); arena uses {}",
+            arena.kind.as_str()
+        );
+        arena.finish(prefault)
+    }
+
+    fn create_hugetlb(capacity: u64) -> Result<Arena, ArenaError> {
+        let len = capacity.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
+        let fd = rustix::fs::memfd_create(
+            "arrowpool-arena",
+            MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
+        )
+        .map_err(sys("memfd_create(MFD_HUGETLB)"))?;
+        rustix::fs::ftruncate(&fd, len).map_err(sys("ftruncate"))?;
+        // No MAP_NORESERVE: the kernel reserves all hugepages now or fails with ENOMEM.
+        let mapping = Mapping::map(fd.as_fd(), len as usize, true).map_err(|e| match e {
+            ArenaError::Sys { err, .. } if err == rustix::io::Errno::NOMEM => ArenaError::Sys {
+                call: "mmap of hugetlb memfd (not enough reserved hugepages in vm.nr_hugepages)",
+                err,
+            },
+            e => e,
+        })?;
+        Self::assemble(fd, mapping, MemoryKind::Hugetlb, len)
+    }
+
+    fn create_shmem(capacity: u64) -> Result<Arena, ArenaError> {
+        let len = capacity.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
+        let fd = rustix::fs::memfd_create("arrowpool-arena", MemfdFlags::CLOEXEC).map_err(sys("memfd_create"))?;
+        rustix::fs::ftruncate(&fd, len).map_err(sys("ftruncate"))?;
+        let mapping = Mapping::map(fd.as_fd(), len as usize, true)?;
+        let kind = if shmem_thp_allowed() {
+            mapping.advise_hugepages();
+            MemoryKind::TransparentHugepages
+        } else {
+            MemoryKind::SmallPages
+        };
+        Self::assemble(fd, mapping, kind, len)
+    }
+
+    fn assemble(fd: OwnedFd, mapping: Mapping, kind: MemoryKind, len: u64) -> Result<Arena, ArenaError> {
+        // A second, read-only open file description of the same memfd for readers:
+        // mmap(PROT_WRITE, MAP_SHARED) of it fails with EACCES.
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let read_only_fd = rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(sys("open read-only arena descriptor"))?;
+        let chunks = len.div_ceil(CHUNK_BYTES) as usize;
+        Ok(Arena {
+            fd,
+            read_only_fd,
+            mapping,
+            kind,
+            len,
+            populated: std::sync::Mutex::new(vec![0u64; chunks.div_ceil(64)]),
+        })
+    }
+
+    fn finish(self, prefault: bool) -> Result<Arena, ArenaError> {
+        if prefault {
+            self.ensure_allocated(0, self.len)?;
+        }
+        Ok(self)
+    }
+
+    pub fn kind(&self) -> MemoryKind {
+        self.kind
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn read_only_fd(&self) -> BorrowedFd<'_> {
+        self.read_only_fd.as_fd()
+    }
+
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// Makes sure the pages of `[offset, offset+len)` exist, allocating with
+    /// `fallocate` those never allocated before. Called when a range is handed to
+    /// a writer, so the writer's copy does not fault pages into existence; an
+    /// allocation failure is an error reply here instead of a SIGBUS there.
+    pub fn ensure_allocated(&self, offset: u64, len: u64) -> Result<(), ArenaError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / CHUNK_BYTES;
+        let last = (offset + len - 1).min(self.len - 1) / CHUNK_BYTES;
+        let mut bits = self.populated.lock().unwrap_or_else(|p| p.into_inner());
+        let mut chunk = first;
+        while chunk <= last {
+            if bits[(chunk / 64) as usize] & (1 << (chunk % 64)) != 0 {
+                chunk += 1;
+                continue;
+            }
+            // A run of chunks not yet allocated: one fallocate for all of them.
+            let run_start = chunk;
+            while chunk <= last && bits[(chunk / 64) as usize] & (1 << (chunk % 64)) == 0 {
+                chunk += 1;
+            }
+            let start = run_start * CHUNK_BYTES;
+            let end = (chunk * CHUNK_BYTES).min(self.len);
+            rustix::fs::fallocate(&self.fd, FallocateFlags::empty(), start, end - start).map_err(|err| {
+                ArenaError::Populate { offset: start, len: end - start, err }
+            })?;
+            for c in run_start..chunk {
+                bits[(c / 64) as usize] |= 1 << (c % 64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the arena whose pages are allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        let bits = self.populated.lock().unwrap_or_else(|p| p.into_inner());
+        bits.iter().map(|w| w.count_ones() as u64).sum::<u64>() * CHUNK_BYTES
+    }
+}
+
+/// Whether shmem (and so a plain memfd) may use transparent hugepages.
+fn shmem_thp_allowed() -> bool {
+    match std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled") {
+        Ok(s) => ["[always]", "[within_size]", "[advise]", "[force]"].iter().any(|m| s.contains(m)),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_pages_arena_maps_and_populates() {
+        let arena = Arena::create(8 * 1024 * 1024, HugepageMode::Off, false).unwrap();
+        assert_ne!(arena.kind(), MemoryKind::Hugetlb);
+        assert_eq!(arena.allocated_bytes(), 0);
+        arena.ensure_allocated(3 * 1024 * 1024, 10).unwrap();
+        assert_eq!(arena.allocated_bytes(), CHUNK_BYTES);
+        arena.ensure_allocated(0, arena.len()).unwrap();
+        assert_eq!(arena.allocated_bytes(), arena.len());
+    }
+
+    #[test]
+    fn read_only_descriptor_cannot_be_mapped_writable() {
+        let arena = Arena::create(4 * 1024 * 1024, HugepageMode::Off, false).unwrap();
+        assert!(Mapping::map(arena.read_only_fd(), arena.len() as usize, true).is_err());
+        let ro = Mapping::map(arena.read_only_fd(), arena.len() as usize, false).unwrap();
+        // SAFETY: test owns the whole arena; nothing else writes it.
+        unsafe { arena.mapping().slice_mut(100, 4).unwrap() }.copy_from_slice(b"abcd");
+        assert_eq!(ro.slice(100, 4).unwrap(), b"abcd");
+        assert!(ro.slice(arena.len() - 2, 4).is_none());
+    }
+
+    #[test]
+    fn zero_capacity_is_an_error() {
+        assert!(matches!(Arena::create(0, HugepageMode::Auto, false), Err(ArenaError::BadCapacity(0))));
+    }
+}

@@ -1,0 +1,194 @@
+//! `arrowpool`: command-line client.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use arrow_array::RecordBatchReader;
+use arrowpool::util::human_bytes;
+use arrowpool::Client;
+use clap::{Parser, Subcommand};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Put, get and inspect tables in an arrowpool server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Server socket.
+    #[arg(long, global = true, default_value = arrowpool::client::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a Parquet file here and put it as NAME.
+    Put { file: PathBuf, name: String },
+    /// Get NAME and write it to FILE (.arrow or .parquet), or print a summary.
+    Get {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Have the server read a Parquet file or directory into NAME.
+    Ingest {
+        path: PathBuf,
+        name: String,
+        /// Comma-separated columns to read (default: all).
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+    },
+    /// List objects.
+    Ls,
+    /// Delete NAME.
+    Rm { name: String },
+    /// Server and arena statistics.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arrowpool: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn spinner(msg: String) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg);
+    // Only show progress for work that lasts: the bar appears after a second.
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let shown = pb.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        if !shown.is_finished() {
+            shown.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    });
+    pb
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::connect(&args.socket).with_context(|| "connecting")?;
+    match args.command {
+        Command::Put { file, name } => {
+            let pb = spinner(format!("reading {}", file.display()));
+            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+                .with_context(|| format!("{} is not a Parquet file", file.display()))?
+                .build()?;
+            let schema = reader.schema();
+            let batches = reader.collect::<Result<Vec<_>, _>>().with_context(|| format!("decoding {}", file.display()))?;
+            pb.set_message(format!("putting {name}"));
+            let info = client.put(&name, &schema, &batches)?;
+            pb.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::json!({"name": name, "version": info.version, "rows": info.rows, "bytes": info.bytes}));
+            } else {
+                println!("{name}: version {}, {} rows, {}", info.version, info.rows, human_bytes(info.bytes));
+            }
+        }
+        Command::Get { name, out } => {
+            let table = client.get(&name)?;
+            if let Some(out) = out {
+                write_table(&out, &table.schema, &table.batches)?;
+            }
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "version": table.version, "rows": table.rows, "columns": table.schema.fields().len()})
+                );
+            } else {
+                println!("{name}: version {}, {} rows, {} columns", table.version, table.rows, table.schema.fields().len());
+            }
+        }
+        Command::Ingest { path, name, columns } => {
+            let path = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
+            let pb = spinner(format!("server ingesting {}", path.display()));
+            let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+            let reply = client.ingest(&path.to_string_lossy(), &name, &cols)?;
+            pb.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::to_string(&reply)?);
+            } else {
+                println!(
+                    "{name}: version {}, {} rows, {} from {} file(s) in {:.0} ms (read {:.0} ms, decode {:.0} ms, write {:.0} ms)",
+                    reply.version,
+                    reply.rows,
+                    human_bytes(reply.bytes),
+                    reply.files,
+                    reply.total_ms,
+                    reply.read_ms,
+                    reply.decode_ms,
+                    reply.write_ms
+                );
+            }
+        }
+        Command::Ls => {
+            let list = client.list()?;
+            if args.json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                println!("{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>10}", "NAME", "VERSION", "KIND", "ROWS", "SIZE", "LEASES", "IDLE");
+                for e in list {
+                    println!(
+                        "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>9.1}s",
+                        e.name, e.version, e.kind, e.rows, human_bytes(e.bytes), e.leases, e.idle_ms as f64 / 1e3
+                    );
+                }
+            }
+        }
+        Command::Rm { name } => {
+            client.delete(&name)?;
+            if !args.json {
+                println!("deleted {name}");
+            }
+        }
+        Command::Stats => {
+            let s = client.stats()?;
+            if args.json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!("memory     {} ({})", human_bytes(s.arena_bytes), s.memory_kind);
+                println!("io driver  {} x {} threads", s.io_driver, s.threads);
+                println!("used       {} ({} held by readers, {} being written)", human_bytes(s.used_bytes), human_bytes(s.held_bytes), human_bytes(s.pending_bytes));
+                println!("free       {} (largest range {})", human_bytes(s.free_bytes), human_bytes(s.largest_free_bytes));
+                println!("objects    {} ({} named), {} leases, {} connections", s.objects, s.names, s.leases, s.connections);
+                println!("ops        {} puts, {} gets, {} evictions", s.puts, s.gets, s.evictions);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_table(out: &Path, schema: &Arc<arrow_schema::Schema>, batches: &[arrow_array::RecordBatch]) -> anyhow::Result<()> {
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    match out.extension().and_then(|e| e.to_str()) {
+        Some("arrow") | Some("ipc") | Some("feather") => {
+            let mut w = arrow_ipc::writer::FileWriter::try_new(file, schema)?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Some("parquet") => {
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.close()?;
+        }
+        _ => bail!("--out must end in .arrow or .parquet"),
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `arrowpoold`: the arrowpool server.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use arrowpool::arena::HugepageMode;
+use arrowpool::server::{Config, Server};
+use clap::Parser;
+
+/// Keeps Arrow tables in shared memory for many processes to read zero-copy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Unix socket to listen on.
+    #[arg(long, default_value = arrowpool::client::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Arena size (e.g. 2G, 512M): the most memory objects may use.
+    #[arg(long, default_value = "1G", value_parser = arrowpool::util::parse_bytes)]
+    memory: u64,
+    /// I/O threads, one per core (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Reserved hugepages: auto (use if available), require (refuse to start without), off.
+    #[arg(long, value_enum, default_value_t = HugepageMode::Auto)]
+    hugepages: HugepageMode,
+    /// Allocate every page of the arena at start instead of on first use.
+    #[arg(long)]
+    prefault: bool,
+    /// Refuse to start when io_uring is unavailable instead of falling back to epoll.
+    #[arg(long)]
+    require_io_uring: bool,
+    /// Most simultaneous client connections.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// File mode of the socket, octal. Anyone who can connect can read and write every object.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|_| format!("invalid octal mode {s:?}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = Config {
+        socket: args.socket,
+        memory_bytes: args.memory,
+        threads,
+        hugepages: args.hugepages,
+        prefault: args.prefault,
+        require_io_uring: args.require_io_uring,
+        max_connections: args.max_connections,
+        socket_mode: args.socket_mode,
+    };
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("arrowpoold: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("arrowpoold: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!("arrowpoold: ready");
+    if let Some(sig) = signals.forever().next() {
+        eprintln!("arrowpoold: signal {sig}, shutting down");
+    }
+    server.shutdown(Duration::from_secs(2));
+    eprintln!("arrowpoold: stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,422 @@
+//! The Rust client: connect, put tables straight into the arena, get them back
+//! zero-copy as `RecordBatch`es that hold a lease.
+//!
+//! Blocking and thread-safe: one connection guarded by a mutex, requests are
+//! sent and their replies read in order. Dropping the last array of a `get`
+//! releases its lease with a no-reply frame, so drops never wait on the server.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+use arrow_schema::{ArrowError, Schema, SchemaRef};
+
+use crate::arena::Mapping;
+use crate::protocol::create::{Create, Created};
+use crate::protocol::frame::{write_frame, Header, FLAG_NO_REPLY, HEADER_LEN, REPLY_BODY_MAX};
+use crate::protocol::get::{Get, Located};
+use crate::protocol::handshake::{
+    ClientHello, ServerHello, FLAG_WRITE, PROTOCOL_VERSION, SERVER_HELLO_LEN, STATUS_OK,
+};
+use crate::protocol::ingest::{Ingest, IngestReply};
+use crate::protocol::list::ListEntry;
+use crate::protocol::seal::{Seal, Sealed};
+use crate::protocol::stats::StatsReply;
+use crate::protocol::{ErrorCode, ErrorReply, Kind, ObjectKind};
+
+/// Default socket path of `arrowpoold`.
+pub const DEFAULT_SOCKET: &str = "/tmp/arrowpool.sock";
+
+/// Why a client call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No server answers on the socket.
+    Connect { path: PathBuf, err: std::io::Error },
+    /// The server refused the handshake or answered something else.
+    Handshake(String),
+    /// The server answered with an error.
+    Server(ErrorReply),
+    /// The connection broke or the server is shutting down.
+    Disconnected(String),
+    /// The reply did not match the protocol.
+    Protocol(String),
+    /// Arrow could not encode or decode a table.
+    Arrow(ArrowError),
+    /// The object's bytes lie outside the mapped arena.
+    OutOfBounds { offset: u64, length: u64 },
+    /// A put needs a writable connection (`connect_writer`).
+    ReadOnly,
+}
+
+impl ClientError {
+    /// The server's error code, if the server answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect { path, err } => {
+                write!(f, "cannot connect to arrowpoold at {}: {err} (is the server running?)", path.display())
+            }
+            ClientError::Handshake(m) => write!(f, "handshake failed: {m}"),
+            ClientError::Server(e) => write!(f, "server error {e}"),
+            ClientError::Disconnected(m) => write!(f, "connection to arrowpoold lost: {m}"),
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Arrow(e) => write!(f, "arrow: {e}"),
+            ClientError::OutOfBounds { offset, length } => {
+                write!(f, "object at offset {offset} (+{length} bytes) lies outside the arena")
+            }
+            ClientError::ReadOnly => write!(f, "this connection is read-only; connect as a writer to put"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<ArrowError> for ClientError {
+    fn from(e: ArrowError) -> Self {
+        ClientError::Arrow(e)
+    }
+}
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    next_id: u64,
+    out: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Mutex<Conn>,
+    read_only: Mapping,
+    writable: Option<Mapping>,
+    hello: ServerHello,
+}
+
+/// A connection to `arrowpoold`. Cheap to clone (shares the connection).
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// A table read from the store. Its arrays point into the shared arena and keep
+/// the lease (and the mapping) alive, even after the `Table` itself is dropped.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub version: u64,
+    pub object_id: u64,
+    pub rows: u64,
+}
+
+/// Result of a put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutInfo {
+    pub version: u64,
+    pub rows: u64,
+    /// Bytes of the IPC file in the arena.
+    pub bytes: u64,
+}
+
+/// Keeps a lease: released when the last buffer built on it is dropped.
+struct Lease {
+    inner: Arc<Inner>,
+    object_id: u64,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lease({})", self.object_id)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Fire and forget: flag NO_REPLY means the server sends nothing back, so
+        // the reply stream stays in step without reading here.
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let id = conn.next_id;
+        conn.next_id += 1;
+        let mut frame = Vec::with_capacity(HEADER_LEN + 8);
+        write_frame(&mut frame, id, Kind::Release as u16, FLAG_NO_REPLY, |o| {
+            o.extend_from_slice(&self.object_id.to_le_bytes())
+        });
+        let _ = conn.stream.write_all(&frame);
+    }
+}
+
+impl Client {
+    /// Connects as a reader and writer (maps the arena read-only, plus writable for puts).
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        Self::connect_with(path, true)
+    }
+
+    /// Connects as a reader only: the arena is mapped read-only and puts fail.
+    pub fn connect_reader(path: impl AsRef<Path>) -> Result<Client> {
+        Self::connect_with(path, false)
+    }
+
+    fn connect_with(path: impl AsRef<Path>, write: bool) -> Result<Client> {
+        let path = path.as_ref();
+        let stream =
+            UnixStream::connect(path).map_err(|err| ClientError::Connect { path: path.to_owned(), err })?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let hello = ClientHello { version: PROTOCOL_VERSION, flags: if write { FLAG_WRITE } else { 0 } };
+        (&stream).write_all(&hello.encode()).map_err(|e| ClientError::Handshake(e.to_string()))?;
+        let mut reply = [0u8; SERVER_HELLO_LEN];
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut got = 0;
+        while got < SERVER_HELLO_LEN {
+            let n = crate::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds)
+                .map_err(|e| ClientError::Handshake(e.to_string()))?;
+            if n == 0 {
+                return Err(ClientError::Handshake("server closed the connection during the handshake".into()));
+            }
+            got += n;
+        }
+        let hello = ServerHello::decode(&reply).ok_or_else(|| ClientError::Handshake("bad server magic".into()))?;
+        if hello.status != STATUS_OK {
+            return Err(ClientError::Handshake(format!("server refused the connection (status {})", hello.status)));
+        }
+        let want = if write { 2 } else { 1 };
+        if fds.len() != want {
+            return Err(ClientError::Handshake(format!("expected {want} descriptors, got {}", fds.len())));
+        }
+        let len = usize::try_from(hello.arena_len).map_err(|_| ClientError::Handshake("arena too large".into()))?;
+        let map_err = |e: crate::arena::ArenaError| ClientError::Handshake(format!("cannot map the arena: {e}"));
+        let read_only = Mapping::map(fds[0].as_fd(), len, false).map_err(map_err)?;
+        let writable = if write { Some(Mapping::map(fds[1].as_fd(), len, true).map_err(map_err)?) } else { None };
+        // The mappings keep the memory; the descriptors are no longer needed.
+        drop(fds);
+        stream.set_read_timeout(None).ok();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(Conn { stream, next_id: 1, out: Vec::with_capacity(256) }),
+                read_only,
+                writable,
+                hello,
+            }),
+        })
+    }
+
+    /// What the server said at connect: arena size, memory kind, io driver.
+    pub fn server_hello(&self) -> ServerHello {
+        self.inner.hello
+    }
+
+    /// Sends one request and waits for its reply body.
+    fn request(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let id = conn.next_id;
+        conn.next_id += 1;
+        let mut out = std::mem::take(&mut conn.out);
+        out.clear();
+        write_frame(&mut out, id, kind as u16, 0, encode);
+        let sent = conn.stream.write_all(&out);
+        conn.out = out;
+        sent.map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        let (header, body) = read_frame(&mut conn.stream)?;
+        if header.kind == Kind::Shutdown as u16 {
+            return Err(ClientError::Disconnected("the server is shutting down".into()));
+        }
+        if header.request_id != id {
+            return Err(ClientError::Protocol(format!("reply for request {} while waiting for {id}", header.request_id)));
+        }
+        if header.kind == Kind::Error as u16 {
+            let e = ErrorReply::decode(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            return Err(ClientError::Server(e));
+        }
+        if header.kind != kind.reply() {
+            return Err(ClientError::Protocol(format!("reply kind {:#x} to request kind {:?}", header.kind, kind)));
+        }
+        Ok(body)
+    }
+
+    fn decode<T>(body: Vec<u8>, f: impl FnOnce(&[u8]) -> Result<T, crate::protocol::FrameError>) -> Result<T> {
+        f(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>) -> Result<T> {
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("bad JSON reply: {e}")))
+    }
+
+    pub fn ping(&self) -> Result<()> {
+        self.request(Kind::Ping, |_| {}).map(|_| ())
+    }
+
+    /// Creates an object, lets `write` fill it in the arena, then seals it.
+    /// Aborts on any failure so nothing half-written is ever visible.
+    fn put_object(
+        &self,
+        name: &str,
+        kind: ObjectKind,
+        size: u64,
+        write: impl FnOnce(&mut [u8]) -> Result<usize>,
+    ) -> Result<(Sealed, u64)> {
+        let writable = self.inner.writable.as_ref().ok_or(ClientError::ReadOnly)?;
+        let body = self.request(Kind::Create, |o| {
+            Create { object_kind: kind, size, name: name.to_owned() }.encode(o)
+        })?;
+        let created = Self::decode(body, Created::decode)?;
+        let result = (|| {
+            writable.populate_write(created.offset, created.capacity);
+            // SAFETY: the server reserved [offset, offset+capacity) for this pending
+            // object on our connection; no one else writes or reads it before seal.
+            let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }
+                .ok_or(ClientError::OutOfBounds { offset: created.offset, length: created.capacity })?;
+            let written = write(dest)?;
+            let body = self.request(Kind::Seal, |o| {
+                Seal { object_id: created.object_id, length: written as u64 }.encode(o)
+            })?;
+            Ok((Self::decode(body, Sealed::decode)?, written as u64))
+        })();
+        if result.is_err() {
+            let _ = self.request(Kind::Abort, |o| o.extend_from_slice(&created.object_id.to_le_bytes()));
+        }
+        result
+    }
+
+    /// Puts a table as the new version of `name`: reserves space, writes the
+    /// Arrow IPC file straight into the shared arena (the one copy), seals.
+    pub fn put(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
+        let bound = crate::ipc::file_size_bound(schema, batches) as u64;
+        let (sealed, bytes) = self.put_object(name, ObjectKind::Table, bound, |dest| {
+            Ok(crate::ipc::write_file(dest, schema, batches)?)
+        })?;
+        Ok(PutInfo { version: sealed.version, rows: sealed.rows, bytes })
+    }
+
+    /// Puts opaque bytes (a pickle, JSON...) as the new version of `name`.
+    pub fn put_bytes(&self, name: &str, data: &[u8]) -> Result<PutInfo> {
+        let (sealed, bytes) = self.put_object(name, ObjectKind::Bytes, data.len() as u64, |dest| {
+            dest[..data.len()].copy_from_slice(data);
+            Ok(data.len())
+        })?;
+        Ok(PutInfo { version: sealed.version, rows: 0, bytes })
+    }
+
+    /// Takes a lease on the current version of `name` and wraps its bytes in an
+    /// Arrow buffer that releases the lease when dropped.
+    fn lease(&self, name: &str) -> Result<(Located, Buffer)> {
+        let body = self.request(Kind::Get, |o| Get { name: name.to_owned() }.encode(o))?;
+        let located = Self::decode(body, Located::decode)?;
+        let lease = Arc::new(Lease { inner: self.inner.clone(), object_id: located.object_id });
+        let bytes = self
+            .inner
+            .read_only
+            .slice(located.offset, located.length)
+            .ok_or(ClientError::OutOfBounds { offset: located.offset, length: located.length })?;
+        let ptr = NonNull::new(bytes.as_ptr() as *mut u8).unwrap_or(NonNull::dangling());
+        // SAFETY: `ptr..ptr+len` lies in our read-only mapping (checked by `slice`).
+        // The owner `lease` holds an Arc to the mapping, so the memory outlives the
+        // buffer, and holds the server lease, so the bytes are not freed or reused
+        // while any buffer exists. Sealed objects are never written.
+        let buffer = unsafe { Buffer::from_custom_allocation(ptr, bytes.len(), lease) };
+        Ok((located, buffer))
+    }
+
+    /// Gets the current version of `name`, zero-copy.
+    pub fn get(&self, name: &str) -> Result<Table> {
+        self.get_projected(name, None)
+    }
+
+    /// Gets only the named columns, zero-copy; other columns are never touched.
+    pub fn get_columns(&self, name: &str, columns: &[&str]) -> Result<Table> {
+        self.get_projected(name, Some(columns))
+    }
+
+    fn get_projected(&self, name: &str, columns: Option<&[&str]>) -> Result<Table> {
+        let (located, buffer) = self.lease(name)?;
+        if located.object_kind != ObjectKind::Table {
+            return Err(ClientError::Protocol(format!("{name:?} holds bytes, not a table; use get_bytes")));
+        }
+        let projection = match columns {
+            None => None,
+            Some(cols) => {
+                let schema = crate::ipc::file_schema(buffer.as_slice())?;
+                Some(cols.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?)
+            }
+        };
+        let (schema, batches) = crate::ipc::open_file(&buffer, projection)?;
+        Ok(Table { schema, batches, version: located.version, object_id: located.object_id, rows: located.rows })
+    }
+
+    /// Gets a bytes object, zero-copy: the buffer holds the lease.
+    pub fn get_bytes(&self, name: &str) -> Result<Buffer> {
+        let (located, buffer) = self.lease(name)?;
+        if located.object_kind != ObjectKind::Bytes {
+            return Err(ClientError::Protocol(format!("{name:?} holds a table; use get")));
+        }
+        Ok(buffer)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.request(Kind::Delete, |o| crate::protocol::delete::Delete { name: name.to_owned() }.encode(o))
+            .map(|_| ())
+    }
+
+    pub fn list(&self) -> Result<Vec<ListEntry>> {
+        Self::json(self.request(Kind::List, |_| {})?)
+    }
+
+    pub fn stats(&self) -> Result<StatsReply> {
+        Self::json(self.request(Kind::Stats, |_| {})?)
+    }
+
+    /// Waits until `name` has a version newer than `after`; returns it.
+    pub fn wait_for_version(&self, name: &str, after: u64, timeout: Duration) -> Result<u64> {
+        let timeout_ms = timeout.as_millis().min(crate::protocol::wait::TIMEOUT_MS_MAX as u128) as u32;
+        let body = self.request(Kind::Wait, |o| {
+            crate::protocol::wait::Wait { after, timeout_ms, name: name.to_owned() }.encode(o)
+        })?;
+        Ok(Self::decode(body, crate::protocol::wait::Version::decode)?.version)
+    }
+
+    /// Asks the server to read Parquet at `path` (a file or a directory) into `name`.
+    pub fn ingest(&self, path: &str, name: &str, columns: &[&str]) -> Result<IngestReply> {
+        let body = self.request(Kind::Ingest, |o| {
+            Ingest { name: name.to_owned(), path: path.to_owned(), columns: columns.iter().map(|c| c.to_string()).collect() }
+                .encode(o)
+        })?;
+        Self::json(body)
+    }
+
+    /// Sends raw bytes (tests of malformed input) and reads one reply frame.
+    #[doc(hidden)]
+    pub fn raw_exchange(&self, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.stream.write_all(bytes).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        read_frame(&mut conn.stream)
+    }
+
+    /// The address range of the read-only mapping, for zero-copy checks.
+    pub fn mapping_range(&self) -> std::ops::Range<usize> {
+        let start = self.inner.read_only.as_ptr() as usize;
+        start..start + self.inner.read_only.len()
+    }
+}
+
+fn read_frame(stream: &mut UnixStream) -> Result<(Header, Vec<u8>)> {
+    let mut head = [0u8; HEADER_LEN];
+    stream.read_exact(&mut head).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    let header = Header::parse(&head, REPLY_BODY_MAX).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut body = vec![0u8; header.len as usize];
+    stream.read_exact(&mut body).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    Ok((header, body))
+}

@@ -1,0 +1,40 @@
+//! arrowpool: a shared-memory store for Apache Arrow tables.
+//!
+//! One server process (`arrowpoold`) keeps named Arrow tables in a
+//! hugepage-backed shared-memory arena; any number of client processes put
+//! tables in and get them back zero-copy: a get hands the client the location
+//! of the table inside a mapping it already has, and the client builds Arrow
+//! arrays that point straight into it.
+//!
+//! # Layout
+//! - [`arena`]: the shared-memory arena: memfd, hugepages and fallbacks, mapping,
+//!   pages allocated ahead.
+//! - [`alloc`]: the offset allocator over the arena (best fit, aligned, merging).
+//! - [`store`]: the object table: names, versions, leases, LRU eviction, capacity.
+//! - [`protocol`]: the wire format: frame header, handshake, one file per request
+//!   kind (encode + decode shared by server and client).
+//! - [`server`]: the thread-per-core compio (io_uring) server: listener, connections,
+//!   request handling, shared state.
+//! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, checking,
+//!   zero-copy opening.
+//! - [`ingest`]: Parquet -> arena, done by the server.
+//! - [`client`]: the Rust client: zero-copy `RecordBatch`es that hold a lease.
+//! - [`sys`]: raw descriptor passing (SCM_RIGHTS). With `arena`, `client`, `ipc`
+//!   and `server/shared.rs`, the only places with `unsafe`; every other module
+//!   denies it.
+//! - [`util`]: byte-size parsing and formatting.
+//!
+//! Binaries: `arrowpoold` (server) and `arrowpool` (CLI) in `src/bin/`.
+
+pub mod alloc;
+pub mod arena;
+pub mod client;
+pub mod ingest;
+pub mod ipc;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod sys;
+pub mod util;
+
+pub use client::{Client, ClientError, PutInfo, Table};

@@ -1,0 +1,28 @@
+//! `delete`: unbind a name. Readers holding leases keep their data; the space is
+//! freed when the last lease goes.
+//!
+//! ```text
+//! request:  | name str |
+//! reply:    (empty)
+//! ```
+use super::frame::{put_str, BodyReader, FrameError};
+use super::check_name;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delete {
+    pub name: String,
+}
+
+impl Delete {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.name);
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        let mut r = BodyReader::new(body);
+        let name = r.str("name")?;
+        r.finish()?;
+        check_name(name)?;
+        Ok(Delete { name: name.to_owned() })
+    }
+}

@@ -1,0 +1,44 @@
+//! `stats`: server and arena counters. The reply is JSON (see `StatsReply`).
+//!
+//! ```text
+//! request:  (empty)
+//! reply:    UTF-8 JSON object
+//! ```
+use super::frame::{BodyReader, FrameError};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats;
+
+impl Stats {
+    pub fn encode(&self, _out: &mut Vec<u8>) {}
+
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        BodyReader::new(body).finish()?;
+        Ok(Stats)
+    }
+}
+
+/// The `stats` reply.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StatsReply {
+    /// `hugetlb`, `transparent-hugepages` or `4k-pages`.
+    pub memory_kind: String,
+    /// `io_uring` or `polling` (epoll fallback).
+    pub io_driver: String,
+    pub threads: u64,
+    pub arena_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    /// Bytes of objects with at least one lease.
+    pub held_bytes: u64,
+    /// Bytes reserved by creates not yet sealed.
+    pub pending_bytes: u64,
+    pub largest_free_bytes: u64,
+    pub objects: u64,
+    pub names: u64,
+    pub leases: u64,
+    pub connections: u64,
+    pub evictions: u64,
+    pub puts: u64,
+    pub gets: u64,
+}

@@ -1,0 +1,161 @@
+//! One client connection on a core: handshake, then a loop that reads frames,
+//! hands decoded requests to `handler`, and writes the replies back in order.
+#![deny(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use compio::buf::BufResult;
+use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::net::UnixStream;
+
+use crate::protocol::frame::{write_frame, FrameError, Header, REQUEST_BODY_MAX};
+use crate::protocol::handshake::{
+    ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_WRITE, PROTOCOL_VERSION, STATUS_OK, STATUS_TOO_MANY_CONNECTIONS,
+};
+use crate::protocol::{ErrorCode, ErrorReply, Kind, Request};
+use crate::store::ConnId;
+
+use super::handler::{handle, write_error};
+use super::shared::Shared;
+
+/// Bytes asked of the socket per read. Requests are small; pipelined bursts fit.
+const READ_CHUNK: usize = 64 * 1024;
+/// A client must send its hello within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unregisters the connection when its task ends, however it ends (even by
+/// panic), so leases and unsealed creates never outlive it.
+struct Registration<'a> {
+    shared: &'a Shared,
+    conn: ConnId,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared.unregister(self.conn);
+    }
+}
+
+/// Serves one connection until the client closes it, sends something that
+/// cannot be framed, or the server shuts down.
+pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
+    let Some(conn) = shared.register(stream.as_raw_fd()) else {
+        refuse(&stream, &shared, STATUS_TOO_MANY_CONNECTIONS);
+        return;
+    };
+    let _registration = Registration { shared: &shared, conn };
+    if handshake(&mut stream, &shared).await.is_err() {
+        return;
+    }
+    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        if inbuf.capacity() - inbuf.len() < READ_CHUNK / 2 {
+            inbuf.reserve(READ_CHUNK);
+        }
+        let BufResult(res, buf) = stream.append(inbuf).await;
+        inbuf = buf;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let (consumed, fatal) = process(&shared, conn, &inbuf, &mut out).await;
+        inbuf.drain(..consumed);
+        if !out.is_empty() {
+            let BufResult(res, buf) = stream.write_all(out).await;
+            out = buf;
+            out.clear();
+            if res.is_err() {
+                return;
+            }
+        }
+        if fatal {
+            return;
+        }
+    }
+    if shared.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut notice = Vec::with_capacity(16);
+        write_frame(&mut notice, 0, Kind::Shutdown as u16, 0, |_| {});
+        let _ = stream.write_all(notice).await;
+    }
+}
+
+/// Handles every complete frame in `inbuf`. Returns the bytes consumed and
+/// whether the connection must close (a frame that cannot be skipped).
+async fn process(shared: &Arc<Shared>, conn: ConnId, inbuf: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+    let mut pos = 0;
+    loop {
+        let header = match Header::parse(&inbuf[pos..], REQUEST_BODY_MAX) {
+            Ok(h) => h,
+            Err(FrameError::Incomplete) => return (pos, false),
+            Err(e) => {
+                // The body cannot be skipped safely (it may be huge or the length a
+                // lie): report and close. The request id is still readable.
+                let request_id = u64::from_le_bytes(inbuf[pos + 4..pos + 12].try_into().unwrap_or([0; 8]));
+                write_error(out, request_id, &ErrorReply::new(ErrorCode::Malformed, format!("{e}; closing")));
+                return (inbuf.len(), true);
+            }
+        };
+        if inbuf.len() - pos < header.frame_len() {
+            return (pos, false);
+        }
+        let body = &inbuf[pos + crate::protocol::HEADER_LEN..pos + header.frame_len()];
+        match Request::decode(header.kind, body) {
+            Ok(req) => handle(shared, conn, header.request_id, header.flags, req, out).await,
+            Err(e) => {
+                let code = match e {
+                    FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
+                    _ => ErrorCode::Malformed,
+                };
+                write_error(out, header.request_id, &ErrorReply::new(code, e.to_string()));
+            }
+        }
+        pos += header.frame_len();
+    }
+}
+
+/// Reads the client hello and answers with the arena descriptors.
+async fn handshake(stream: &mut UnixStream, shared: &Shared) -> Result<(), ()> {
+    let hello = Vec::with_capacity(CLIENT_HELLO_LEN);
+    let read = compio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(hello)).await;
+    let Ok(BufResult(Ok(()), hello)) = read else { return Err(()) };
+    let hello: [u8; CLIENT_HELLO_LEN] = hello.try_into().map_err(|_| ())?;
+    let client = match ClientHello::decode(&hello) {
+        Ok(c) => c,
+        Err(status) => {
+            refuse(stream, shared, status);
+            return Err(());
+        }
+    };
+    let writer = client.flags & FLAG_WRITE != 0;
+    let reply = server_hello(shared, STATUS_OK, if writer { 2 } else { 1 });
+    let ro = shared.arena.read_only_fd();
+    let rw = shared.arena.fd();
+    let fds = if writer { vec![ro, rw] } else { vec![ro] };
+    // The socket is fresh and its send buffer empty, so 32 bytes go out at once.
+    match crate::sys::send_with_fds(stream.as_fd(), &reply, &fds) {
+        Ok(n) if n == reply.len() => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn server_hello(shared: &Shared, status: u16, fd_count: u8) -> [u8; crate::protocol::handshake::SERVER_HELLO_LEN] {
+    ServerHello {
+        version: PROTOCOL_VERSION,
+        status,
+        arena_len: shared.arena.len(),
+        map_align: shared.arena.kind().page_bytes() as u32,
+        memory_kind: shared.arena.kind() as u8,
+        io_driver: shared.io_driver as u8,
+        fd_count,
+    }
+    .encode()
+}
+
+/// Answers a hello with a failure status and no descriptors.
+fn refuse(stream: &UnixStream, shared: &Shared, status: u16) {
+    let reply = server_hello(shared, status, 0);
+    let _ = crate::sys::send_with_fds(stream.as_fd(), &reply, &[]);
+}

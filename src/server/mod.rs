@@ -1,0 +1,145 @@
+//! The thread-per-core server.
+//!
+//! ```text
+//! main thread: config, arena, signals ── waits for SIGINT/SIGTERM, then drains
+//! core 0: compio runtime ── accept loop on the Unix socket ── hands each connection
+//!          round-robin to a core over a channel (itself included)
+//! core i: compio runtime (io_uring, or the polling/epoll fallback) ── its connections
+//! ```
+//! Transport (`listener.rs`, `conn.rs`) is kept apart from request handling
+//! (`handler.rs`), which works on decoded requests and the shared state
+//! (`shared.rs`), so another transport (TCP) can reuse it.
+
+mod conn;
+mod handler;
+mod listener;
+pub mod shared;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::arena::{Arena, HugepageMode};
+use crate::util::human_bytes;
+pub use shared::Shared;
+
+/// Which I/O driver a core's runtime uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    IoUring = 0,
+    Polling = 1,
+}
+
+impl IoDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Polling => "polling",
+        }
+    }
+}
+
+/// Server configuration (the `arrowpoold` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub memory_bytes: u64,
+    pub threads: usize,
+    pub hugepages: HugepageMode,
+    pub prefault: bool,
+    pub require_io_uring: bool,
+    pub max_connections: usize,
+    /// File mode of the socket (default 0o600: only the owner may connect).
+    pub socket_mode: u32,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Arena(crate::arena::ArenaError),
+    Socket { path: PathBuf, err: std::io::Error },
+    SocketInUse(PathBuf),
+    IoUringRequired,
+    Runtime(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Arena(e) => write!(f, "{e}"),
+            StartError::Socket { path, err } => write!(f, "cannot listen on {}: {err}", path.display()),
+            StartError::SocketInUse(p) => write!(
+                f,
+                "another arrowpoold is serving {} (it accepted a connection); stop it or pick another --socket",
+                p.display()
+            ),
+            StartError::IoUringRequired => write!(
+                f,
+                "io_uring is unavailable (seccomp profile or kernel.io_uring_disabled) and --require-io-uring was given"
+            ),
+            StartError::Runtime(e) => write!(f, "cannot start the I/O runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running server. Dropping it does not stop it; call `shutdown`.
+pub struct Server {
+    shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Creates the arena, binds the socket and starts one thread per core.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let threads = config.threads.max(1);
+        let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault).map_err(StartError::Arena)?;
+        let std_listener = listener::bind(&config.socket, config.socket_mode)?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| async_channel::bounded(1024)).unzip();
+        let driver = listener::probe_driver(config.require_io_uring)?;
+        let shared = Arc::new(Shared::new(arena, &config, driver, threads));
+        eprintln!(
+            "arrowpoold: arena {} of {}, {} thread(s), io driver {}, socket {}",
+            human_bytes(shared.arena.len()),
+            shared.arena.kind().as_str(),
+            threads,
+            driver.as_str(),
+            config.socket.display()
+        );
+        let mut workers = Vec::with_capacity(threads);
+        let mut std_listener = Some(std_listener);
+        for (core, rx) in receivers.into_iter().enumerate() {
+            let shared = shared.clone();
+            let listener = if core == 0 { std_listener.take() } else { None };
+            let senders = senders.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("arrowpool-core-{core}"))
+                .spawn(move || listener::run_core(core, shared, listener, senders, rx))
+                .map_err(StartError::Runtime)?;
+            workers.push(handle);
+        }
+        Ok(Server { shared, workers })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, tells every client (shutdown notice), waits up to
+    /// `grace` for connections to close, removes the socket file.
+    pub fn shutdown(self, grace: Duration) {
+        let shared = &self.shared;
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        let _ = std::fs::remove_file(&shared.socket_path);
+        shared.versions_changed.notify(usize::MAX);
+        shared.close_all_connections();
+        let start = Instant::now();
+        while shared.connection_count() > 0 && start.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Workers block in their runtimes; the process exits after this returns.
+        drop(self.workers);
+    }
+}

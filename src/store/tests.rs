@@ -1,0 +1,250 @@
+//! Store tests: unit cases and a property test against a reference model.
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+const MB: u64 = 1024 * 1024;
+
+fn put(s: &mut Store, conn: ConnId, name: &str, size: u64) -> Result<Sealed, StoreError> {
+    let c = s.create(conn, name, ObjectKind::Table, size)?;
+    s.seal(conn, c.object_id, size, 1)
+}
+
+#[test]
+fn seal_moves_name_and_old_version_lives_while_leased() {
+    let mut s = Store::new(64 * MB, 2 * MB);
+    assert_eq!(put(&mut s, 1, "a", 10 * MB).unwrap().version, 1);
+    let old = s.get(2, "a").unwrap();
+    assert_eq!(put(&mut s, 1, "a", 10 * MB).unwrap().version, 2);
+    let new = s.get(3, "a").unwrap();
+    assert_ne!(old.offset, new.offset, "old version must stay in place while leased");
+    assert_eq!(new.version, 2);
+    s.check_invariants();
+    let used = s.stats().used_bytes;
+    s.release(2, old.object_id).unwrap();
+    assert_eq!(s.stats().used_bytes, used - 10 * MB, "old version freed at its last release");
+    s.check_invariants();
+}
+
+#[test]
+fn double_release_is_an_error() {
+    let mut s = Store::new(16 * MB, 2 * MB);
+    put(&mut s, 1, "a", MB).unwrap();
+    let g = s.get(1, "a").unwrap();
+    s.release(1, g.object_id).unwrap();
+    assert!(matches!(s.release(1, g.object_id), Err(StoreError::InvalidObject { .. })));
+    assert!(matches!(s.release(1, 999), Err(StoreError::InvalidObject { .. })));
+    s.check_invariants();
+}
+
+#[test]
+fn eviction_takes_lru_unheld_and_never_held() {
+    let mut s = Store::new(30 * MB, 2 * MB);
+    put(&mut s, 1, "a", 10 * MB).unwrap();
+    put(&mut s, 1, "b", 10 * MB).unwrap();
+    let held = s.get(2, "a").unwrap(); // a is held, b is LRU-unheld
+    put(&mut s, 1, "c", 12 * MB).unwrap();
+    assert!(s.get(3, "b").is_err(), "b should have been evicted");
+    assert!(s.get(3, "a").is_ok());
+    assert_eq!(s.stats().evictions, 1);
+    // Everything left is held: a put that needs eviction fails with numbers.
+    s.get(3, "c").unwrap();
+    let e = put(&mut s, 1, "d", 10 * MB).unwrap_err();
+    let StoreError::OutOfMemory { requested_bytes, held_bytes, .. } = e else { panic!("{e:?}") };
+    assert_eq!(requested_bytes, 10 * MB);
+    assert_eq!(held_bytes, 22 * MB);
+    assert!(e.to_string().contains("raise --memory"));
+    s.release(2, held.object_id).unwrap();
+    s.check_invariants();
+}
+
+#[test]
+fn larger_than_arena_evicts_nothing() {
+    let mut s = Store::new(16 * MB, 2 * MB);
+    put(&mut s, 1, "a", 4 * MB).unwrap();
+    assert!(matches!(s.create(1, "huge", ObjectKind::Table, 64 * MB), Err(StoreError::OutOfMemory { .. })));
+    assert!(s.get(2, "a").is_ok());
+}
+
+#[test]
+fn disconnect_releases_leases_and_aborts_pending() {
+    let mut s = Store::new(64 * MB, 2 * MB);
+    put(&mut s, 1, "a", 10 * MB).unwrap();
+    let before = s.stats();
+    s.get(7, "a").unwrap();
+    s.get(7, "a").unwrap();
+    s.create(7, "b", ObjectKind::Table, 20 * MB).unwrap();
+    put(&mut s, 1, "a", 10 * MB).unwrap(); // old "a" stays for conn 7
+    s.disconnect(7);
+    s.check_invariants();
+    let after = s.stats();
+    assert_eq!(after.used_bytes, before.used_bytes);
+    assert_eq!(after.leases, 0);
+    assert_eq!(after.pending_bytes, 0);
+}
+
+#[test]
+fn only_owner_may_seal() {
+    let mut s = Store::new(16 * MB, 2 * MB);
+    let c = s.create(1, "a", ObjectKind::Bytes, 100).unwrap();
+    assert!(matches!(s.seal(2, c.object_id, 100, 0), Err(StoreError::InvalidObject { .. })));
+    assert!(matches!(s.seal(1, c.object_id, c.capacity + 1, 0), Err(StoreError::LengthTooLarge { .. })));
+    s.seal(1, c.object_id, 100, 0).unwrap();
+    assert!(matches!(s.seal(1, c.object_id, 100, 0), Err(StoreError::InvalidObject { .. })));
+    s.check_invariants();
+}
+
+#[test]
+fn pending_limit_per_connection() {
+    let mut s = Store::new(1024 * MB, 2 * MB);
+    for _ in 0..PENDING_PER_CONN_MAX {
+        s.create(1, "x", ObjectKind::Bytes, 10).unwrap();
+    }
+    assert!(matches!(s.create(1, "x", ObjectKind::Bytes, 10), Err(StoreError::LimitExceeded(_))));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { conn: u64, name: u8, size_mb: u64 },
+    Create { conn: u64, name: u8, size_mb: u64 },
+    Seal { conn: u64, pick: usize },
+    Abort { conn: u64, pick: usize },
+    Get { conn: u64, name: u8 },
+    Release { conn: u64, pick: usize },
+    Delete { name: u8 },
+    Disconnect { conn: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let conn = 0u64..4;
+    let name = 0u8..5;
+    prop_oneof![
+        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Put { conn, name, size_mb }),
+        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Create { conn, name, size_mb }),
+        (conn.clone(), any::<usize>()).prop_map(|(conn, pick)| Op::Seal { conn, pick }),
+        (conn.clone(), any::<usize>()).prop_map(|(conn, pick)| Op::Abort { conn, pick }),
+        (conn.clone(), name.clone()).prop_map(|(conn, name)| Op::Get { conn, name }),
+        (conn.clone(), any::<usize>()).prop_map(|(conn, pick)| Op::Release { conn, pick }),
+        name.prop_map(|name| Op::Delete { name }),
+        conn.prop_map(|conn| Op::Disconnect { conn }),
+    ]
+}
+
+/// The reference model: what a user can observe, kept with plain maps.
+#[derive(Default)]
+struct Model {
+    /// name -> (current version, object id)
+    names: BTreeMap<String, (u64, ObjectId)>,
+    last_version: BTreeMap<String, u64>,
+    /// conn -> object ids leased (one entry per get)
+    leases: BTreeMap<u64, Vec<ObjectId>>,
+    /// conn -> pending (id, name, size)
+    pending: BTreeMap<u64, Vec<(ObjectId, String, u64)>>,
+}
+
+impl Model {
+    fn held(&self, id: ObjectId) -> bool {
+        self.leases.values().any(|v| v.contains(&id))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut s = Store::new(64 * MB, 2 * MB);
+        let mut m = Model::default();
+        for op in ops {
+            let evictions_before = s.stats().evictions;
+            match op {
+                Op::Put { conn, name, size_mb } | Op::Create { conn, name, size_mb } => {
+                    let name = format!("n{name}");
+                    let seal_now = matches!(op, Op::Put { .. });
+                    match s.create(conn, &name, ObjectKind::Table, size_mb * MB) {
+                        Ok(c) => {
+                            if seal_now {
+                                let sealed = s.seal(conn, c.object_id, size_mb * MB, size_mb).unwrap();
+                                let v = m.last_version.entry(name.clone()).or_insert(0);
+                                *v += 1;
+                                prop_assert_eq!(sealed.version, *v);
+                                m.names.insert(name, (*v, c.object_id));
+                            } else {
+                                m.pending.entry(conn).or_default().push((c.object_id, name, size_mb * MB));
+                            }
+                        }
+                        Err(StoreError::OutOfMemory { .. }) => {}
+                        Err(StoreError::LimitExceeded(_)) => {}
+                        Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                    }
+                }
+                Op::Seal { conn, pick } => {
+                    let p = m.pending.entry(conn).or_default();
+                    if !p.is_empty() {
+                        let (id, name, size) = p.remove(pick % p.len());
+                        let sealed = s.seal(conn, id, size, 0).unwrap();
+                        let v = m.last_version.entry(name.clone()).or_insert(0);
+                        *v += 1;
+                        prop_assert_eq!(sealed.version, *v);
+                        m.names.insert(name, (*v, id));
+                    } else {
+                        prop_assert!(s.seal(conn, 10_000, 1, 0).is_err());
+                    }
+                }
+                Op::Abort { conn, pick } => {
+                    let p = m.pending.entry(conn).or_default();
+                    if !p.is_empty() {
+                        let (id, _, _) = p.remove(pick % p.len());
+                        s.abort(conn, id).unwrap();
+                        // Aborting twice is an error, never a double free.
+                        prop_assert!(s.abort(conn, id).is_err());
+                    }
+                }
+                Op::Get { conn, name } => {
+                    let name = format!("n{name}");
+                    match (s.get(conn, &name), m.names.get(&name)) {
+                        (Ok(l), Some(&(v, id))) => {
+                            prop_assert_eq!(l.version, v);
+                            prop_assert_eq!(l.object_id, id);
+                            m.leases.entry(conn).or_default().push(id);
+                        }
+                        (Err(StoreError::NotFound { .. }), None) => {}
+                        (r, e) => prop_assert!(false, "get {name}: store {r:?}, model {e:?}"),
+                    }
+                }
+                Op::Release { conn, pick } => {
+                    let l = m.leases.entry(conn).or_default();
+                    if !l.is_empty() {
+                        let id = l.remove(pick % l.len());
+                        s.release(conn, id).unwrap();
+                    } else {
+                        prop_assert!(s.release(conn, 1).is_err());
+                    }
+                }
+                Op::Delete { name } => {
+                    let name = format!("n{name}");
+                    prop_assert_eq!(s.delete(&name).is_ok(), m.names.remove(&name).is_some());
+                }
+                Op::Disconnect { conn } => {
+                    s.disconnect(conn);
+                    m.leases.remove(&conn);
+                    m.pending.remove(&conn);
+                }
+            }
+            // Names that vanished without delete were evicted: they must have been unheld.
+            let listed: HashSet<String> = s.list().into_iter().map(|e| e.name).collect();
+            let evicted: Vec<String> = m.names.keys().filter(|n| !listed.contains(*n)).cloned().collect();
+            for n in &evicted {
+                let (_, id) = m.names.remove(n).unwrap();
+                prop_assert!(!m.held(id), "evicted {n} while a reader held it");
+            }
+            prop_assert_eq!(s.stats().evictions - evictions_before, evicted.len() as u64);
+            prop_assert_eq!(listed.len(), m.names.len());
+            s.check_invariants();
+        }
+        // Once every connection is gone and every name deleted, the arena is empty.
+        for conn in 0..4 { s.disconnect(conn); }
+        for name in m.names.keys() { s.delete(name).unwrap(); }
+        s.check_invariants();
+        prop_assert_eq!(s.stats().used_bytes, 0);
+    }
+}
