@@ -173,7 +173,7 @@ impl Store {
             return Err(StoreError::LimitExceeded("64 unsealed creates on one connection; seal or abort them"));
         }
         let align = if size >= LARGE_OBJECT_BYTES { self.large_align } else { crate::alloc::GRANULE_BYTES };
-        let (offset, alloc_bytes) = self.alloc_evicting(size.max(1), align)?;
+        let (offset, alloc_bytes) = self.alloc_evicting(size.max(1), align, name)?;
         let id = self.next_object_id;
         self.next_object_id += 1;
         let last_use = self.tick();
@@ -197,15 +197,20 @@ impl Store {
         Ok(Created { object_id: id, offset, capacity: alloc_bytes })
     }
 
-    fn alloc_evicting(&mut self, size: u64, align: u64) -> Result<(u64, u64), StoreError> {
+    /// Allocates, evicting unheld objects in LRU order if needed. The current
+    /// version of `for_name` (the table being replaced) goes last: evicting it
+    /// makes the name briefly unresolvable, so it is only done when nothing else
+    /// frees enough room.
+    fn alloc_evicting(&mut self, size: u64, align: u64, for_name: &str) -> Result<(u64, u64), StoreError> {
         if let Some(r) = self.alloc.alloc(size, align) {
             return Ok(r);
         }
         // Only evict when eviction can possibly make room: never throw away tables
         // for a request that cannot fit anyway.
-        let evictable: u64 = self.evictable().iter().map(|&(_, id)| self.objects[&id].alloc_bytes).sum();
+        let candidates = self.evictable(for_name);
+        let evictable: u64 = candidates.iter().map(|&(_, id)| self.objects[&id].alloc_bytes).sum();
         if self.alloc.free_bytes() + evictable >= size {
-            for (_, id) in self.evictable() {
+            for (_, id) in candidates {
                 self.evict(id);
                 if let Some(r) = self.alloc.alloc(size, align) {
                     return Ok(r);
@@ -215,14 +220,15 @@ impl Store {
         Err(self.out_of_memory(size))
     }
 
-    /// Sealed, current, unleased objects, least recently used first.
-    fn evictable(&self) -> Vec<(u64, ObjectId)> {
-        let mut v: Vec<(u64, ObjectId)> = self
+    /// Sealed, current, unleased objects, least recently used first, the current
+    /// version of `last_name` at the end.
+    fn evictable(&self, last_name: &str) -> Vec<((bool, u64), ObjectId)> {
+        let mut v: Vec<((bool, u64), ObjectId)> = self
             .names
-            .values()
-            .filter_map(|id| {
+            .iter()
+            .filter_map(|(name, id)| {
                 let o = &self.objects[id];
-                (o.leases == 0 && o.state == State::Sealed).then_some((o.last_use, *id))
+                (o.leases == 0 && o.state == State::Sealed).then_some(((name == last_name, o.last_use), *id))
             })
             .collect();
         v.sort_unstable();

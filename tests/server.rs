@@ -1,0 +1,270 @@
+//! Integration tests against a real `arrowpoold` process.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
+use arrow_array::Array;
+use arrowpool::protocol::ErrorCode;
+use arrowpool::ClientError;
+use common::{table, Server};
+
+const MB: u64 = 1 << 20;
+
+fn buffers_inside(batches: &[arrow_array::RecordBatch], range: &std::ops::Range<usize>) -> usize {
+    let mut n = 0;
+    for b in batches {
+        for col in b.columns() {
+            let data = col.to_data();
+            for buf in data.buffers() {
+                if buf.is_empty() {
+                    continue;
+                }
+                let p = buf.as_ptr() as usize;
+                assert!(range.contains(&p) && p + buf.len() <= range.end, "buffer outside the arena: copied");
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn put_get_round_trip_is_zero_copy() {
+    let server = Server::start("256M");
+    let c = server.client();
+    let (schema, batches) = table(100_000, 4, 0);
+    let info = c.put("t", &schema, &batches).unwrap();
+    assert_eq!((info.version, info.rows), (1, 100_000));
+    let got = c.get("t").unwrap();
+    assert_eq!(got.schema, schema);
+    assert_eq!(got.batches, batches);
+    assert!(buffers_inside(&got.batches, &c.mapping_range()) >= 4 * 4);
+    // A reader-only connection in the same test sees the same bytes.
+    let reader = arrowpool::Client::connect_reader(&server.socket).unwrap();
+    let got2 = reader.get("t").unwrap();
+    assert_eq!(got2.batches, batches);
+    assert!(matches!(reader.put("x", &schema, &batches), Err(ClientError::ReadOnly)));
+}
+
+#[test]
+fn get_columns_projects() {
+    let server = Server::start("128M");
+    let c = server.client();
+    let (schema, batches) = table(10_000, 2, 1);
+    c.put("t", &schema, &batches).unwrap();
+    let got = c.get_columns("t", &["text", "id"]).unwrap();
+    assert_eq!(got.schema.fields().len(), 2);
+    assert_eq!(got.schema.field(0).name(), "text");
+    assert_eq!(got.batches[1].column(1), batches[1].column(0));
+    let err = c.get_columns("t", &["nope"]).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn old_version_stays_intact_while_held_then_is_freed() {
+    let server = Server::start("128M");
+    let c = server.client();
+    let (schema, v1) = table(50_000, 2, 1);
+    let (_, v2) = table(50_000, 2, 2);
+    c.put("t", &schema, &v1).unwrap();
+    let old = c.get("t").unwrap();
+    let used_one = c.stats().unwrap().used_bytes;
+    assert_eq!(c.put("t", &schema, &v2).unwrap().version, 2);
+    let new = c.get("t").unwrap();
+    assert_eq!(new.version, 2);
+    assert_eq!(new.batches, v2);
+    assert_eq!(old.batches, v1, "a held version is never overwritten");
+    drop(new);
+    drop(old);
+    server.wait_until("old version freed", |s| s.leases == 0 && s.used_bytes == used_one);
+}
+
+#[test]
+fn leases_are_released_when_arrays_drop() {
+    let server = Server::start("64M");
+    let c = server.client();
+    let (schema, batches) = table(1000, 1, 0);
+    c.put("t", &schema, &batches).unwrap();
+    let t = c.get("t").unwrap();
+    let col = t.batches[0].column(1).clone();
+    drop(t);
+    assert_eq!(c.stats().unwrap().leases, 1, "one array still alive holds the lease");
+    let sum: f64 = col.as_primitive::<Float64Type>().iter().flatten().sum();
+    assert!(sum > 0.0);
+    drop(col);
+    server.wait_until("lease released", |s| s.leases == 0);
+}
+
+#[test]
+fn bytes_objects_round_trip() {
+    let server = Server::start("64M");
+    let c = server.client();
+    c.put_bytes("cfg", b"{\"a\": 1}").unwrap();
+    assert_eq!(c.get_bytes("cfg").unwrap().as_slice(), b"{\"a\": 1}");
+    assert!(c.get("cfg").is_err());
+    c.put_bytes("empty", b"").unwrap();
+    assert_eq!(c.get_bytes("empty").unwrap().len(), 0);
+}
+
+#[test]
+fn delete_list_stats() {
+    let server = Server::start("64M");
+    let c = server.client();
+    let (schema, batches) = table(1000, 1, 0);
+    c.put("b", &schema, &batches).unwrap();
+    c.put("a", &schema, &batches).unwrap();
+    let l = c.list().unwrap();
+    assert_eq!(l.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(l[0].rows, 1000);
+    c.delete("a").unwrap();
+    assert_eq!(c.get("a").unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(c.delete("a").unwrap_err().code(), Some(ErrorCode::NotFound));
+    let s = c.stats().unwrap();
+    assert_eq!(s.names, 1);
+    assert_eq!(s.io_driver, "io_uring");
+    assert!(s.puts >= 2);
+}
+
+#[test]
+fn wait_for_version_wakes_on_seal_and_times_out() {
+    let server = Server::start("64M");
+    let c = server.client();
+    let (schema, batches) = table(1000, 1, 0);
+    c.put("t", &schema, &batches).unwrap();
+    let waiter = arrowpool::Client::connect(&server.socket).unwrap();
+    let h = std::thread::spawn(move || waiter.wait_for_version("t", 1, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(100));
+    c.put("t", &schema, &batches).unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), 2);
+    let e = c.wait_for_version("t", 2, Duration::from_millis(50)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Timeout));
+    // Already newer: answers at once.
+    assert_eq!(c.wait_for_version("t", 0, Duration::from_secs(1)).unwrap(), 2);
+}
+
+#[test]
+fn eviction_under_memory_cap_spares_held_tables() {
+    let server = Server::start("48M");
+    let c = server.client();
+    let (schema, batches) = table(200_000, 2, 0); // ~ 9 MB as IPC
+    let size = c.put("a", &schema, &batches).unwrap().bytes;
+    let held = c.get("a").unwrap();
+    // Enough puts to overflow the 48 MB arena twice.
+    let puts = (96 * MB / size) as usize + 1;
+    for i in 0..puts {
+        c.put(&format!("t{i}"), &schema, &batches).unwrap();
+    }
+    let s = c.stats().unwrap();
+    assert!(s.evictions >= 1, "{s:?}");
+    assert_eq!(c.get("a").unwrap().batches, batches, "held table was not evicted");
+    assert!(c.get(&format!("t{}", puts - 1)).is_ok());
+    assert!(c.get("t0").is_err(), "the least recently used table was evicted");
+    drop(held);
+}
+
+#[test]
+fn put_larger_than_arena_is_out_of_memory_with_numbers() {
+    let server = Server::start("16M");
+    let c = server.client();
+    let (schema, small) = table(1000, 1, 0);
+    c.put("keep", &schema, &small).unwrap();
+    let (_, big) = table(600_000, 2, 0);
+    let e = c.put("big", &schema, &big).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::OutOfMemory), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("requested") && msg.contains("free") && msg.contains("held"), "{msg}");
+    assert_eq!(c.get("keep").unwrap().batches, small, "nothing stored is lost");
+    assert_eq!(c.stats().unwrap().pending_bytes, 0);
+}
+
+#[test]
+fn many_threads_share_one_client() {
+    let server = Server::start("128M");
+    let c = server.client();
+    let (schema, batches) = table(20_000, 2, 0);
+    c.put("t", &schema, &batches).unwrap();
+    let batches = Arc::new(batches);
+    let hs: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            let b = batches.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(&c.get("t").unwrap().batches, b.as_ref());
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    server.wait_until("all leases released", |s| s.leases == 0);
+}
+
+#[test]
+fn sigterm_removes_socket_and_tells_clients() {
+    let mut server = Server::start("64M");
+    let c = server.client();
+    c.ping().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+    assert!(!server.socket.exists(), "socket file removed");
+    let e = c.ping().unwrap_err();
+    assert!(matches!(e, ClientError::Disconnected(_)), "{e}");
+}
+
+#[test]
+fn second_server_on_same_socket_refuses() {
+    let server = Server::start("16M");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["--memory", "16M"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another arrowpoold"));
+    server.client().ping().unwrap();
+}
+
+#[test]
+fn hugepages_require_either_works_or_says_why() {
+    let reserved: u64 = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let free: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("HugePages_Free:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let result = Server::try_start_with(&["--memory", "32M", "--hugepages", "require"]);
+    if free >= 16 {
+        let server = result.expect("hugepages are reserved, so require must work");
+        let c = server.client();
+        assert_eq!(c.stats().unwrap().memory_kind, "hugetlb");
+        let (schema, batches) = table(100_000, 2, 0);
+        c.put("t", &schema, &batches).unwrap();
+        assert_eq!(c.get("t").unwrap().batches, batches);
+        assert_eq!(c.server_hello().map_align, 2 * 1024 * 1024);
+    } else {
+        let err = result.err().expect("without free hugepages, require must refuse");
+        assert!(err.contains("hugepages required"), "reserved={reserved} free={free}: {err}");
+    }
+}
+
+#[test]
+fn hugepages_off_uses_small_pages() {
+    let server = Server::start_with(&["--memory", "16M", "--hugepages", "off"]);
+    let kind = server.client().stats().unwrap().memory_kind;
+    assert!(kind == "4k-pages" || kind == "transparent-hugepages", "{kind}");
+}
