@@ -73,8 +73,12 @@ impl Allocator {
     }
 
     fn remove_free(&mut self, offset: u64, size: u64) {
-        let removed = self.by_size.remove(&(size, offset)) && self.by_offset.remove(&offset) == Some(size);
-        assert!(removed, "allocator free lists out of sync at offset {offset}");
+        let removed =
+            self.by_size.remove(&(size, offset)) && self.by_offset.remove(&offset) == Some(size);
+        assert!(
+            removed,
+            "allocator free lists out of sync at offset {offset}"
+        );
         self.free_bytes -= size;
     }
 
@@ -86,10 +90,8 @@ impl Allocator {
         let align = align.max(GRANULE_BYTES);
         assert!(align.is_power_of_two(), "alignment must be a power of two");
         // Smallest free range that can hold `size` once aligned.
-        let (range_off, range_size, start) = self
-            .by_size
-            .range((size, 0)..)
-            .find_map(|&(s, o)| {
+        let (range_off, range_size, start) =
+            self.by_size.range((size, 0)..).find_map(|&(s, o)| {
                 let start = o.checked_next_multiple_of(align)?;
                 (start.checked_add(size)? <= o + s).then_some((o, s, start))
             })?;
@@ -109,7 +111,11 @@ impl Allocator {
     /// Frees an allocation made by `alloc`, merging with free neighbours.
     pub fn free(&mut self, offset: u64, size: u64) {
         let live = self.live.remove(&offset);
-        assert_eq!(live, Some(size), "free of {size} bytes at {offset} does not match an allocation");
+        assert_eq!(
+            live,
+            Some(size),
+            "free of {size} bytes at {offset} does not match an allocation"
+        );
         let mut start = offset;
         let mut end = offset + size;
         if let Some((&o, &s)) = self.by_offset.range(..offset).next_back() {
@@ -132,7 +138,11 @@ impl Allocator {
         if new_size >= size {
             return size;
         }
-        assert_eq!(self.live.get(&offset), Some(&size), "shrink of an unknown allocation at {offset}");
+        assert_eq!(
+            self.live.get(&offset),
+            Some(&size),
+            "shrink of an unknown allocation at {offset}"
+        );
         self.live.insert(offset, new_size);
         // Free the tail as its own allocation so `free` merges it.
         self.live.insert(offset + new_size, size - new_size);
@@ -142,15 +152,22 @@ impl Allocator {
 
     /// Checks every invariant; used by tests after each step.
     pub fn check_invariants(&self) {
-        let mut ranges: Vec<(u64, u64, bool)> = self.by_offset.iter().map(|(&o, &s)| (o, s, true)).collect();
+        let mut ranges: Vec<(u64, u64, bool)> =
+            self.by_offset.iter().map(|(&o, &s)| (o, s, true)).collect();
         ranges.extend(self.live.iter().map(|(&o, &s)| (o, s, false)));
         ranges.sort();
         let mut cursor = 0;
         let mut prev_free = false;
         for &(o, s, is_free) in &ranges {
             assert!(o >= cursor, "ranges overlap at offset {o}");
-            assert!(o % GRANULE_BYTES == 0 && s % GRANULE_BYTES == 0 && s > 0, "range not granular");
-            assert!(!(is_free && prev_free && o == cursor), "adjacent free ranges not merged at {o}");
+            assert!(
+                o % GRANULE_BYTES == 0 && s % GRANULE_BYTES == 0 && s > 0,
+                "range not granular"
+            );
+            assert!(
+                !(is_free && prev_free && o == cursor),
+                "adjacent free ranges not merged at {o}"
+            );
             prev_free = is_free;
             cursor = o + s;
         }

@@ -82,11 +82,21 @@ pub enum ArenaError {
     /// Capacity is zero or does not fit in the address space.
     BadCapacity(u64),
     /// `--hugepages require` and the reserved pool is too small.
-    HugepagesUnavailable { requested_bytes: u64, reason: String },
+    HugepagesUnavailable {
+        requested_bytes: u64,
+        reason: String,
+    },
     /// A system call failed.
-    Sys { call: &'static str, err: rustix::io::Errno },
+    Sys {
+        call: &'static str,
+        err: rustix::io::Errno,
+    },
     /// `fallocate` could not allocate pages for an object (memory exhausted).
-    Populate { offset: u64, len: u64, err: rustix::io::Errno },
+    Populate {
+        offset: u64,
+        len: u64,
+        err: rustix::io::Errno,
+    },
 }
 
 impl std::fmt::Display for ArenaError {
@@ -137,13 +147,21 @@ impl Mapping {
         if len == 0 {
             return Err(ArenaError::BadCapacity(0));
         }
-        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
         // SAFETY: we ask the kernel for a fresh mapping (null hint, no MAP_FIXED), so no
         // existing memory is replaced. The mapping lives until `Drop` unmaps it, and
         // every pointer handed out is derived from `self` and bounded by `len`.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
-            .map_err(sys("mmap"))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(ArenaError::Sys { call: "mmap", err: rustix::io::Errno::FAULT })?;
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+                .map_err(sys("mmap"))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(ArenaError::Sys {
+            call: "mmap",
+            err: rustix::io::Errno::FAULT,
+        })?;
         Ok(Mapping { ptr, len })
     }
 
@@ -169,7 +187,9 @@ impl Mapping {
             return None;
         }
         // SAFETY: bounds checked above; the mapping outlives the returned borrow.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(offset as usize), len as usize)
+        })
     }
 
     /// Mutable bytes at `[offset, offset + len)` of a writable mapping.
@@ -185,7 +205,9 @@ impl Mapping {
             return None;
         }
         // SAFETY: bounds checked; exclusivity is the caller's contract above.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset as usize), len as usize)
+        })
     }
 
     /// Pre-faults the page tables of a range about to be written
@@ -209,7 +231,11 @@ impl Mapping {
         // SAFETY: the range lies inside our mapping (clamped above); madvise with
         // these advices does not change the contents or invalidate pointers.
         let _ = unsafe {
-            rustix::mm::madvise(self.ptr.as_ptr().add(start as usize).cast(), (end - start) as usize, advice)
+            rustix::mm::madvise(
+                self.ptr.as_ptr().add(start as usize).cast(),
+                (end - start) as usize,
+                advice,
+            )
         };
     }
 }
@@ -247,7 +273,10 @@ impl Arena {
             match Self::create_hugetlb(capacity) {
                 Ok(arena) => return arena.finish(prefault),
                 Err(e) if mode == HugepageMode::Require => {
-                    return Err(ArenaError::HugepagesUnavailable { requested_bytes: capacity, reason: e.to_string() });
+                    return Err(ArenaError::HugepagesUnavailable {
+                        requested_bytes: capacity,
+                        reason: e.to_string(),
+                    });
                 }
                 Err(e) => hugetlb_reason = e.to_string(),
             }
@@ -281,7 +310,8 @@ impl Arena {
 
     fn create_shmem(capacity: u64) -> Result<Arena, ArenaError> {
         let len = capacity.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
-        let fd = rustix::fs::memfd_create("arrowpool-arena", MemfdFlags::CLOEXEC).map_err(sys("memfd_create"))?;
+        let fd = rustix::fs::memfd_create("arrowpool-arena", MemfdFlags::CLOEXEC)
+            .map_err(sys("memfd_create"))?;
         rustix::fs::ftruncate(&fd, len).map_err(sys("ftruncate"))?;
         let mapping = Mapping::map(fd.as_fd(), len as usize, true)?;
         let kind = if shmem_thp_allowed() {
@@ -293,7 +323,12 @@ impl Arena {
         Self::assemble(fd, mapping, kind, len)
     }
 
-    fn assemble(fd: OwnedFd, mapping: Mapping, kind: MemoryKind, len: u64) -> Result<Arena, ArenaError> {
+    fn assemble(
+        fd: OwnedFd,
+        mapping: Mapping,
+        kind: MemoryKind,
+        len: u64,
+    ) -> Result<Arena, ArenaError> {
         // A second, read-only open file description of the same memfd for readers:
         // mmap(PROT_WRITE, MAP_SHARED) of it fails with EACCES.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
@@ -369,9 +404,13 @@ impl Arena {
             }
             let start = run_start * CHUNK_BYTES;
             let end = (chunk * CHUNK_BYTES).min(self.len);
-            rustix::fs::fallocate(&self.fd, FallocateFlags::empty(), start, end - start).map_err(|err| {
-                ArenaError::Populate { offset: start, len: end - start, err }
-            })?;
+            rustix::fs::fallocate(&self.fd, FallocateFlags::empty(), start, end - start).map_err(
+                |err| ArenaError::Populate {
+                    offset: start,
+                    len: end - start,
+                    err,
+                },
+            )?;
             for c in run_start..chunk {
                 bits[(c / 64) as usize] |= 1 << (c % 64);
             }
@@ -389,7 +428,9 @@ impl Arena {
 /// Whether shmem (and so a plain memfd) may use transparent hugepages.
 fn shmem_thp_allowed() -> bool {
     match std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled") {
-        Ok(s) => ["[always]", "[within_size]", "[advise]", "[force]"].iter().any(|m| s.contains(m)),
+        Ok(s) => ["[always]", "[within_size]", "[advise]", "[force]"]
+            .iter()
+            .any(|m| s.contains(m)),
         Err(_) => false,
     }
 }
@@ -422,6 +463,9 @@ mod tests {
 
     #[test]
     fn zero_capacity_is_an_error() {
-        assert!(matches!(Arena::create(0, HugepageMode::Auto, false), Err(ArenaError::BadCapacity(0))));
+        assert!(matches!(
+            Arena::create(0, HugepageMode::Auto, false),
+            Err(ArenaError::BadCapacity(0))
+        ));
     }
 }

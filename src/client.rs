@@ -68,7 +68,11 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Connect { path, err } => {
-                write!(f, "cannot connect to arrowpoold at {}: {err} (is the server running?)", path.display())
+                write!(
+                    f,
+                    "cannot connect to arrowpoold at {}: {err} (is the server running?)",
+                    path.display()
+                )
             }
             ClientError::Handshake(m) => write!(f, "handshake failed: {m}"),
             ClientError::Server(e) => write!(f, "server error {e}"),
@@ -76,9 +80,15 @@ impl std::fmt::Display for ClientError {
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
             ClientError::Arrow(e) => write!(f, "arrow: {e}"),
             ClientError::OutOfBounds { offset, length } => {
-                write!(f, "object at offset {offset} (+{length} bytes) lies outside the arena")
+                write!(
+                    f,
+                    "object at offset {offset} (+{length} bytes) lies outside the arena"
+                )
             }
-            ClientError::ReadOnly => write!(f, "this connection is read-only; connect as a writer to put"),
+            ClientError::ReadOnly => write!(
+                f,
+                "this connection is read-only; connect as a writer to put"
+            ),
         }
     }
 }
@@ -174,11 +184,18 @@ impl Client {
 
     fn connect_with(path: impl AsRef<Path>, write: bool) -> Result<Client> {
         let path = path.as_ref();
-        let stream =
-            UnixStream::connect(path).map_err(|err| ClientError::Connect { path: path.to_owned(), err })?;
+        let stream = UnixStream::connect(path).map_err(|err| ClientError::Connect {
+            path: path.to_owned(),
+            err,
+        })?;
         stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let hello = ClientHello { version: PROTOCOL_VERSION, flags: if write { FLAG_WRITE } else { 0 } };
-        (&stream).write_all(&hello.encode()).map_err(|e| ClientError::Handshake(e.to_string()))?;
+        let hello = ClientHello {
+            version: PROTOCOL_VERSION,
+            flags: if write { FLAG_WRITE } else { 0 },
+        };
+        (&stream)
+            .write_all(&hello.encode())
+            .map_err(|e| ClientError::Handshake(e.to_string()))?;
         let mut reply = [0u8; SERVER_HELLO_LEN];
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut got = 0;
@@ -186,28 +203,48 @@ impl Client {
             let n = crate::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds)
                 .map_err(|e| ClientError::Handshake(e.to_string()))?;
             if n == 0 {
-                return Err(ClientError::Handshake("server closed the connection during the handshake".into()));
+                return Err(ClientError::Handshake(
+                    "server closed the connection during the handshake".into(),
+                ));
             }
             got += n;
         }
-        let hello = ServerHello::decode(&reply).ok_or_else(|| ClientError::Handshake("bad server magic".into()))?;
+        let hello = ServerHello::decode(&reply)
+            .ok_or_else(|| ClientError::Handshake("bad server magic".into()))?;
         if hello.status != STATUS_OK {
-            return Err(ClientError::Handshake(format!("server refused the connection (status {})", hello.status)));
+            return Err(ClientError::Handshake(format!(
+                "server refused the connection (status {})",
+                hello.status
+            )));
         }
         let want = if write { 2 } else { 1 };
         if fds.len() != want {
-            return Err(ClientError::Handshake(format!("expected {want} descriptors, got {}", fds.len())));
+            return Err(ClientError::Handshake(format!(
+                "expected {want} descriptors, got {}",
+                fds.len()
+            )));
         }
-        let len = usize::try_from(hello.arena_len).map_err(|_| ClientError::Handshake("arena too large".into()))?;
-        let map_err = |e: crate::arena::ArenaError| ClientError::Handshake(format!("cannot map the arena: {e}"));
+        let len = usize::try_from(hello.arena_len)
+            .map_err(|_| ClientError::Handshake("arena too large".into()))?;
+        let map_err = |e: crate::arena::ArenaError| {
+            ClientError::Handshake(format!("cannot map the arena: {e}"))
+        };
         let read_only = Mapping::map(fds[0].as_fd(), len, false).map_err(map_err)?;
-        let writable = if write { Some(Mapping::map(fds[1].as_fd(), len, true).map_err(map_err)?) } else { None };
+        let writable = if write {
+            Some(Mapping::map(fds[1].as_fd(), len, true).map_err(map_err)?)
+        } else {
+            None
+        };
         // The mappings keep the memory; the descriptors are no longer needed.
         drop(fds);
         stream.set_read_timeout(None).ok();
         Ok(Client {
             inner: Arc::new(Inner {
-                conn: Mutex::new(Conn { stream, next_id: 1, out: Vec::with_capacity(256) }),
+                conn: Mutex::new(Conn {
+                    stream,
+                    next_id: 1,
+                    out: Vec::with_capacity(256),
+                }),
                 read_only,
                 writable,
                 hello,
@@ -233,27 +270,39 @@ impl Client {
         sent.map_err(|e| ClientError::Disconnected(e.to_string()))?;
         let (header, body) = read_frame(&mut conn.stream)?;
         if header.kind == Kind::Shutdown as u16 {
-            return Err(ClientError::Disconnected("the server is shutting down".into()));
+            return Err(ClientError::Disconnected(
+                "the server is shutting down".into(),
+            ));
         }
         if header.request_id != id {
-            return Err(ClientError::Protocol(format!("reply for request {} while waiting for {id}", header.request_id)));
+            return Err(ClientError::Protocol(format!(
+                "reply for request {} while waiting for {id}",
+                header.request_id
+            )));
         }
         if header.kind == Kind::Error as u16 {
             let e = ErrorReply::decode(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
             return Err(ClientError::Server(e));
         }
         if header.kind != kind.reply() {
-            return Err(ClientError::Protocol(format!("reply kind {:#x} to request kind {:?}", header.kind, kind)));
+            return Err(ClientError::Protocol(format!(
+                "reply kind {:#x} to request kind {:?}",
+                header.kind, kind
+            )));
         }
         Ok(body)
     }
 
-    fn decode<T>(body: Vec<u8>, f: impl FnOnce(&[u8]) -> Result<T, crate::protocol::FrameError>) -> Result<T> {
+    fn decode<T>(
+        body: Vec<u8>,
+        f: impl FnOnce(&[u8]) -> Result<T, crate::protocol::FrameError>,
+    ) -> Result<T> {
         f(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>) -> Result<T> {
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("bad JSON reply: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("bad JSON reply: {e}")))
     }
 
     pub fn ping(&self) -> Result<()> {
@@ -271,23 +320,38 @@ impl Client {
     ) -> Result<(Sealed, u64)> {
         let writable = self.inner.writable.as_ref().ok_or(ClientError::ReadOnly)?;
         let body = self.request(Kind::Create, |o| {
-            Create { object_kind: kind, size, name: name.to_owned() }.encode(o)
+            Create {
+                object_kind: kind,
+                size,
+                name: name.to_owned(),
+            }
+            .encode(o)
         })?;
         let created = Self::decode(body, Created::decode)?;
         let result = (|| {
             writable.populate_write(created.offset, created.capacity);
             // SAFETY: the server reserved [offset, offset+capacity) for this pending
             // object on our connection; no one else writes or reads it before seal.
-            let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }
-                .ok_or(ClientError::OutOfBounds { offset: created.offset, length: created.capacity })?;
+            let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }.ok_or(
+                ClientError::OutOfBounds {
+                    offset: created.offset,
+                    length: created.capacity,
+                },
+            )?;
             let written = write(dest)?;
             let body = self.request(Kind::Seal, |o| {
-                Seal { object_id: created.object_id, length: written as u64 }.encode(o)
+                Seal {
+                    object_id: created.object_id,
+                    length: written as u64,
+                }
+                .encode(o)
             })?;
             Ok((Self::decode(body, Sealed::decode)?, written as u64))
         })();
         if result.is_err() {
-            let _ = self.request(Kind::Abort, |o| o.extend_from_slice(&created.object_id.to_le_bytes()));
+            let _ = self.request(Kind::Abort, |o| {
+                o.extend_from_slice(&created.object_id.to_le_bytes())
+            });
         }
         result
     }
@@ -299,29 +363,49 @@ impl Client {
         let (sealed, bytes) = self.put_object(name, ObjectKind::Table, bound, |dest| {
             Ok(crate::ipc::write_file(dest, schema, batches)?)
         })?;
-        Ok(PutInfo { version: sealed.version, rows: sealed.rows, bytes })
+        Ok(PutInfo {
+            version: sealed.version,
+            rows: sealed.rows,
+            bytes,
+        })
     }
 
     /// Puts opaque bytes (a pickle, JSON...) as the new version of `name`.
     pub fn put_bytes(&self, name: &str, data: &[u8]) -> Result<PutInfo> {
-        let (sealed, bytes) = self.put_object(name, ObjectKind::Bytes, data.len() as u64, |dest| {
-            dest[..data.len()].copy_from_slice(data);
-            Ok(data.len())
-        })?;
-        Ok(PutInfo { version: sealed.version, rows: 0, bytes })
+        let (sealed, bytes) =
+            self.put_object(name, ObjectKind::Bytes, data.len() as u64, |dest| {
+                dest[..data.len()].copy_from_slice(data);
+                Ok(data.len())
+            })?;
+        Ok(PutInfo {
+            version: sealed.version,
+            rows: 0,
+            bytes,
+        })
     }
 
     /// Takes a lease on the current version of `name` and wraps its bytes in an
     /// Arrow buffer that releases the lease when dropped.
     fn lease(&self, name: &str) -> Result<(Located, Buffer)> {
-        let body = self.request(Kind::Get, |o| Get { name: name.to_owned() }.encode(o))?;
+        let body = self.request(Kind::Get, |o| {
+            Get {
+                name: name.to_owned(),
+            }
+            .encode(o)
+        })?;
         let located = Self::decode(body, Located::decode)?;
-        let lease = Arc::new(Lease { inner: self.inner.clone(), object_id: located.object_id });
+        let lease = Arc::new(Lease {
+            inner: self.inner.clone(),
+            object_id: located.object_id,
+        });
         let bytes = self
             .inner
             .read_only
             .slice(located.offset, located.length)
-            .ok_or(ClientError::OutOfBounds { offset: located.offset, length: located.length })?;
+            .ok_or(ClientError::OutOfBounds {
+                offset: located.offset,
+                length: located.length,
+            })?;
         let ptr = NonNull::new(bytes.as_ptr() as *mut u8).unwrap_or(NonNull::dangling());
         // SAFETY: `ptr..ptr+len` lies in our read-only mapping (checked by `slice`).
         // The owner `lease` holds an Arc to the mapping, so the memory outlives the
@@ -344,31 +428,50 @@ impl Client {
     fn get_projected(&self, name: &str, columns: Option<&[&str]>) -> Result<Table> {
         let (located, buffer) = self.lease(name)?;
         if located.object_kind != ObjectKind::Table {
-            return Err(ClientError::Protocol(format!("{name:?} holds bytes, not a table; use get_bytes")));
+            return Err(ClientError::Protocol(format!(
+                "{name:?} holds bytes, not a table; use get_bytes"
+            )));
         }
         let projection = match columns {
             None => None,
             Some(cols) => {
                 let schema = crate::ipc::file_schema(buffer.as_slice())?;
-                Some(cols.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?)
+                Some(
+                    cols.iter()
+                        .map(|c| schema.index_of(c))
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
             }
         };
         let (schema, batches) = crate::ipc::open_file(&buffer, projection)?;
-        Ok(Table { schema, batches, version: located.version, object_id: located.object_id, rows: located.rows })
+        Ok(Table {
+            schema,
+            batches,
+            version: located.version,
+            object_id: located.object_id,
+            rows: located.rows,
+        })
     }
 
     /// Gets a bytes object, zero-copy: the buffer holds the lease.
     pub fn get_bytes(&self, name: &str) -> Result<Buffer> {
         let (located, buffer) = self.lease(name)?;
         if located.object_kind != ObjectKind::Bytes {
-            return Err(ClientError::Protocol(format!("{name:?} holds a table; use get")));
+            return Err(ClientError::Protocol(format!(
+                "{name:?} holds a table; use get"
+            )));
         }
         Ok(buffer)
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {
-        self.request(Kind::Delete, |o| crate::protocol::delete::Delete { name: name.to_owned() }.encode(o))
-            .map(|_| ())
+        self.request(Kind::Delete, |o| {
+            crate::protocol::delete::Delete {
+                name: name.to_owned(),
+            }
+            .encode(o)
+        })
+        .map(|_| ())
     }
 
     pub fn list(&self) -> Result<Vec<ListEntry>> {
@@ -381,9 +484,16 @@ impl Client {
 
     /// Waits until `name` has a version newer than `after`; returns it.
     pub fn wait_for_version(&self, name: &str, after: u64, timeout: Duration) -> Result<u64> {
-        let timeout_ms = timeout.as_millis().min(crate::protocol::wait::TIMEOUT_MS_MAX as u128) as u32;
+        let timeout_ms = timeout
+            .as_millis()
+            .min(crate::protocol::wait::TIMEOUT_MS_MAX as u128) as u32;
         let body = self.request(Kind::Wait, |o| {
-            crate::protocol::wait::Wait { after, timeout_ms, name: name.to_owned() }.encode(o)
+            crate::protocol::wait::Wait {
+                after,
+                timeout_ms,
+                name: name.to_owned(),
+            }
+            .encode(o)
         })?;
         Ok(Self::decode(body, crate::protocol::wait::Version::decode)?.version)
     }
@@ -391,8 +501,12 @@ impl Client {
     /// Asks the server to read Parquet at `path` (a file or a directory) into `name`.
     pub fn ingest(&self, path: &str, name: &str, columns: &[&str]) -> Result<IngestReply> {
         let body = self.request(Kind::Ingest, |o| {
-            Ingest { name: name.to_owned(), path: path.to_owned(), columns: columns.iter().map(|c| c.to_string()).collect() }
-                .encode(o)
+            Ingest {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                columns: columns.iter().map(|c| c.to_string()).collect(),
+            }
+            .encode(o)
         })?;
         Self::json(body)
     }
@@ -401,7 +515,9 @@ impl Client {
     #[doc(hidden)]
     pub fn raw_exchange(&self, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.stream.write_all(bytes).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        conn.stream
+            .write_all(bytes)
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
         read_frame(&mut conn.stream)
     }
 
@@ -414,9 +530,14 @@ impl Client {
 
 fn read_frame(stream: &mut UnixStream) -> Result<(Header, Vec<u8>)> {
     let mut head = [0u8; HEADER_LEN];
-    stream.read_exact(&mut head).map_err(|e| ClientError::Disconnected(e.to_string()))?;
-    let header = Header::parse(&head, REPLY_BODY_MAX).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    stream
+        .read_exact(&mut head)
+        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    let header =
+        Header::parse(&head, REPLY_BODY_MAX).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut body = vec![0u8; header.len as usize];
-    stream.read_exact(&mut body).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    stream
+        .read_exact(&mut body)
+        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
     Ok((header, body))
 }

@@ -20,12 +20,29 @@ use crate::store::ConnId;
 /// Why an ingest failed. Every message names the file.
 #[derive(Debug)]
 pub enum IngestError {
-    Open { path: PathBuf, err: std::io::Error },
+    Open {
+        path: PathBuf,
+        err: std::io::Error,
+    },
     NoFiles(PathBuf),
-    NotParquet { path: PathBuf, err: String },
-    Decode { path: PathBuf, err: String },
-    SchemaMismatch { path: PathBuf, expected: String, found: String },
-    UnknownColumn { path: PathBuf, column: String, available: Vec<String> },
+    NotParquet {
+        path: PathBuf,
+        err: String,
+    },
+    Decode {
+        path: PathBuf,
+        err: String,
+    },
+    SchemaMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    UnknownColumn {
+        path: PathBuf,
+        column: String,
+        available: Vec<String>,
+    },
     Store(String),
 }
 
@@ -57,12 +74,18 @@ impl std::error::Error for IngestError {}
 /// The Parquet files behind `path`: the file itself, or the `.parquet` files of
 /// a directory in name order.
 pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, IngestError> {
-    let meta = std::fs::metadata(path).map_err(|err| IngestError::Open { path: path.into(), err })?;
+    let meta = std::fs::metadata(path).map_err(|err| IngestError::Open {
+        path: path.into(),
+        err,
+    })?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|err| IngestError::Open { path: path.into(), err })?
+        .map_err(|err| IngestError::Open {
+            path: path.into(),
+            err,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "parquet") && p.is_file())
         .collect();
@@ -74,11 +97,20 @@ pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, IngestError> {
 }
 
 /// Reads one file with the given column names (all when empty).
-fn read_file(path: &Path, columns: &[String]) -> Result<(SchemaRef, Vec<RecordBatch>, u64), IngestError> {
-    let file = File::open(path).map_err(|err| IngestError::Open { path: path.into(), err })?;
+fn read_file(
+    path: &Path,
+    columns: &[String],
+) -> Result<(SchemaRef, Vec<RecordBatch>, u64), IngestError> {
+    let file = File::open(path).map_err(|err| IngestError::Open {
+        path: path.into(),
+        err,
+    })?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| IngestError::NotParquet { path: path.into(), err: e.to_string() })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| IngestError::NotParquet {
+            path: path.into(),
+            err: e.to_string(),
+        })?;
     let schema = builder.schema().clone();
     let builder = if columns.is_empty() {
         builder
@@ -98,17 +130,27 @@ fn read_file(path: &Path, columns: &[String]) -> Result<(SchemaRef, Vec<RecordBa
     let reader = builder
         .with_batch_size(64 * 1024)
         .build()
-        .map_err(|e| IngestError::Decode { path: path.into(), err: e.to_string() })?;
+        .map_err(|e| IngestError::Decode {
+            path: path.into(),
+            err: e.to_string(),
+        })?;
     let schema = reader.schema();
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| IngestError::Decode { path: path.into(), err: e.to_string() })?;
+        .map_err(|e| IngestError::Decode {
+            path: path.into(),
+            err: e.to_string(),
+        })?;
     Ok((schema, batches, file_len))
 }
 
 /// Runs an ingest request on the calling thread (the server runs it off the
 /// I/O cores). The name is bound only once the whole table is in the arena.
-pub fn ingest(shared: &Arc<Shared>, conn: ConnId, req: &Ingest) -> Result<IngestReply, IngestError> {
+pub fn ingest(
+    shared: &Arc<Shared>,
+    conn: ConnId,
+    req: &Ingest,
+) -> Result<IngestReply, IngestError> {
     let start = Instant::now();
     let files = parquet_files(Path::new(&req.path))?;
     let mut schema: Option<SchemaRef> = None;
@@ -121,8 +163,14 @@ pub fn ingest(shared: &Arc<Shared>, conn: ConnId, req: &Ingest) -> Result<Ingest
             Some(first) if first.fields() != s.fields() => {
                 return Err(IngestError::SchemaMismatch {
                     path: f.clone(),
-                    expected: format!("{:?}", first.fields().iter().map(|f| f.name()).collect::<Vec<_>>()),
-                    found: format!("{:?}", s.fields().iter().map(|f| f.name()).collect::<Vec<_>>()),
+                    expected: format!(
+                        "{:?}",
+                        first.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                    ),
+                    found: format!(
+                        "{:?}",
+                        s.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                    ),
                 })
             }
             Some(_) => {}
@@ -135,9 +183,16 @@ pub fn ingest(shared: &Arc<Shared>, conn: ConnId, req: &Ingest) -> Result<Ingest
     let bound = crate::ipc::file_size_bound(&schema, &batches) as u64;
     let write_start = Instant::now();
     let sealed = shared
-        .put_with(conn, &req.name, ObjectKind::Table, bound, |dest| crate::ipc::write_file(dest, &schema, &batches))
+        .put_with(conn, &req.name, ObjectKind::Table, bound, |dest| {
+            crate::ipc::write_file(dest, &schema, &batches)
+        })
         .map_err(|e| IngestError::Store(e.message))?;
-    let bytes = shared.store().list().iter().find(|e| e.name == req.name).map_or(0, |e| e.bytes);
+    let bytes = shared
+        .store()
+        .list()
+        .iter()
+        .find(|e| e.name == req.name)
+        .map_or(0, |e| e.bytes);
     let write = write_start.elapsed();
     Ok(IngestReply {
         version: sealed.version,

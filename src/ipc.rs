@@ -24,7 +24,11 @@ const TRAILER_LEN: usize = 10;
 /// reserved before writing. Generous on metadata (flatbuffers are small next to
 /// data); the unused tail is returned at seal.
 pub fn file_size_bound(schema: &Schema, batches: &[RecordBatch]) -> usize {
-    let fields: usize = schema.fields().iter().map(|f| count_type(f.data_type())).sum();
+    let fields: usize = schema
+        .fields()
+        .iter()
+        .map(|f| count_type(f.data_type()))
+        .sum();
     let per_message = 4096 + fields * 256;
     let mut total = 64 + per_message; // magic + schema message
     for b in batches {
@@ -32,7 +36,8 @@ pub fn file_size_bound(schema: &Schema, batches: &[RecordBatch]) -> usize {
         for col in b.columns() {
             // Every buffer padded to the alignment; data sized by its allocation,
             // which is at least what the writer emits.
-            total += col.get_array_memory_size() + 8 * IPC_ALIGNMENT * (1 + count_type(col.data_type()));
+            total +=
+                col.get_array_memory_size() + 8 * IPC_ALIGNMENT * (1 + count_type(col.data_type()));
             total += dictionary_bound(col.as_ref());
         }
     }
@@ -54,9 +59,12 @@ fn dictionary_bound(col: &dyn Array) -> usize {
 fn count_type(t: &arrow_schema::DataType) -> usize {
     use arrow_schema::DataType::*;
     1 + match t {
-        List(f) | LargeList(f) | FixedSizeList(f, _) | ListView(f) | LargeListView(f) | Map(f, _) => {
-            count_type(f.data_type())
-        }
+        List(f)
+        | LargeList(f)
+        | FixedSizeList(f, _)
+        | ListView(f)
+        | LargeListView(f)
+        | Map(f, _) => count_type(f.data_type()),
         Struct(fs) => fs.iter().map(|f| count_type(f.data_type())).sum(),
         Union(fs, _) => fs.iter().map(|(_, f)| count_type(f.data_type())).sum(),
         Dictionary(k, v) => count_type(k) + count_type(v),
@@ -67,7 +75,11 @@ fn count_type(t: &arrow_schema::DataType) -> usize {
 
 /// Writes `batches` as an IPC file into `dest`, returning the bytes written.
 /// Fails (without panicking) if `dest` is too small.
-pub fn write_file(dest: &mut [u8], schema: &Schema, batches: &[RecordBatch]) -> Result<usize, ArrowError> {
+pub fn write_file(
+    dest: &mut [u8],
+    schema: &Schema,
+    batches: &[RecordBatch],
+) -> Result<usize, ArrowError> {
     let options = IpcWriteOptions::try_new(IPC_ALIGNMENT, false, MetadataVersion::V5)?;
     let mut w = FileWriter::try_new_with_options(Cursor::new(dest), schema, options)?;
     for b in batches {
@@ -87,32 +99,55 @@ pub struct FileSummary {
 
 /// Reads the footer of an IPC file in `bytes` (flatbuffer-verified).
 fn footer(bytes: &[u8]) -> Result<arrow_ipc::Footer<'_>, ArrowError> {
-    if bytes.len() < ARROW_MAGIC.len() * 2 + TRAILER_LEN - ARROW_MAGIC.len() || &bytes[..6] != ARROW_MAGIC {
-        return Err(ArrowError::ParseError("not an Arrow IPC file (missing ARROW1 magic at the start)".into()));
+    if bytes.len() < ARROW_MAGIC.len() * 2 + TRAILER_LEN - ARROW_MAGIC.len()
+        || &bytes[..6] != ARROW_MAGIC
+    {
+        return Err(ArrowError::ParseError(
+            "not an Arrow IPC file (missing ARROW1 magic at the start)".into(),
+        ));
     }
-    let trailer: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..].try_into().expect("10 bytes");
+    let trailer: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..]
+        .try_into()
+        .expect("10 bytes");
     let footer_len = arrow_ipc::reader::read_footer_length(trailer)?;
     let footer_start = bytes
         .len()
         .checked_sub(TRAILER_LEN + footer_len)
-        .ok_or_else(|| ArrowError::ParseError(format!("footer length {footer_len} exceeds the file")))?;
+        .ok_or_else(|| {
+            ArrowError::ParseError(format!("footer length {footer_len} exceeds the file"))
+        })?;
     arrow_ipc::root_as_footer(&bytes[footer_start..bytes.len() - TRAILER_LEN])
         .map_err(|e| ArrowError::ParseError(format!("invalid IPC footer: {e}")))
 }
 
 /// The flatbuffer message of a block, verified, plus the block's byte range.
-fn block_message<'a>(bytes: &'a [u8], block: &Block) -> Result<(arrow_ipc::Message<'a>, usize, usize), ArrowError> {
-    let bad = || ArrowError::ParseError(format!("IPC block at offset {} lies outside the file", block.offset()));
+fn block_message<'a>(
+    bytes: &'a [u8],
+    block: &Block,
+) -> Result<(arrow_ipc::Message<'a>, usize, usize), ArrowError> {
+    let bad = || {
+        ArrowError::ParseError(format!(
+            "IPC block at offset {} lies outside the file",
+            block.offset()
+        ))
+    };
     let start = usize::try_from(block.offset()).map_err(|_| bad())?;
     let meta = usize::try_from(block.metaDataLength()).map_err(|_| bad())?;
     let body = usize::try_from(block.bodyLength()).map_err(|_| bad())?;
-    let end = start.checked_add(meta).and_then(|e| e.checked_add(body)).ok_or_else(bad)?;
+    let end = start
+        .checked_add(meta)
+        .and_then(|e| e.checked_add(body))
+        .ok_or_else(bad)?;
     if end > bytes.len() || meta < 8 {
         return Err(bad());
     }
     let head = &bytes[start..start + meta];
     // Continuation marker 0xFFFFFFFF then a length, or (pre-1.0) just a length.
-    let (len_at, msg_at) = if head[..4] == [0xff; 4] { (4, 8) } else { (0, 4) };
+    let (len_at, msg_at) = if head[..4] == [0xff; 4] {
+        (4, 8)
+    } else {
+        (0, 4)
+    };
     let len = i32::from_le_bytes(head[len_at..len_at + 4].try_into().expect("4 bytes"));
     let len = usize::try_from(len).map_err(|_| bad())?;
     if msg_at + len > meta {
@@ -128,25 +163,34 @@ fn block_message<'a>(bytes: &'a [u8], block: &Block) -> Result<(arrow_ipc::Messa
 /// number of batches, not with the data size.
 pub fn check_file(bytes: &[u8]) -> Result<FileSummary, ArrowError> {
     let footer = footer(bytes)?;
-    let schema = footer.schema().ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
+    let schema = footer
+        .schema()
+        .ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
     let schema = arrow_ipc::convert::try_fb_to_schema(schema)?;
     let mut rows = 0u64;
     let mut batches = 0u64;
     for block in footer.recordBatches().into_iter().flatten() {
         let (msg, _, _) = block_message(bytes, block)?;
-        let rb = msg
-            .header_as_record_batch()
-            .ok_or_else(|| ArrowError::ParseError("record batch block holds another message".into()))?;
+        let rb = msg.header_as_record_batch().ok_or_else(|| {
+            ArrowError::ParseError("record batch block holds another message".into())
+        })?;
         if rb.compression().is_some() {
-            return Err(ArrowError::ParseError("compressed IPC buffers are not allowed in the arena".into()));
+            return Err(ArrowError::ParseError(
+                "compressed IPC buffers are not allowed in the arena".into(),
+            ));
         }
-        rows += u64::try_from(rb.length()).map_err(|_| ArrowError::ParseError("negative row count".into()))?;
+        rows += u64::try_from(rb.length())
+            .map_err(|_| ArrowError::ParseError("negative row count".into()))?;
         batches += 1;
     }
     for block in footer.dictionaries().into_iter().flatten() {
         block_message(bytes, block)?;
     }
-    Ok(FileSummary { rows, batches, columns: schema.fields().len() as u64 })
+    Ok(FileSummary {
+        rows,
+        batches,
+        columns: schema.fields().len() as u64,
+    })
 }
 
 /// Opens an IPC file held in `buffer` without copying: every array buffer of
@@ -157,12 +201,18 @@ pub fn check_file(bytes: &[u8]) -> Result<FileSummary, ArrowError> {
 /// the whole table and make a get cost grow with its size. The structure is
 /// checked (flatbuffers verified, buffers in bounds). Objects in the arena come
 /// from trusted writers (same trust as the socket's permissions; see docs).
-pub fn open_file(buffer: &Buffer, projection: Option<Vec<usize>>) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+pub fn open_file(
+    buffer: &Buffer,
+    projection: Option<Vec<usize>>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
     let bytes = buffer.as_slice();
     let footer = footer(bytes)?;
-    let fb_schema = footer.schema().ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
+    let fb_schema = footer
+        .schema()
+        .ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
     let schema = Arc::new(arrow_ipc::convert::try_fb_to_schema(fb_schema)?);
-    let mut decoder = FileDecoder::new(schema.clone(), footer.version()).with_require_alignment(true);
+    let mut decoder =
+        FileDecoder::new(schema.clone(), footer.version()).with_require_alignment(true);
     // SAFETY: see the doc comment: structure is verified, content is trusted.
     decoder = unsafe { decoder.with_skip_validation(true) };
     let out_schema = match &projection {
@@ -179,7 +229,9 @@ pub fn open_file(buffer: &Buffer, projection: Option<Vec<usize>>) -> Result<(Sch
     let mut batches = Vec::new();
     for block in footer.recordBatches().into_iter().flatten() {
         let (_, start, end) = block_message(bytes, block)?;
-        if let Some(b) = decoder.read_record_batch(block, &buffer.slice_with_length(start, end - start))? {
+        if let Some(b) =
+            decoder.read_record_batch(block, &buffer.slice_with_length(start, end - start))?
+        {
             for col in b.columns() {
                 // Cheap layout check (buffer sizes vs. lengths), O(columns).
                 col.to_data().validate()?;
@@ -188,6 +240,15 @@ pub fn open_file(buffer: &Buffer, projection: Option<Vec<usize>>) -> Result<(Sch
         }
     }
     Ok((out_schema, batches))
+}
+
+/// The schema in an IPC file's footer, without touching data.
+pub fn file_schema(bytes: &[u8]) -> Result<Schema, ArrowError> {
+    let footer = footer(bytes)?;
+    let fb_schema = footer
+        .schema()
+        .ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
+    arrow_ipc::convert::try_fb_to_schema(fb_schema)
 }
 
 #[cfg(test)]
@@ -205,7 +266,9 @@ mod tests {
             Arc::new(schema.clone()),
             vec![
                 Arc::new(Int64Array::from_iter_values(0..1000)),
-                Arc::new(StringArray::from_iter((0..1000).map(|i| (i % 7 != 0).then(|| format!("v{i}"))))),
+                Arc::new(StringArray::from_iter(
+                    (0..1000).map(|i| (i % 7 != 0).then(|| format!("v{i}"))),
+                )),
             ],
         )
         .unwrap();
@@ -219,7 +282,14 @@ mod tests {
         let n = write_file(&mut dest, &schema, &batches).unwrap();
         assert!(n <= dest.len());
         let summary = check_file(&dest[..n]).unwrap();
-        assert_eq!(summary, FileSummary { rows: 1100, batches: 2, columns: 2 });
+        assert_eq!(
+            summary,
+            FileSummary {
+                rows: 1100,
+                batches: 2,
+                columns: 2
+            }
+        );
         let buffer = Buffer::from(dest[..n].to_vec());
         let (s, got) = open_file(&buffer, None).unwrap();
         assert_eq!(s.as_ref(), &schema);
@@ -251,11 +321,4 @@ mod tests {
         bad[n - 10..n - 6].copy_from_slice(&i32::MAX.to_le_bytes());
         assert!(check_file(&bad).is_err());
     }
-}
-
-/// The schema in an IPC file's footer, without touching data.
-pub fn file_schema(bytes: &[u8]) -> Result<Schema, ArrowError> {
-    let footer = footer(bytes)?;
-    let fb_schema = footer.schema().ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
-    arrow_ipc::convert::try_fb_to_schema(fb_schema)
 }

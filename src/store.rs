@@ -37,13 +37,28 @@ pub const LARGE_OBJECT_BYTES: u64 = 2 * 1024 * 1024;
 /// Why a store operation failed. Each maps to one protocol error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
-    NotFound { name: String },
-    OutOfMemory { requested_bytes: u64, free_bytes: u64, held_bytes: u64, largest_free_bytes: u64, arena_bytes: u64 },
+    NotFound {
+        name: String,
+    },
+    OutOfMemory {
+        requested_bytes: u64,
+        free_bytes: u64,
+        held_bytes: u64,
+        largest_free_bytes: u64,
+        arena_bytes: u64,
+    },
     /// Unknown id, not owned by the caller, wrong state, or not leased.
-    InvalidObject { object_id: ObjectId, reason: &'static str },
+    InvalidObject {
+        object_id: ObjectId,
+        reason: &'static str,
+    },
     LimitExceeded(&'static str),
     /// The sealed length is larger than the reservation.
-    LengthTooLarge { object_id: ObjectId, length: u64, capacity: u64 },
+    LengthTooLarge {
+        object_id: ObjectId,
+        length: u64,
+        capacity: u64,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -167,12 +182,24 @@ impl Store {
     }
 
     /// Reserves space for a new version of `name`, evicting unheld LRU objects if needed.
-    pub fn create(&mut self, conn: ConnId, name: &str, kind: ObjectKind, size: u64) -> Result<Created, StoreError> {
+    pub fn create(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        kind: ObjectKind,
+        size: u64,
+    ) -> Result<Created, StoreError> {
         let pending = self.conns.entry(conn).or_default().pending.len();
         if pending >= PENDING_PER_CONN_MAX {
-            return Err(StoreError::LimitExceeded("64 unsealed creates on one connection; seal or abort them"));
+            return Err(StoreError::LimitExceeded(
+                "64 unsealed creates on one connection; seal or abort them",
+            ));
         }
-        let align = if size >= LARGE_OBJECT_BYTES { self.large_align } else { crate::alloc::GRANULE_BYTES };
+        let align = if size >= LARGE_OBJECT_BYTES {
+            self.large_align
+        } else {
+            crate::alloc::GRANULE_BYTES
+        };
         let (offset, alloc_bytes) = self.alloc_evicting(size.max(1), align, name)?;
         let id = self.next_object_id;
         self.next_object_id += 1;
@@ -194,21 +221,33 @@ impl Store {
             },
         );
         self.conns.entry(conn).or_default().pending.insert(id);
-        Ok(Created { object_id: id, offset, capacity: alloc_bytes })
+        Ok(Created {
+            object_id: id,
+            offset,
+            capacity: alloc_bytes,
+        })
     }
 
     /// Allocates, evicting unheld objects in LRU order if needed. The current
     /// version of `for_name` (the table being replaced) goes last: evicting it
     /// makes the name briefly unresolvable, so it is only done when nothing else
     /// frees enough room.
-    fn alloc_evicting(&mut self, size: u64, align: u64, for_name: &str) -> Result<(u64, u64), StoreError> {
+    fn alloc_evicting(
+        &mut self,
+        size: u64,
+        align: u64,
+        for_name: &str,
+    ) -> Result<(u64, u64), StoreError> {
         if let Some(r) = self.alloc.alloc(size, align) {
             return Ok(r);
         }
         // Only evict when eviction can possibly make room: never throw away tables
         // for a request that cannot fit anyway.
         let candidates = self.evictable(for_name);
-        let evictable: u64 = candidates.iter().map(|&(_, id)| self.objects[&id].alloc_bytes).sum();
+        let evictable: u64 = candidates
+            .iter()
+            .map(|&(_, id)| self.objects[&id].alloc_bytes)
+            .sum();
         if self.alloc.free_bytes() + evictable >= size {
             for (_, id) in candidates {
                 self.evict(id);
@@ -228,7 +267,8 @@ impl Store {
             .iter()
             .filter_map(|(name, id)| {
                 let o = &self.objects[id];
-                (o.leases == 0 && o.state == State::Sealed).then_some(((name == last_name, o.last_use), *id))
+                (o.leases == 0 && o.state == State::Sealed)
+                    .then_some(((name == last_name, o.last_use), *id))
             })
             .collect();
         v.sort_unstable();
@@ -260,29 +300,50 @@ impl Store {
     }
 
     fn pending_owned(&self, conn: ConnId, id: ObjectId) -> Result<&Object, StoreError> {
-        let o = self.objects.get(&id).ok_or(StoreError::InvalidObject { object_id: id, reason: "unknown object id" })?;
+        let o = self.objects.get(&id).ok_or(StoreError::InvalidObject {
+            object_id: id,
+            reason: "unknown object id",
+        })?;
         match o.state {
             State::Pending { owner } if owner == conn => Ok(o),
-            State::Pending { .. } => {
-                Err(StoreError::InvalidObject { object_id: id, reason: "created by another connection" })
-            }
-            State::Sealed => Err(StoreError::InvalidObject { object_id: id, reason: "already sealed" }),
+            State::Pending { .. } => Err(StoreError::InvalidObject {
+                object_id: id,
+                reason: "created by another connection",
+            }),
+            State::Sealed => Err(StoreError::InvalidObject {
+                object_id: id,
+                reason: "already sealed",
+            }),
         }
     }
 
     /// Where a pending object lies: `(offset, capacity)`. For the server to
     /// validate the bytes before sealing.
-    pub fn pending_range(&self, conn: ConnId, id: ObjectId) -> Result<(u64, u64, ObjectKind), StoreError> {
+    pub fn pending_range(
+        &self,
+        conn: ConnId,
+        id: ObjectId,
+    ) -> Result<(u64, u64, ObjectKind), StoreError> {
         let o = self.pending_owned(conn, id)?;
         Ok((o.offset, o.alloc_bytes, o.kind))
     }
 
     /// Publishes a pending object: the name moves to it atomically; the previous
     /// version is freed now or at its last release.
-    pub fn seal(&mut self, conn: ConnId, id: ObjectId, length: u64, rows: u64) -> Result<Sealed, StoreError> {
+    pub fn seal(
+        &mut self,
+        conn: ConnId,
+        id: ObjectId,
+        length: u64,
+        rows: u64,
+    ) -> Result<Sealed, StoreError> {
         let o = self.pending_owned(conn, id)?;
         if length > o.alloc_bytes {
-            return Err(StoreError::LengthTooLarge { object_id: id, length, capacity: o.alloc_bytes });
+            return Err(StoreError::LengthTooLarge {
+                object_id: id,
+                length,
+                capacity: o.alloc_bytes,
+            });
         }
         let (offset, alloc_bytes, name) = (o.offset, o.alloc_bytes, o.name.clone());
         let new_alloc = self.alloc.shrink(offset, alloc_bytes, length);
@@ -324,11 +385,15 @@ impl Store {
 
     /// Looks up the current version of `name` and takes a lease for `conn`.
     pub fn get(&mut self, conn: ConnId, name: &str) -> Result<Located, StoreError> {
-        let id = *self.names.get(name).ok_or_else(|| StoreError::NotFound { name: name.to_owned() })?;
+        let id = *self.names.get(name).ok_or_else(|| StoreError::NotFound {
+            name: name.to_owned(),
+        })?;
         let c = self.conns.entry(conn).or_default();
         let held: u64 = c.leases.values().sum();
         if held >= LEASES_PER_CONN_MAX {
-            return Err(StoreError::LimitExceeded("1000000 leases on one connection; release some"));
+            return Err(StoreError::LimitExceeded(
+                "1000000 leases on one connection; release some",
+            ));
         }
         *c.leases.entry(id).or_insert(0) += 1;
         let last_use = self.tick();
@@ -357,11 +422,18 @@ impl Store {
         let c = self.conns.get_mut(&conn);
         let count = c.and_then(|c| c.leases.get_mut(&id));
         let Some(count) = count else {
-            return Err(StoreError::InvalidObject { object_id: id, reason: "not leased by this connection" });
+            return Err(StoreError::InvalidObject {
+                object_id: id,
+                reason: "not leased by this connection",
+            });
         };
         *count -= 1;
         if *count == 0 {
-            self.conns.get_mut(&conn).expect("exists").leases.remove(&id);
+            self.conns
+                .get_mut(&conn)
+                .expect("exists")
+                .leases
+                .remove(&id);
         }
         self.drop_leases(id, 1);
         Ok(())
@@ -369,7 +441,10 @@ impl Store {
 
     fn drop_leases(&mut self, id: ObjectId, n: u64) {
         let o = self.objects.get_mut(&id).expect("leased objects exist");
-        assert!(o.leases >= n, "lease count of object {id} would go negative");
+        assert!(
+            o.leases >= n,
+            "lease count of object {id} would go negative"
+        );
         o.leases -= n;
         let current = self.names.get(&o.name) == Some(&id);
         if o.leases == 0 && !current {
@@ -379,7 +454,12 @@ impl Store {
 
     /// Unbinds `name`; its object is freed now or at its last release.
     pub fn delete(&mut self, name: &str) -> Result<(), StoreError> {
-        let id = self.names.remove(name).ok_or_else(|| StoreError::NotFound { name: name.to_owned() })?;
+        let id = self
+            .names
+            .remove(name)
+            .ok_or_else(|| StoreError::NotFound {
+                name: name.to_owned(),
+            })?;
         if self.objects[&id].leases == 0 {
             self.free_object(id);
         }
@@ -388,7 +468,9 @@ impl Store {
 
     /// Forgets a connection: releases its leases and aborts its pending creates.
     pub fn disconnect(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         for (id, n) in c.leases {
             self.drop_leases(id, n);
         }
@@ -456,11 +538,19 @@ impl Store {
     pub fn check_invariants(&self) {
         self.alloc.check_invariants();
         let live: u64 = self.objects.values().map(|o| o.alloc_bytes).sum();
-        assert_eq!(live, self.alloc.used_bytes(), "object bytes != allocator used bytes");
+        assert_eq!(
+            live,
+            self.alloc.used_bytes(),
+            "object bytes != allocator used bytes"
+        );
         for (name, id) in &self.names {
             let o = self.objects.get(id).expect("name points to a live object");
             assert_eq!(&o.name, name);
-            assert_eq!(o.state, State::Sealed, "a name points to an unsealed object");
+            assert_eq!(
+                o.state,
+                State::Sealed,
+                "a name points to an unsealed object"
+            );
         }
         let mut lease_sum: HashMap<ObjectId, u64> = HashMap::new();
         let mut pending_seen = HashSet::new();
@@ -475,14 +565,26 @@ impl Store {
             }
         }
         for (id, o) in &self.objects {
-            assert_eq!(o.leases, lease_sum.get(id).copied().unwrap_or(0), "lease count of {id} drifted");
+            assert_eq!(
+                o.leases,
+                lease_sum.get(id).copied().unwrap_or(0),
+                "lease count of {id} drifted"
+            );
             match o.state {
                 State::Pending { owner } => {
-                    assert!(self.conns.get(&owner).is_some_and(|c| c.pending.contains(id)), "orphan pending object");
+                    assert!(
+                        self.conns
+                            .get(&owner)
+                            .is_some_and(|c| c.pending.contains(id)),
+                        "orphan pending object"
+                    );
                 }
                 State::Sealed => {
                     let current = self.names.get(&o.name) == Some(id);
-                    assert!(current || o.leases > 0, "object {id} neither named nor leased but not freed");
+                    assert!(
+                        current || o.leases > 0,
+                        "object {id} neither named nor leased but not freed"
+                    );
                     assert!(o.length <= o.alloc_bytes);
                 }
             }

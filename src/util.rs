@@ -20,9 +20,13 @@ pub fn human_bytes(n: u64) -> String {
 /// Parses sizes like `512M`, `2G`, `1.5GiB`, `1048576`. Suffixes are powers of 1024.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().map_err(|_| format!("invalid size {s:?}; use e.g. 512M or 2G"))?;
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}; use e.g. 512M or 2G"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,

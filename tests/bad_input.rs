@@ -23,8 +23,14 @@ fn server_with_table() -> (Server, Vec<arrow_array::RecordBatch>) {
 
 fn assert_intact(server: &Server, batches: &[arrow_array::RecordBatch]) {
     let c = server.client();
-    assert_eq!(c.get("keep").unwrap().batches, batches, "stored table lost or changed");
-    server.wait_until("no stray pending objects or leases", |s| s.pending_bytes == 0 && s.leases == 0);
+    assert_eq!(
+        c.get("keep").unwrap().batches,
+        batches,
+        "stored table lost or changed"
+    );
+    server.wait_until("no stray pending objects or leases", |s| {
+        s.pending_bytes == 0 && s.leases == 0
+    });
 }
 
 fn ping_ok(s: &mut UnixStream) {
@@ -71,7 +77,10 @@ fn length_above_limit_is_rejected_and_closed() {
     s.write_all(&f).unwrap();
     let (id, kind, body) = read_reply(&mut s).unwrap();
     assert_eq!((id, kind, error_code(&body)), (9, ERROR_KIND, MALFORMED));
-    assert!(read_reply(&mut s).is_none(), "connection closed after an unframeable request");
+    assert!(
+        read_reply(&mut s).is_none(),
+        "connection closed after an unframeable request"
+    );
     assert_intact(&server, &keep);
 }
 
@@ -79,7 +88,8 @@ fn length_above_limit_is_rejected_and_closed() {
 fn invalid_utf8_name_is_malformed() {
     let (server, keep) = server_with_table();
     let mut s = raw_connect(&server);
-    s.write_all(&frame(3, 5, 0, &pstr(&[0xff, 0xfe, b'a']))).unwrap();
+    s.write_all(&frame(3, 5, 0, &pstr(&[0xff, 0xfe, b'a'])))
+        .unwrap();
     let (_, kind, body) = read_reply(&mut s).unwrap();
     assert_eq!((kind, error_code(&body)), (ERROR_KIND, MALFORMED));
     ping_ok(&mut s);
@@ -93,7 +103,11 @@ fn over_long_and_empty_names_are_malformed() {
     for name in [vec![b'x'; 300], vec![], b"a\nb".to_vec()] {
         s.write_all(&frame(3, 5, 0, &pstr(&name))).unwrap();
         let (_, kind, body) = read_reply(&mut s).unwrap();
-        assert_eq!((kind, error_code(&body)), (ERROR_KIND, MALFORMED), "name {name:?}");
+        assert_eq!(
+            (kind, error_code(&body)),
+            (ERROR_KIND, MALFORMED),
+            "name {name:?}"
+        );
     }
     assert_intact(&server, &keep);
 }
@@ -102,7 +116,12 @@ fn over_long_and_empty_names_are_malformed() {
 fn trailing_bytes_and_short_bodies_are_malformed() {
     let (server, keep) = server_with_table();
     let mut s = raw_connect(&server);
-    for (kind, body) in [(1u16, vec![1u8]), (3, vec![1, 2, 3]), (2, vec![0, 1, 2]), (10, vec![0; 12])] {
+    for (kind, body) in [
+        (1u16, vec![1u8]),
+        (3, vec![1, 2, 3]),
+        (2, vec![0, 1, 2]),
+        (10, vec![0; 12]),
+    ] {
         s.write_all(&frame(4, kind, 0, &body)).unwrap();
         let (_, k, b) = read_reply(&mut s).unwrap();
         assert_eq!((k, error_code(&b)), (ERROR_KIND, MALFORMED), "kind {kind}");
@@ -117,10 +136,18 @@ fn seal_abort_release_of_unknown_ids() {
     let mut s = raw_connect(&server);
     let mut seal = 12345u64.to_le_bytes().to_vec();
     seal.extend_from_slice(&10u64.to_le_bytes());
-    for (kind, body) in [(3u16, seal), (4, 12345u64.to_le_bytes().to_vec()), (6, 12345u64.to_le_bytes().to_vec())] {
+    for (kind, body) in [
+        (3u16, seal),
+        (4, 12345u64.to_le_bytes().to_vec()),
+        (6, 12345u64.to_le_bytes().to_vec()),
+    ] {
         s.write_all(&frame(6, kind, 0, &body)).unwrap();
         let (_, k, b) = read_reply(&mut s).unwrap();
-        assert_eq!((k, error_code(&b)), (ERROR_KIND, INVALID_OBJECT), "kind {kind}");
+        assert_eq!(
+            (k, error_code(&b)),
+            (ERROR_KIND, INVALID_OBJECT),
+            "kind {kind}"
+        );
     }
     assert_intact(&server, &keep);
 }
@@ -166,7 +193,11 @@ fn sealing_garbage_is_invalid_data_and_space_is_returned() {
     s.write_all(&frame(3, 3, 0, &seal)).unwrap();
     let (_, k, b) = read_reply(&mut s).unwrap();
     assert_eq!((k, error_code(&b)), (ERROR_KIND, INVALID_DATA));
-    assert_eq!(server.client().stats().unwrap().used_bytes, used, "aborted object's space returned");
+    assert_eq!(
+        server.client().stats().unwrap().used_bytes,
+        used,
+        "aborted object's space returned"
+    );
     assert_intact(&server, &keep);
 }
 
@@ -178,13 +209,21 @@ fn garbage_before_handshake_is_refused() {
     let mut reply = [0u8; 32];
     std::io::Read::read_exact(&mut s, &mut reply).unwrap();
     assert_eq!(&reply[0..4], b"APs1");
-    assert_eq!(u16::from_le_bytes([reply[6], reply[7]]), 1, "status bad magic");
+    assert_eq!(
+        u16::from_le_bytes([reply[6], reply[7]]),
+        1,
+        "status bad magic"
+    );
     assert!(read_reply(&mut s).is_none(), "closed");
     // Wrong version.
     let mut s = UnixStream::connect(&server.socket).unwrap();
     s.write_all(b"APc1\x09\x00\x00\x00").unwrap();
     std::io::Read::read_exact(&mut s, &mut reply).unwrap();
-    assert_eq!(u16::from_le_bytes([reply[6], reply[7]]), 2, "status bad version");
+    assert_eq!(
+        u16::from_le_bytes([reply[6], reply[7]]),
+        2,
+        "status bad version"
+    );
     assert_intact(&server, &keep);
 }
 

@@ -12,7 +12,9 @@ use common::{frame, pstr, raw_connect_path, read_reply, table, Server};
 /// Child entry point: does nothing unless started by a test below.
 #[test]
 fn child_process() {
-    let Ok(mode) = std::env::var("ARROWPOOL_CRASH_CHILD") else { return };
+    let Ok(mode) = std::env::var("ARROWPOOL_CRASH_CHILD") else {
+        return;
+    };
     let socket = std::env::var("ARROWPOOL_SOCKET").unwrap();
     let c = arrowpool::Client::connect(&socket).unwrap();
     match mode.as_str() {
@@ -45,7 +47,13 @@ fn child_process() {
 
 fn spawn_child(server: &Server, mode: &str) -> std::process::Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("ARROWPOOL_CRASH_CHILD", mode)
         .env("ARROWPOOL_SOCKET", &server.socket)
         .stdout(Stdio::piped())
@@ -55,7 +63,10 @@ fn spawn_child(server: &Server, mode: &str) -> std::process::Child {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     while !line.contains("READY") {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child exited before READY");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "child exited before READY"
+        );
     }
     std::mem::forget(out);
     child
@@ -91,13 +102,18 @@ fn writer_killed_mid_put_leaves_no_half_table() {
     // Once one put has landed, the child is in a put loop: kill it mid-way.
     let start = std::time::Instant::now();
     while c.get("w").is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "child never completed a put");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "child never completed a put"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(30));
     child.kill().unwrap();
     child.wait().unwrap();
-    server.wait_until("child's pending create aborted", |s| s.pending_bytes == 0 && s.leases == 0);
+    server.wait_until("child's pending create aborted", |s| {
+        s.pending_bytes == 0 && s.leases == 0
+    });
     let (_, expected) = table(400_000, 4, 7);
     match c.get("w") {
         Ok(t) => {

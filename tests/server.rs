@@ -23,7 +23,10 @@ fn buffers_inside(batches: &[arrow_array::RecordBatch], range: &std::ops::Range<
                     continue;
                 }
                 let p = buf.as_ptr() as usize;
-                assert!(range.contains(&p) && p + buf.len() <= range.end, "buffer outside the arena: copied");
+                assert!(
+                    range.contains(&p) && p + buf.len() <= range.end,
+                    "buffer outside the arena: copied"
+                );
                 n += 1;
             }
         }
@@ -46,7 +49,10 @@ fn put_get_round_trip_is_zero_copy() {
     let reader = arrowpool::Client::connect_reader(&server.socket).unwrap();
     let got2 = reader.get("t").unwrap();
     assert_eq!(got2.batches, batches);
-    assert!(matches!(reader.put("x", &schema, &batches), Err(ClientError::ReadOnly)));
+    assert!(matches!(
+        reader.put("x", &schema, &batches),
+        Err(ClientError::ReadOnly)
+    ));
 }
 
 #[test]
@@ -79,7 +85,9 @@ fn old_version_stays_intact_while_held_then_is_freed() {
     assert_eq!(old.batches, v1, "a held version is never overwritten");
     drop(new);
     drop(old);
-    server.wait_until("old version freed", |s| s.leases == 0 && s.used_bytes == used_one);
+    server.wait_until("old version freed", |s| {
+        s.leases == 0 && s.used_bytes == used_one
+    });
 }
 
 #[test]
@@ -91,7 +99,11 @@ fn leases_are_released_when_arrays_drop() {
     let t = c.get("t").unwrap();
     let col = t.batches[0].column(1).clone();
     drop(t);
-    assert_eq!(c.stats().unwrap().leases, 1, "one array still alive holds the lease");
+    assert_eq!(
+        c.stats().unwrap().leases,
+        1,
+        "one array still alive holds the lease"
+    );
     let sum: f64 = col.as_primitive::<Float64Type>().iter().flatten().sum();
     assert!(sum > 0.0);
     drop(col);
@@ -117,7 +129,10 @@ fn delete_list_stats() {
     c.put("b", &schema, &batches).unwrap();
     c.put("a", &schema, &batches).unwrap();
     let l = c.list().unwrap();
-    assert_eq!(l.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        l.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     assert_eq!(l[0].rows, 1000);
     c.delete("a").unwrap();
     assert_eq!(c.get("a").unwrap_err().code(), Some(ErrorCode::NotFound));
@@ -139,10 +154,15 @@ fn wait_for_version_wakes_on_seal_and_times_out() {
     std::thread::sleep(Duration::from_millis(100));
     c.put("t", &schema, &batches).unwrap();
     assert_eq!(h.join().unwrap().unwrap(), 2);
-    let e = c.wait_for_version("t", 2, Duration::from_millis(50)).unwrap_err();
+    let e = c
+        .wait_for_version("t", 2, Duration::from_millis(50))
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Timeout));
     // Already newer: answers at once.
-    assert_eq!(c.wait_for_version("t", 0, Duration::from_secs(1)).unwrap(), 2);
+    assert_eq!(
+        c.wait_for_version("t", 0, Duration::from_secs(1)).unwrap(),
+        2
+    );
 }
 
 #[test]
@@ -159,9 +179,16 @@ fn eviction_under_memory_cap_spares_held_tables() {
     }
     let s = c.stats().unwrap();
     assert!(s.evictions >= 1, "{s:?}");
-    assert_eq!(c.get("a").unwrap().batches, batches, "held table was not evicted");
+    assert_eq!(
+        c.get("a").unwrap().batches,
+        batches,
+        "held table was not evicted"
+    );
     assert!(c.get(&format!("t{}", puts - 1)).is_ok());
-    assert!(c.get("t0").is_err(), "the least recently used table was evicted");
+    assert!(
+        c.get("t0").is_err(),
+        "the least recently used table was evicted"
+    );
     drop(held);
 }
 
@@ -175,8 +202,15 @@ fn put_larger_than_arena_is_out_of_memory_with_numbers() {
     let e = c.put("big", &schema, &big).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::OutOfMemory), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("requested") && msg.contains("free") && msg.contains("held"), "{msg}");
-    assert_eq!(c.get("keep").unwrap().batches, small, "nothing stored is lost");
+    assert!(
+        msg.contains("requested") && msg.contains("free") && msg.contains("held"),
+        "{msg}"
+    );
+    assert_eq!(
+        c.get("keep").unwrap().batches,
+        small,
+        "nothing stored is lost"
+    );
     assert_eq!(c.stats().unwrap().pending_bytes, 0);
 }
 
@@ -257,8 +291,13 @@ fn hugepages_require_either_works_or_says_why() {
         assert_eq!(c.get("t").unwrap().batches, batches);
         assert_eq!(c.server_hello().map_align, 2 * 1024 * 1024);
     } else {
-        let err = result.err().expect("without free hugepages, require must refuse");
-        assert!(err.contains("hugepages required"), "reserved={reserved} free={free}: {err}");
+        let err = result
+            .err()
+            .expect("without free hugepages, require must refuse");
+        assert!(
+            err.contains("hugepages required"),
+            "reserved={reserved} free={free}: {err}"
+        );
     }
 }
 
@@ -266,5 +305,8 @@ fn hugepages_require_either_works_or_says_why() {
 fn hugepages_off_uses_small_pages() {
     let server = Server::start_with(&["--memory", "16M", "--hugepages", "off"]);
     let kind = server.client().stats().unwrap().memory_kind;
-    assert!(kind == "4k-pages" || kind == "transparent-hugepages", "{kind}");
+    assert!(
+        kind == "4k-pages" || kind == "transparent-hugepages",
+        "{kind}"
+    );
 }

@@ -83,19 +83,30 @@ fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Put { file, name } => {
             let pb = spinner(format!("reading {}", file.display()));
-            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(f)
                 .with_context(|| format!("{} is not a Parquet file", file.display()))?
                 .build()?;
             let schema = reader.schema();
-            let batches = reader.collect::<Result<Vec<_>, _>>().with_context(|| format!("decoding {}", file.display()))?;
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("decoding {}", file.display()))?;
             pb.set_message(format!("putting {name}"));
             let info = client.put(&name, &schema, &batches)?;
             pb.finish_and_clear();
             if args.json {
-                println!("{}", serde_json::json!({"name": name, "version": info.version, "rows": info.rows, "bytes": info.bytes}));
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "version": info.version, "rows": info.rows, "bytes": info.bytes})
+                );
             } else {
-                println!("{name}: version {}, {} rows, {}", info.version, info.rows, human_bytes(info.bytes));
+                println!(
+                    "{name}: version {}, {} rows, {}",
+                    info.version,
+                    info.rows,
+                    human_bytes(info.bytes)
+                );
             }
         }
         Command::Get { name, out } => {
@@ -109,11 +120,21 @@ fn run(args: Args) -> anyhow::Result<()> {
                     serde_json::json!({"name": name, "version": table.version, "rows": table.rows, "columns": table.schema.fields().len()})
                 );
             } else {
-                println!("{name}: version {}, {} rows, {} columns", table.version, table.rows, table.schema.fields().len());
+                println!(
+                    "{name}: version {}, {} rows, {} columns",
+                    table.version,
+                    table.rows,
+                    table.schema.fields().len()
+                );
             }
         }
-        Command::Ingest { path, name, columns } => {
-            let path = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
+        Command::Ingest {
+            path,
+            name,
+            columns,
+        } => {
+            let path =
+                std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
             let pb = spinner(format!("server ingesting {}", path.display()));
             let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
             let reply = client.ingest(&path.to_string_lossy(), &name, &cols)?;
@@ -139,11 +160,20 @@ fn run(args: Args) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
-                println!("{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>10}", "NAME", "VERSION", "KIND", "ROWS", "SIZE", "LEASES", "IDLE");
+                println!(
+                    "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>10}",
+                    "NAME", "VERSION", "KIND", "ROWS", "SIZE", "LEASES", "IDLE"
+                );
                 for e in list {
                     println!(
                         "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>9.1}s",
-                        e.name, e.version, e.kind, e.rows, human_bytes(e.bytes), e.leases, e.idle_ms as f64 / 1e3
+                        e.name,
+                        e.version,
+                        e.kind,
+                        e.rows,
+                        human_bytes(e.bytes),
+                        e.leases,
+                        e.idle_ms as f64 / 1e3
                     );
                 }
             }
@@ -159,19 +189,42 @@ fn run(args: Args) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
-                println!("memory     {} ({})", human_bytes(s.arena_bytes), s.memory_kind);
+                println!(
+                    "memory     {} ({})",
+                    human_bytes(s.arena_bytes),
+                    s.memory_kind
+                );
                 println!("io driver  {} x {} threads", s.io_driver, s.threads);
-                println!("used       {} ({} held by readers, {} being written)", human_bytes(s.used_bytes), human_bytes(s.held_bytes), human_bytes(s.pending_bytes));
-                println!("free       {} (largest range {})", human_bytes(s.free_bytes), human_bytes(s.largest_free_bytes));
-                println!("objects    {} ({} named), {} leases, {} connections", s.objects, s.names, s.leases, s.connections);
-                println!("ops        {} puts, {} gets, {} evictions", s.puts, s.gets, s.evictions);
+                println!(
+                    "used       {} ({} held by readers, {} being written)",
+                    human_bytes(s.used_bytes),
+                    human_bytes(s.held_bytes),
+                    human_bytes(s.pending_bytes)
+                );
+                println!(
+                    "free       {} (largest range {})",
+                    human_bytes(s.free_bytes),
+                    human_bytes(s.largest_free_bytes)
+                );
+                println!(
+                    "objects    {} ({} named), {} leases, {} connections",
+                    s.objects, s.names, s.leases, s.connections
+                );
+                println!(
+                    "ops        {} puts, {} gets, {} evictions",
+                    s.puts, s.gets, s.evictions
+                );
             }
         }
     }
     Ok(())
 }
 
-fn write_table(out: &Path, schema: &Arc<arrow_schema::Schema>, batches: &[arrow_array::RecordBatch]) -> anyhow::Result<()> {
+fn write_table(
+    out: &Path,
+    schema: &Arc<arrow_schema::Schema>,
+    batches: &[arrow_array::RecordBatch],
+) -> anyhow::Result<()> {
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     match out.extension().and_then(|e| e.to_str()) {
         Some("arrow") | Some("ipc") | Some("feather") => {

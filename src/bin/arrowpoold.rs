@@ -43,7 +43,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let config = Config {
         socket: args.socket,
         memory_bytes: args.memory,
@@ -54,7 +56,10 @@ fn main() -> ExitCode {
         max_connections: args.max_connections,
         socket_mode: args.socket_mode,
     };
-    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("arrowpoold: cannot install signal handlers: {e}");

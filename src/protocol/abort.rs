@@ -18,7 +18,9 @@ impl Abort {
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
         let mut r = BodyReader::new(body);
-        let v = Abort { object_id: r.u64("object id")? };
+        let v = Abort {
+            object_id: r.u64("object id")?,
+        };
         r.finish()?;
         Ok(v)
     }

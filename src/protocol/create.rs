@@ -30,7 +30,11 @@ impl Create {
         let name = r.str("name")?;
         r.finish()?;
         check_name(name)?;
-        Ok(Create { object_kind, size, name: name.to_owned() })
+        Ok(Create {
+            object_kind,
+            size,
+            name: name.to_owned(),
+        })
     }
 }
 

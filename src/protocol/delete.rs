@@ -5,8 +5,8 @@
 //! request:  | name str |
 //! reply:    (empty)
 //! ```
-use super::frame::{put_str, BodyReader, FrameError};
 use super::check_name;
+use super::frame::{put_str, BodyReader, FrameError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delete {
@@ -23,6 +23,8 @@ impl Delete {
         let name = r.str("name")?;
         r.finish()?;
         check_name(name)?;
-        Ok(Delete { name: name.to_owned() })
+        Ok(Delete {
+            name: name.to_owned(),
+        })
     }
 }

@@ -59,7 +59,10 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply { code, message: message.into() }
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {

@@ -9,7 +9,6 @@
 //! ```
 //! `len` counts the body only. See `docs/PROTOCOL.md` for every kind.
 
-
 pub const LEN_OFFSET: usize = 0;
 pub const LEN_SIZE: usize = 4;
 pub const REQUEST_ID_OFFSET: usize = LEN_OFFSET + LEN_SIZE;
@@ -58,7 +57,10 @@ impl std::fmt::Display for FrameError {
         match self {
             FrameError::Incomplete => write!(f, "incomplete frame"),
             FrameError::TooLarge { len, max } => {
-                write!(f, "frame body of {len} bytes exceeds the limit of {max} bytes")
+                write!(
+                    f,
+                    "frame body of {len} bytes exceeds the limit of {max} bytes"
+                )
             }
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k:#06x}"),
             FrameError::Malformed(what) => write!(f, "malformed frame body: {what}"),
@@ -96,7 +98,13 @@ impl Header {
 }
 
 /// Appends a complete frame to `out`: header, then whatever `body` writes.
-pub fn write_frame(out: &mut Vec<u8>, request_id: u64, kind: u16, flags: u16, body: impl FnOnce(&mut Vec<u8>)) {
+pub fn write_frame(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    kind: u16,
+    flags: u16,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     body(out);
@@ -132,15 +140,21 @@ impl<'a> BodyReader<'a> {
     }
 
     pub fn u16(&mut self, what: &'static str) -> Result<u16, FrameError> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
     }
 
     pub fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
 
     pub fn u64(&mut self, what: &'static str) -> Result<u64, FrameError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// A string: u16 LE byte length, then that many bytes of UTF-8.
@@ -181,9 +195,19 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let mut out = Vec::new();
-        write_frame(&mut out, 42, Kind::Ping as u16, 3, |b| b.extend_from_slice(b"xyz"));
+        write_frame(&mut out, 42, Kind::Ping as u16, 3, |b| {
+            b.extend_from_slice(b"xyz")
+        });
         let h = Header::parse(&out, REQUEST_BODY_MAX).unwrap();
-        assert_eq!(h, Header { len: 3, request_id: 42, kind: Kind::Ping as u16, flags: 3 });
+        assert_eq!(
+            h,
+            Header {
+                len: 3,
+                request_id: 42,
+                kind: Kind::Ping as u16,
+                flags: 3
+            }
+        );
         assert_eq!(h.frame_len(), out.len());
     }
 
@@ -196,7 +220,10 @@ mod tests {
     fn oversized_body_is_rejected() {
         let mut buf = [0u8; 16];
         buf[0..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
-        assert!(matches!(Header::parse(&buf, REQUEST_BODY_MAX), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Header::parse(&buf, REQUEST_BODY_MAX),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -23,7 +23,9 @@ impl Get {
         let name = r.str("name")?;
         r.finish()?;
         check_name(name)?;
-        Ok(Get { name: name.to_owned() })
+        Ok(Get {
+            name: name.to_owned(),
+        })
     }
 }
 

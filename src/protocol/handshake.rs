@@ -65,7 +65,10 @@ impl ClientHello {
         if version != PROTOCOL_VERSION {
             return Err(STATUS_BAD_VERSION);
         }
-        Ok(ClientHello { version, flags: u16::from_le_bytes([b[6], b[7]]) })
+        Ok(ClientHello {
+            version,
+            flags: u16::from_le_bytes([b[6], b[7]]),
+        })
     }
 }
 
@@ -87,10 +90,14 @@ impl ServerHello {
     pub fn encode(&self) -> [u8; SERVER_HELLO_LEN] {
         let mut b = [0u8; SERVER_HELLO_LEN];
         b[0..4].copy_from_slice(&SERVER_MAGIC);
-        b[SERVER_VERSION_OFFSET..SERVER_VERSION_OFFSET + 2].copy_from_slice(&self.version.to_le_bytes());
-        b[SERVER_STATUS_OFFSET..SERVER_STATUS_OFFSET + 2].copy_from_slice(&self.status.to_le_bytes());
-        b[SERVER_ARENA_LEN_OFFSET..SERVER_ARENA_LEN_OFFSET + 8].copy_from_slice(&self.arena_len.to_le_bytes());
-        b[SERVER_MAP_ALIGN_OFFSET..SERVER_MAP_ALIGN_OFFSET + 4].copy_from_slice(&self.map_align.to_le_bytes());
+        b[SERVER_VERSION_OFFSET..SERVER_VERSION_OFFSET + 2]
+            .copy_from_slice(&self.version.to_le_bytes());
+        b[SERVER_STATUS_OFFSET..SERVER_STATUS_OFFSET + 2]
+            .copy_from_slice(&self.status.to_le_bytes());
+        b[SERVER_ARENA_LEN_OFFSET..SERVER_ARENA_LEN_OFFSET + 8]
+            .copy_from_slice(&self.arena_len.to_le_bytes());
+        b[SERVER_MAP_ALIGN_OFFSET..SERVER_MAP_ALIGN_OFFSET + 4]
+            .copy_from_slice(&self.map_align.to_le_bytes());
         b[SERVER_MEMORY_KIND_OFFSET] = self.memory_kind;
         b[SERVER_IO_DRIVER_OFFSET] = self.io_driver;
         b[SERVER_FD_COUNT_OFFSET] = self.fd_count;

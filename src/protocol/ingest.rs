@@ -32,7 +32,9 @@ impl Ingest {
         check_name(name)?;
         let path = r.str("path")?;
         if path.is_empty() || path.len() > PATH_MAX {
-            return Err(FrameError::Malformed("path is empty or longer than 4096 bytes"));
+            return Err(FrameError::Malformed(
+                "path is empty or longer than 4096 bytes",
+            ));
         }
         let count = r.u16("column count")? as usize;
         if count > COLUMNS_MAX {
@@ -43,7 +45,11 @@ impl Ingest {
             columns.push(r.str("column")?.to_owned());
         }
         r.finish()?;
-        Ok(Ingest { name: name.to_owned(), path: path.to_owned(), columns })
+        Ok(Ingest {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            columns,
+        })
     }
 }
 

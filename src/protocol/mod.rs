@@ -95,7 +95,9 @@ impl ObjectKind {
         match v {
             0 => Ok(ObjectKind::Table),
             1 => Ok(ObjectKind::Bytes),
-            _ => Err(FrameError::Malformed("object kind must be 0 (table) or 1 (bytes)")),
+            _ => Err(FrameError::Malformed(
+                "object kind must be 0 (table) or 1 (bytes)",
+            )),
         }
     }
 }

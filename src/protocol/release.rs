@@ -20,7 +20,9 @@ impl Release {
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
         let mut r = BodyReader::new(body);
-        let v = Release { object_id: r.u64("object id")? };
+        let v = Release {
+            object_id: r.u64("object id")?,
+        };
         r.finish()?;
         Ok(v)
     }

@@ -23,7 +23,10 @@ impl Seal {
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
         let mut r = BodyReader::new(body);
-        let v = Seal { object_id: r.u64("object id")?, length: r.u64("length")? };
+        let v = Seal {
+            object_id: r.u64("object id")?,
+            length: r.u64("length")?,
+        };
         r.finish()?;
         Ok(v)
     }
@@ -43,7 +46,10 @@ impl Sealed {
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
         let mut r = BodyReader::new(body);
-        let v = Sealed { version: r.u64("version")?, rows: r.u64("rows")? };
+        let v = Sealed {
+            version: r.u64("version")?,
+            rows: r.u64("rows")?,
+        };
         r.finish()?;
         Ok(v)
     }

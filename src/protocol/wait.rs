@@ -7,8 +7,8 @@
 //! Fails with `Timeout` when no newer version appears in time. The connection
 //! answers other requests only after the wait ends; use a separate connection
 //! to wait while working.
-use super::frame::{put_str, BodyReader, FrameError};
 use super::check_name;
+use super::frame::{put_str, BodyReader, FrameError};
 
 /// Longest wait a client may ask for (10 minutes).
 pub const TIMEOUT_MS_MAX: u32 = 600_000;
@@ -37,7 +37,11 @@ impl Wait {
         if timeout_ms > TIMEOUT_MS_MAX {
             return Err(FrameError::Malformed("timeout above 600000 ms"));
         }
-        Ok(Wait { after, timeout_ms, name: name.to_owned() })
+        Ok(Wait {
+            after,
+            timeout_ms,
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -53,7 +57,9 @@ impl Version {
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
         let mut r = BodyReader::new(body);
-        let v = Version { version: r.u64("version")? };
+        let v = Version {
+            version: r.u64("version")?,
+        };
         r.finish()?;
         Ok(v)
     }

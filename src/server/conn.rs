@@ -12,7 +12,8 @@ use compio::net::UnixStream;
 
 use crate::protocol::frame::{write_frame, FrameError, Header, REQUEST_BODY_MAX};
 use crate::protocol::handshake::{
-    ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_WRITE, PROTOCOL_VERSION, STATUS_OK, STATUS_TOO_MANY_CONNECTIONS,
+    ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_WRITE, PROTOCOL_VERSION, STATUS_OK,
+    STATUS_TOO_MANY_CONNECTIONS,
 };
 use crate::protocol::{ErrorCode, ErrorReply, Kind, Request};
 use crate::store::ConnId;
@@ -45,7 +46,10 @@ pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
         refuse(&stream, &shared, STATUS_TOO_MANY_CONNECTIONS);
         return;
     };
-    let _registration = Registration { shared: &shared, conn };
+    let _registration = Registration {
+        shared: &shared,
+        conn,
+    };
     if handshake(&mut stream, &shared).await.is_err() {
         return;
     }
@@ -75,7 +79,10 @@ pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
             return;
         }
     }
-    if shared.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+    if shared
+        .shutting_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
         let mut notice = Vec::with_capacity(16);
         write_frame(&mut notice, 0, Kind::Shutdown as u16, 0, |_| {});
         let _ = stream.write_all(notice).await;
@@ -84,7 +91,12 @@ pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
 
 /// Handles every complete frame in `inbuf`. Returns the bytes consumed and
 /// whether the connection must close (a frame that cannot be skipped).
-async fn process(shared: &Arc<Shared>, conn: ConnId, inbuf: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+async fn process(
+    shared: &Arc<Shared>,
+    conn: ConnId,
+    inbuf: &[u8],
+    out: &mut Vec<u8>,
+) -> (usize, bool) {
     let mut pos = 0;
     loop {
         let header = match Header::parse(&inbuf[pos..], REQUEST_BODY_MAX) {
@@ -93,8 +105,13 @@ async fn process(shared: &Arc<Shared>, conn: ConnId, inbuf: &[u8], out: &mut Vec
             Err(e) => {
                 // The body cannot be skipped safely (it may be huge or the length a
                 // lie): report and close. The request id is still readable.
-                let request_id = u64::from_le_bytes(inbuf[pos + 4..pos + 12].try_into().unwrap_or([0; 8]));
-                write_error(out, request_id, &ErrorReply::new(ErrorCode::Malformed, format!("{e}; closing")));
+                let request_id =
+                    u64::from_le_bytes(inbuf[pos + 4..pos + 12].try_into().unwrap_or([0; 8]));
+                write_error(
+                    out,
+                    request_id,
+                    &ErrorReply::new(ErrorCode::Malformed, format!("{e}; closing")),
+                );
                 return (inbuf.len(), true);
             }
         };
@@ -109,7 +126,11 @@ async fn process(shared: &Arc<Shared>, conn: ConnId, inbuf: &[u8], out: &mut Vec
                     FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
                     _ => ErrorCode::Malformed,
                 };
-                write_error(out, header.request_id, &ErrorReply::new(code, e.to_string()));
+                write_error(
+                    out,
+                    header.request_id,
+                    &ErrorReply::new(code, e.to_string()),
+                );
             }
         }
         pos += header.frame_len();
@@ -120,7 +141,9 @@ async fn process(shared: &Arc<Shared>, conn: ConnId, inbuf: &[u8], out: &mut Vec
 async fn handshake(stream: &mut UnixStream, shared: &Shared) -> Result<(), ()> {
     let hello = Vec::with_capacity(CLIENT_HELLO_LEN);
     let read = compio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(hello)).await;
-    let Ok(BufResult(Ok(()), hello)) = read else { return Err(()) };
+    let Ok(BufResult(Ok(()), hello)) = read else {
+        return Err(());
+    };
     let hello: [u8; CLIENT_HELLO_LEN] = hello.try_into().map_err(|_| ())?;
     let client = match ClientHello::decode(&hello) {
         Ok(c) => c,
@@ -141,7 +164,11 @@ async fn handshake(stream: &mut UnixStream, shared: &Shared) -> Result<(), ()> {
     }
 }
 
-fn server_hello(shared: &Shared, status: u16, fd_count: u8) -> [u8; crate::protocol::handshake::SERVER_HELLO_LEN] {
+fn server_hello(
+    shared: &Shared,
+    status: u16,
+    fd_count: u8,
+) -> [u8; crate::protocol::handshake::SERVER_HELLO_LEN] {
     ServerHello {
         version: PROTOCOL_VERSION,
         status,

@@ -33,11 +33,23 @@ fn json<T: serde::Serialize>(v: &T) -> Reply {
 }
 
 /// Handles one request and appends its reply frame (if any) to `out`.
-pub async fn handle(shared: &Arc<Shared>, conn: ConnId, request_id: u64, flags: u16, req: Request, out: &mut Vec<u8>) {
+pub async fn handle(
+    shared: &Arc<Shared>,
+    conn: ConnId,
+    request_id: u64,
+    flags: u16,
+    req: Request,
+    out: &mut Vec<u8>,
+) {
     let kind = req.kind();
     let no_reply = kind == Kind::Release && flags & FLAG_NO_REPLY != 0;
-    let reply = if shared.shutting_down.load(Ordering::Relaxed) && !matches!(kind, Kind::Release | Kind::Abort) {
-        Err(ErrorReply::new(ErrorCode::ShuttingDown, "the server is shutting down"))
+    let reply = if shared.shutting_down.load(Ordering::Relaxed)
+        && !matches!(kind, Kind::Release | Kind::Abort)
+    {
+        Err(ErrorReply::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        ))
     } else {
         dispatch(shared, conn, req).await
     };
@@ -46,7 +58,9 @@ pub async fn handle(shared: &Arc<Shared>, conn: ConnId, request_id: u64, flags: 
     }
     match reply {
         Ok(Body::Empty) => write_frame(out, request_id, kind.reply(), 0, |_| {}),
-        Ok(Body::Bytes(b)) => write_frame(out, request_id, kind.reply(), 0, |o| o.extend_from_slice(&b)),
+        Ok(Body::Bytes(b)) => write_frame(out, request_id, kind.reply(), 0, |o| {
+            o.extend_from_slice(&b)
+        }),
         Err(e) => write_error(out, request_id, &e),
     }
 }
@@ -60,44 +74,69 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
     match req {
         Request::Ping(_) => Ok(Body::Empty),
         Request::Create(c) => {
-            let created = shared.store().create(conn, &c.name, c.object_kind, c.size).map_err(store_error)?;
+            let created = shared
+                .store()
+                .create(conn, &c.name, c.object_kind, c.size)
+                .map_err(store_error)?;
             // Allocate the pages now so the writer's copy does not fault them in,
             // and so a memory shortage is an error reply rather than a SIGBUS.
-            if let Err(e) = shared.arena.ensure_allocated(created.offset, created.capacity) {
+            if let Err(e) = shared
+                .arena
+                .ensure_allocated(created.offset, created.capacity)
+            {
                 let _ = shared.store().abort(conn, created.object_id);
                 return Err(ErrorReply::new(ErrorCode::OutOfMemory, e.to_string()));
             }
             Ok(bytes(|o| created.encode(o)))
         }
         Request::Seal(s) => {
-            let (offset, capacity, kind) = shared.store().pending_range(conn, s.object_id).map_err(store_error)?;
+            let (offset, capacity, kind) = shared
+                .store()
+                .pending_range(conn, s.object_id)
+                .map_err(store_error)?;
             if s.length > capacity {
                 return Err(ErrorReply::new(
                     ErrorCode::InvalidObject,
-                    format!("object {}: sealed length {} exceeds its capacity {capacity}", s.object_id, s.length),
+                    format!(
+                        "object {}: sealed length {} exceeds its capacity {capacity}",
+                        s.object_id, s.length
+                    ),
                 ));
             }
             let rows = if kind == ObjectKind::Table {
-                let data = shared.arena.mapping().slice(offset, s.length).unwrap_or(&[]);
+                let data = shared
+                    .arena
+                    .mapping()
+                    .slice(offset, s.length)
+                    .unwrap_or(&[]);
                 match crate::ipc::check_file(data) {
                     Ok(summary) => summary.rows,
                     Err(e) => {
                         let _ = shared.store().abort(conn, s.object_id);
                         return Err(ErrorReply::new(
                             ErrorCode::InvalidData,
-                            format!("object {} is not a valid Arrow IPC file ({e}); it was aborted", s.object_id),
+                            format!(
+                                "object {} is not a valid Arrow IPC file ({e}); it was aborted",
+                                s.object_id
+                            ),
                         ));
                     }
                 }
             } else {
                 0
             };
-            let sealed = shared.store().seal(conn, s.object_id, s.length, rows).map_err(store_error)?;
+            let sealed = shared
+                .store()
+                .seal(conn, s.object_id, s.length, rows)
+                .map_err(store_error)?;
             shared.versions_changed.notify(usize::MAX);
             Ok(bytes(|o| sealed.encode(o)))
         }
         Request::Abort(a) => {
-            shared.store().abort(conn, a.object_id).map_err(store_error)?;
+            shared
+                .store()
+                .abort(conn, a.object_id)
+                .map_err(store_error)?;
             Ok(Body::Empty)
         }
         Request::Get(g) => {
@@ -105,7 +144,10 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
             Ok(bytes(|o| located.encode(o)))
         }
         Request::Release(r) => {
-            shared.store().release(conn, r.object_id).map_err(store_error)?;
+            shared
+                .store()
+                .release(conn, r.object_id)
+                .map_err(store_error)?;
             Ok(Body::Empty)
         }
         Request::Delete(d) => {
@@ -114,14 +156,27 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
         }
         Request::List(_) => json(&shared.store().list()),
         Request::Stats(_) => json(&shared.stats()),
-        Request::Wait(w) => wait(shared, &w.name, w.after, Duration::from_millis(w.timeout_ms as u64)).await,
+        Request::Wait(w) => {
+            wait(
+                shared,
+                &w.name,
+                w.after,
+                Duration::from_millis(w.timeout_ms as u64),
+            )
+            .await
+        }
         Request::Ingest(i) => {
             let shared2 = shared.clone();
-            let result = compio::runtime::spawn_blocking(move || crate::ingest::ingest(&shared2, conn, &i)).await;
+            let result =
+                compio::runtime::spawn_blocking(move || crate::ingest::ingest(&shared2, conn, &i))
+                    .await;
             match result {
                 Ok(Ok(reply)) => json(&reply),
                 Ok(Err(e)) => Err(ErrorReply::new(ErrorCode::Ingest, e.to_string())),
-                Err(_) => Err(ErrorReply::new(ErrorCode::Internal, "ingest worker panicked")),
+                Err(_) => Err(ErrorReply::new(
+                    ErrorCode::Internal,
+                    "ingest worker panicked",
+                )),
             }
         }
     }
@@ -134,17 +189,25 @@ async fn wait(shared: &Arc<Shared>, name: &str, after: u64, timeout: Duration) -
         let listener = shared.versions_changed.listen();
         if let Some(version) = shared.store().version(name) {
             if version > after {
-                return Ok(bytes(|o| crate::protocol::wait::Version { version }.encode(o)));
+                return Ok(bytes(|o| {
+                    crate::protocol::wait::Version { version }.encode(o)
+                }));
             }
         }
         if shared.shutting_down.load(Ordering::Relaxed) {
-            return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+            return Err(ErrorReply::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ErrorReply::new(
                 ErrorCode::Timeout,
-                format!("no version of {name:?} newer than {after} within {} ms", timeout.as_millis()),
+                format!(
+                    "no version of {name:?} newer than {after} within {} ms",
+                    timeout.as_millis()
+                ),
             ));
         }
         let _ = compio::time::timeout(remaining, listener).await;

@@ -24,7 +24,10 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, 
         }
         let _ = std::fs::remove_file(path);
     }
-    let err = |err| StartError::Socket { path: path.to_owned(), err };
+    let err = |err| StartError::Socket {
+        path: path.to_owned(),
+        err,
+    };
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;

@@ -95,9 +95,11 @@ impl Server {
     /// Creates the arena, binds the socket and starts one thread per core.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let threads = config.threads.max(1);
-        let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault).map_err(StartError::Arena)?;
+        let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
+            .map_err(StartError::Arena)?;
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| async_channel::bounded(1024)).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..threads).map(|_| async_channel::bounded(1024)).unzip();
         let driver = listener::probe_driver(config.require_io_uring)?;
         let shared = Arc::new(Shared::new(arena, &config, driver, threads));
         eprintln!(

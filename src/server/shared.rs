@@ -74,7 +74,10 @@ impl Shared {
     /// Forgets a connection: its leases are released and unsealed creates aborted.
     /// Must run before its fd is closed.
     pub fn unregister(&self, conn: ConnId) {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn);
         self.store().disconnect(conn);
     }
 
@@ -101,25 +104,39 @@ impl Shared {
         size: u64,
         write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<Sealed, ErrorReply> {
-        let created = self.store().create(conn, name, kind, size).map_err(store_error)?;
+        let created = self
+            .store()
+            .create(conn, name, kind, size)
+            .map_err(store_error)?;
         let result = (|| {
             self.arena
                 .ensure_allocated(created.offset, created.capacity)
                 .map_err(|e| ErrorReply::new(ErrorCode::OutOfMemory, e.to_string()))?;
             // SAFETY: the range belongs to the pending object we just created on this
             // connection; nobody else can see or write it until we seal it.
-            let dest = unsafe { self.arena.mapping().slice_mut(created.offset, created.capacity) }
-                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "object outside the arena"))?;
-            let written = write(dest).map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+            let dest = unsafe {
+                self.arena
+                    .mapping()
+                    .slice_mut(created.offset, created.capacity)
+            }
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "object outside the arena"))?;
+            let written =
+                write(dest).map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
             let rows = if kind == ObjectKind::Table {
-                let bytes = self.arena.mapping().slice(created.offset, written as u64).unwrap_or(&[]);
+                let bytes = self
+                    .arena
+                    .mapping()
+                    .slice(created.offset, written as u64)
+                    .unwrap_or(&[]);
                 crate::ipc::check_file(bytes)
                     .map_err(|e| ErrorReply::new(ErrorCode::InvalidData, e.to_string()))?
                     .rows
             } else {
                 0
             };
-            self.store().seal(conn, created.object_id, written as u64, rows).map_err(store_error)
+            self.store()
+                .seal(conn, created.object_id, written as u64, rows)
+                .map_err(store_error)
         })();
         match result {
             Ok(sealed) => {
@@ -161,7 +178,9 @@ pub fn store_error(e: StoreError) -> ErrorReply {
     let code = match &e {
         StoreError::NotFound { .. } => ErrorCode::NotFound,
         StoreError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
-        StoreError::InvalidObject { .. } | StoreError::LengthTooLarge { .. } => ErrorCode::InvalidObject,
+        StoreError::InvalidObject { .. } | StoreError::LengthTooLarge { .. } => {
+            ErrorCode::InvalidObject
+        }
         StoreError::LimitExceeded(_) => ErrorCode::LimitExceeded,
     };
     ErrorReply::new(code, e.to_string())

@@ -17,12 +17,19 @@ fn seal_moves_name_and_old_version_lives_while_leased() {
     let old = s.get(2, "a").unwrap();
     assert_eq!(put(&mut s, 1, "a", 10 * MB).unwrap().version, 2);
     let new = s.get(3, "a").unwrap();
-    assert_ne!(old.offset, new.offset, "old version must stay in place while leased");
+    assert_ne!(
+        old.offset, new.offset,
+        "old version must stay in place while leased"
+    );
     assert_eq!(new.version, 2);
     s.check_invariants();
     let used = s.stats().used_bytes;
     s.release(2, old.object_id).unwrap();
-    assert_eq!(s.stats().used_bytes, used - 10 * MB, "old version freed at its last release");
+    assert_eq!(
+        s.stats().used_bytes,
+        used - 10 * MB,
+        "old version freed at its last release"
+    );
     s.check_invariants();
 }
 
@@ -32,8 +39,14 @@ fn double_release_is_an_error() {
     put(&mut s, 1, "a", MB).unwrap();
     let g = s.get(1, "a").unwrap();
     s.release(1, g.object_id).unwrap();
-    assert!(matches!(s.release(1, g.object_id), Err(StoreError::InvalidObject { .. })));
-    assert!(matches!(s.release(1, 999), Err(StoreError::InvalidObject { .. })));
+    assert!(matches!(
+        s.release(1, g.object_id),
+        Err(StoreError::InvalidObject { .. })
+    ));
+    assert!(matches!(
+        s.release(1, 999),
+        Err(StoreError::InvalidObject { .. })
+    ));
     s.check_invariants();
 }
 
@@ -50,7 +63,14 @@ fn eviction_takes_lru_unheld_and_never_held() {
     // Everything left is held: a put that needs eviction fails with numbers.
     s.get(3, "c").unwrap();
     let e = put(&mut s, 1, "d", 10 * MB).unwrap_err();
-    let StoreError::OutOfMemory { requested_bytes, held_bytes, .. } = e else { panic!("{e:?}") };
+    let StoreError::OutOfMemory {
+        requested_bytes,
+        held_bytes,
+        ..
+    } = e
+    else {
+        panic!("{e:?}")
+    };
     assert_eq!(requested_bytes, 10 * MB);
     assert_eq!(held_bytes, 22 * MB);
     assert!(e.to_string().contains("raise --memory"));
@@ -63,10 +83,15 @@ fn replaced_table_is_evicted_last() {
     let mut s = Store::new(30 * MB, 2 * MB);
     put(&mut s, 1, "a", 12 * MB).unwrap();
     put(&mut s, 1, "b", 12 * MB).unwrap();
-    s.get(1, "a").and_then(|l| s.release(1, l.object_id)).unwrap(); // b is now LRU
-    // Replacing a (12 MB) needs 6 MB more: b goes, not a.
+    s.get(1, "a")
+        .and_then(|l| s.release(1, l.object_id))
+        .unwrap(); // b is now LRU
+                   // Replacing a (12 MB) needs 6 MB more: b goes, not a.
     let c = s.create(1, "a", ObjectKind::Table, 12 * MB).unwrap();
-    assert!(s.get(2, "a").is_ok(), "the version being replaced stays readable");
+    assert!(
+        s.get(2, "a").is_ok(),
+        "the version being replaced stays readable"
+    );
     assert!(s.get(2, "b").is_err());
     s.seal(1, c.object_id, 12 * MB, 1).unwrap();
     s.check_invariants();
@@ -76,7 +101,10 @@ fn replaced_table_is_evicted_last() {
 fn larger_than_arena_evicts_nothing() {
     let mut s = Store::new(16 * MB, 2 * MB);
     put(&mut s, 1, "a", 4 * MB).unwrap();
-    assert!(matches!(s.create(1, "huge", ObjectKind::Table, 64 * MB), Err(StoreError::OutOfMemory { .. })));
+    assert!(matches!(
+        s.create(1, "huge", ObjectKind::Table, 64 * MB),
+        Err(StoreError::OutOfMemory { .. })
+    ));
     assert!(s.get(2, "a").is_ok());
 }
 
@@ -101,10 +129,19 @@ fn disconnect_releases_leases_and_aborts_pending() {
 fn only_owner_may_seal() {
     let mut s = Store::new(16 * MB, 2 * MB);
     let c = s.create(1, "a", ObjectKind::Bytes, 100).unwrap();
-    assert!(matches!(s.seal(2, c.object_id, 100, 0), Err(StoreError::InvalidObject { .. })));
-    assert!(matches!(s.seal(1, c.object_id, c.capacity + 1, 0), Err(StoreError::LengthTooLarge { .. })));
+    assert!(matches!(
+        s.seal(2, c.object_id, 100, 0),
+        Err(StoreError::InvalidObject { .. })
+    ));
+    assert!(matches!(
+        s.seal(1, c.object_id, c.capacity + 1, 0),
+        Err(StoreError::LengthTooLarge { .. })
+    ));
     s.seal(1, c.object_id, 100, 0).unwrap();
-    assert!(matches!(s.seal(1, c.object_id, 100, 0), Err(StoreError::InvalidObject { .. })));
+    assert!(matches!(
+        s.seal(1, c.object_id, 100, 0),
+        Err(StoreError::InvalidObject { .. })
+    ));
     s.check_invariants();
 }
 
@@ -114,7 +151,10 @@ fn pending_limit_per_connection() {
     for _ in 0..PENDING_PER_CONN_MAX {
         s.create(1, "x", ObjectKind::Bytes, 10).unwrap();
     }
-    assert!(matches!(s.create(1, "x", ObjectKind::Bytes, 10), Err(StoreError::LimitExceeded(_))));
+    assert!(matches!(
+        s.create(1, "x", ObjectKind::Bytes, 10),
+        Err(StoreError::LimitExceeded(_))
+    ));
 }
 
 #[derive(Debug, Clone)]
@@ -133,8 +173,16 @@ fn op() -> impl Strategy<Value = Op> {
     let conn = 0u64..4;
     let name = 0u8..5;
     prop_oneof![
-        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Put { conn, name, size_mb }),
-        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Create { conn, name, size_mb }),
+        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Put {
+            conn,
+            name,
+            size_mb
+        }),
+        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Create {
+            conn,
+            name,
+            size_mb
+        }),
         (conn.clone(), any::<usize>()).prop_map(|(conn, pick)| Op::Seal { conn, pick }),
         (conn.clone(), any::<usize>()).prop_map(|(conn, pick)| Op::Abort { conn, pick }),
         (conn.clone(), name.clone()).prop_map(|(conn, name)| Op::Get { conn, name }),

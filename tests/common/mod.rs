@@ -69,7 +69,11 @@ impl Server {
 
     /// Stats once all earlier fire-and-forget releases have been processed:
     /// a fresh connection's request is served after them only eventually, so poll.
-    pub fn wait_until(&self, what: &str, cond: impl Fn(&arrowpool::protocol::stats::StatsReply) -> bool) {
+    pub fn wait_until(
+        &self,
+        what: &str,
+        cond: impl Fn(&arrowpool::protocol::stats::StatsReply) -> bool,
+    ) {
         let c = self.client();
         let start = Instant::now();
         loop {
@@ -106,10 +110,19 @@ pub fn table(rows: usize, batches: usize, seed: i64) -> (Arc<Schema>, Vec<Record
             let start = (b * per) as i64;
             let ids: Vec<i64> = (start..start + per as i64).collect();
             let cols: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from(ids.iter().map(|i| i + seed).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from_iter(ids.iter().map(|i| (i % 13 != 0).then_some(*i as f64 * 0.5)))),
-                Arc::new(StringArray::from_iter_values(ids.iter().map(|i| ["a", "b", "c"][(*i % 3) as usize]))),
-                Arc::new(StringArray::from_iter(ids.iter().map(|i| (i % 11 != 0).then(|| format!("row-{i}-{seed}"))))),
+                Arc::new(Int64Array::from(
+                    ids.iter().map(|i| i + seed).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from_iter(
+                    ids.iter().map(|i| (i % 13 != 0).then_some(*i as f64 * 0.5)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| ["a", "b", "c"][(*i % 3) as usize]),
+                )),
+                Arc::new(StringArray::from_iter(
+                    ids.iter()
+                        .map(|i| (i % 11 != 0).then(|| format!("row-{i}-{seed}"))),
+                )),
             ];
             RecordBatch::try_new(schema.clone(), cols).unwrap()
         })
@@ -137,7 +150,9 @@ pub fn raw_connect_path(socket: &std::path::Path) -> UnixStream {
 /// A frame with an arbitrary header and body.
 pub fn frame(request_id: u64, kind: u16, flags: u16, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    arrowpool::protocol::frame::write_frame(&mut v, request_id, kind, flags, |o| o.extend_from_slice(body));
+    arrowpool::protocol::frame::write_frame(&mut v, request_id, kind, flags, |o| {
+        o.extend_from_slice(body)
+    });
     v
 }
 

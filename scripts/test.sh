@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one test command: Rust (format, lints, unit + integration tests), the
+# Python client against a real server, and the loadgen smoke gate.
+# Installs what it needs (Python venv with pinned packages) on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Reserve hugepages when we can (root), so both the hugetlb path and, for servers
+# that find the pool used up, the fallback paths run. Restored on exit.
+hugepages_prev=""
+if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+  hugepages_prev=$(cat /proc/sys/vm/nr_hugepages)
+  echo "${ARROWPOOL_TEST_HUGEPAGES:-512}" > /proc/sys/vm/nr_hugepages || true
+  trap 'echo "$hugepages_prev" > /proc/sys/vm/nr_hugepages || true' EXIT
+  echo "hugepages reserved: $(cat /proc/sys/vm/nr_hugepages) (was $hugepages_prev)"
+else
+  echo "not root: hugepages not reserved; hugetlb tests check the refusal path"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace
+
+step "python client tests"
+bash scripts/python-tests.sh
+
+step "loadgen smoke gate"
+cargo build --release -p loadgen --bin loadgen
+cargo build --release --bin arrowpoold
+smoke_dir=$(mktemp -d)
+"$root/target/release/loadgen" run --preset smoke --repeats 3 --out "$smoke_dir" --data-dir "$smoke_dir/data"
+"$root/target/release/loadgen" compare results/baseline-smoke.json "$smoke_dir/raw.json" --max-regression 50%
+rm -rf "$smoke_dir"
+
+echo
+echo "all tests passed"
