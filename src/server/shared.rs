@@ -128,7 +128,12 @@ impl Shared {
                     .mapping()
                     .slice(created.offset, written as u64)
                     .unwrap_or(&[]);
-                crate::ipc::check_file(bytes)
+                std::panic::catch_unwind(|| crate::ipc::check_file(bytes))
+                    .unwrap_or_else(|_| {
+                        Err(arrow_schema::ArrowError::ParseError(
+                            "decoder panicked".into(),
+                        ))
+                    })
                     .map_err(|e| ErrorReply::new(ErrorCode::InvalidData, e.to_string()))?
                     .rows
             } else {
