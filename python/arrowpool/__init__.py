@@ -1,0 +1,51 @@
+"""Python client of arrowpool, a shared-memory store for Apache Arrow tables.
+
+::
+
+    import arrowpool
+    with arrowpool.connect("/tmp/arrowpool.sock") as client:
+        client.put("sales", table)          # -> version 1
+        t = client.get("sales")             # zero-copy pyarrow.Table
+        df = client.get_pandas("sales", columns=["region", "price"])
+
+The wire protocol is ``docs/PROTOCOL.md`` in the repository.
+"""
+
+from .client import DEFAULT_SOCKET, DEFAULT_TIMEOUT, Client, connect
+from .errors import (
+    ArrowpoolError,
+    IngestError,
+    InternalError,
+    InvalidData,
+    InvalidObject,
+    LimitExceeded,
+    Malformed,
+    NotFound,
+    OutOfMemory,
+    ProtocolError,
+    ServerUnavailable,
+    Timeout,
+    UnknownKind,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrowpoolError",
+    "Client",
+    "DEFAULT_SOCKET",
+    "DEFAULT_TIMEOUT",
+    "IngestError",
+    "InternalError",
+    "InvalidData",
+    "InvalidObject",
+    "LimitExceeded",
+    "Malformed",
+    "NotFound",
+    "OutOfMemory",
+    "ProtocolError",
+    "ServerUnavailable",
+    "Timeout",
+    "UnknownKind",
+    "connect",
+]

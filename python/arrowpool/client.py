@@ -1,0 +1,912 @@
+"""The arrowpool client: one Unix-socket connection to ``arrowpoold`` plus the arena
+mappings it hands over at connect time.
+
+How a get stays zero-copy: the server answers ``get`` with where the table lies in
+the arena and takes a lease. The client wraps ``[offset, offset + length)`` of its
+read-only mapping in a ``pyarrow.foreign_buffer`` whose ``base`` is a :class:`_Lease`,
+and lets pyarrow read the IPC file from that buffer: every array buffer of the
+returned table is a slice of it, so the lease lives exactly as long as the last
+array. When the lease dies it sends ``release`` with ``NO_REPLY``, so a release never
+has to wait for an answer.
+
+Threads: one lock per connection covers each request/reply exchange. A lease may
+die on any thread, including one that is inside an exchange (a garbage collection
+can run anywhere), so a release never waits for the lock: it queues the object id
+and sends the queue only if the lock is free; otherwise the thread that holds the
+lock sends it when it lets go (and every request sends the queue first).
+
+Processes: a connection belongs to the process that opened it. After ``fork`` the
+child drops the inherited connection without writing to it (the parent still uses
+that socket) and connects again on its first request.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import itertools
+import mmap
+import os
+import socket
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+
+from . import _protocol as proto
+from .errors import (
+    ArrowpoolError,
+    LimitExceeded,
+    ProtocolError,
+    ServerUnavailable,
+)
+
+DEFAULT_SOCKET = "/tmp/arrowpool.sock"
+#: Seconds to wait for any one reply before declaring the server dead.
+DEFAULT_TIMEOUT = 60.0
+#: Extra seconds on top of a ``wait`` request's own timeout before giving up on the server.
+WAIT_MARGIN = 10.0
+#: Threads pyarrow may use to copy a large buffer into the arena during put.
+_PARALLEL_COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+_UNSET: Any = object()
+# A closed peer must be an EPIPE error, never a SIGPIPE (embedders may not ignore it).
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class _StaleConnection(Exception):
+    """The connection was already unusable before the request was sent: safe to retry
+    on a new one."""
+
+
+class _Connection:
+    """One socket, its arena mappings and its leases. Used only by :class:`Client`."""
+
+    def __init__(self, path: str, write: bool, timeout: float | None):
+        self.path = path
+        self.write = write
+        self.timeout = timeout
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        #: Object ids whose release could not be sent at once (lock busy).
+        self.pending_releases: collections.deque[int] = collections.deque()
+        #: Live leases: token -> object id. dict set/pop are atomic under the GIL.
+        self.leases: dict[int, int] = {}
+        self._tokens = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        #: No request may be sent any more (closed, broken, or inherited through fork).
+        self.dead = False
+        #: close() was called while leases were alive: close when the last one goes.
+        self.closing = False
+        self.ro_mmap: mmap.mmap | None = None
+        self.rw_mmap: mmap.mmap | None = None
+        self._rbuf = bytearray(64 * 1024)
+        self._rview = memoryview(self._rbuf)
+        self._rstart = 0
+        self._rend = 0
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = sock
+        try:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise ServerUnavailable(
+                    f"cannot connect to arrowpoold at {path}: {e.strerror or e}; "
+                    "is the server running (arrowpoold --socket PATH --memory SIZE)?"
+                ) from e
+            except socket.timeout as e:
+                raise ServerUnavailable(
+                    f"cannot connect to arrowpoold at {path}: no answer within {timeout} s"
+                ) from e
+            except OSError as e:
+                raise ServerUnavailable(f"cannot connect to arrowpoold at {path}: {e}") from e
+            self._handshake(write)
+        except BaseException:
+            self.dead = True
+            sock.close()
+            raise
+
+    # --- handshake --------------------------------------------------------------
+
+    def _handshake(self, write: bool) -> None:
+        try:
+            self.sock.sendall(proto.encode_client_hello(write))
+            data, fds = self._recv_hello()
+        except socket.timeout as e:
+            raise ServerUnavailable(
+                f"arrowpoold at {self.path} did not answer the handshake within "
+                f"{self.timeout} s"
+            ) from e
+        except OSError as e:
+            raise ServerUnavailable(f"handshake with arrowpoold at {self.path} failed: {e}") from e
+        try:
+            hello = proto.decode_server_hello(data)
+            if hello.status != proto.STATUS_OK:
+                raise self._refusal(hello.status)
+            if hello.version != proto.PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"server speaks protocol version {hello.version}, this client "
+                    f"{proto.PROTOCOL_VERSION}"
+                )
+            want = 2 if write else 1
+            if hello.fd_count != want or len(fds) != want:
+                raise ProtocolError(
+                    f"server hello announces {hello.fd_count} descriptors and passed "
+                    f"{len(fds)}; expected {want}"
+                )
+            if hello.arena_len <= 0:
+                raise ProtocolError("server hello announces an empty arena")
+            self.hello = hello
+            self.arena_len = hello.arena_len
+            self.ro_mmap = mmap.mmap(
+                fds[0], hello.arena_len, mmap.MAP_SHARED, mmap.PROT_READ
+            )
+            # The whole read-only arena as one pyarrow Buffer: gets slice their
+            # foreign buffers out of its address range, and it keeps the mapping alive
+            # (an mmap cannot be unmapped while a buffer export exists).
+            self.ro_buffer = pa.py_buffer(self.ro_mmap)
+            self.ro_address = self.ro_buffer.address
+            if write:
+                self.rw_mmap = mmap.mmap(
+                    fds[1], hello.arena_len, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+                )
+        finally:
+            # mmap keeps its own duplicate of the descriptor; ours are not needed.
+            for fd in fds:
+                os.close(fd)
+
+    def _recv_hello(self) -> tuple[bytes, list[int]]:
+        """Reads the 32-byte server hello; the descriptors ride on its first byte."""
+        fds = array.array("i")
+        flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+        data, ancdata, msg_flags, _ = self.sock.recvmsg(
+            proto.SERVER_HELLO_LEN, socket.CMSG_SPACE(2 * fds.itemsize), flags
+        )
+        for level, ctype, cdata in ancdata:
+            if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                usable = len(cdata) - len(cdata) % fds.itemsize
+                fds.frombytes(cdata[:usable])
+        received = list(fds)
+        try:
+            if not flags:
+                for fd in received:
+                    os.set_inheritable(fd, False)
+            if msg_flags & socket.MSG_CTRUNC:
+                raise ProtocolError("server passed more descriptors than the protocol allows")
+            if not data:
+                raise ServerUnavailable(
+                    f"arrowpoold at {self.path} closed the connection during the handshake"
+                )
+            buf = bytearray(data)
+            while len(buf) < proto.SERVER_HELLO_LEN:
+                chunk = self.sock.recv(proto.SERVER_HELLO_LEN - len(buf))
+                if not chunk:
+                    # A refusal (status != 0) is followed by a close; only a short hello
+                    # is an error.
+                    raise ServerUnavailable(
+                        f"arrowpoold at {self.path} closed the connection after "
+                        f"{len(buf)} of {proto.SERVER_HELLO_LEN} handshake bytes"
+                    )
+                buf += chunk
+            return bytes(buf), received
+        except BaseException:
+            for fd in received:
+                os.close(fd)
+            raise
+
+    def _refusal(self, status: int) -> ArrowpoolError:
+        if status == proto.STATUS_TOO_MANY_CONNECTIONS:
+            return LimitExceeded(
+                f"arrowpoold at {self.path} refused the connection: too many connections "
+                "(raise --max-connections or close idle clients)",
+                code=LimitExceeded.code,
+            )
+        if status == proto.STATUS_BAD_VERSION:
+            return ProtocolError(
+                f"arrowpoold at {self.path} does not support protocol version "
+                f"{proto.PROTOCOL_VERSION}"
+            )
+        if status == proto.STATUS_BAD_MAGIC:
+            return ProtocolError(f"arrowpoold at {self.path} rejected the client hello")
+        return ProtocolError(f"arrowpoold at {self.path} refused the handshake (status {status})")
+
+    # --- frames -----------------------------------------------------------------
+
+    def request(self, kind: int, body: bytes = b"", timeout: Any = _UNSET) -> bytes:
+        """One request/reply exchange; returns the reply body or raises the server's
+        error. ``timeout`` overrides the socket timeout for this exchange only."""
+        try:
+            with self.lock:
+                if self.dead or self.closing or self.pid != os.getpid():
+                    raise _StaleConnection()
+                rid = next(self._request_ids)
+                frames = self._take_release_frames()
+                frames.append(proto.encode_frame(rid, kind, body))
+                if timeout is not _UNSET:
+                    self.sock.settimeout(timeout)
+                try:
+                    self._sendall(b"".join(frames))
+                    header, reply = self._read_reply(rid)
+                finally:
+                    if timeout is not _UNSET and not self.dead:
+                        self.sock.settimeout(self.timeout)
+        finally:
+            self._flush_if_pending()
+        if header.kind == proto.Kind.ERROR:
+            err = proto.decode_error(reply)
+            if isinstance(err, ServerUnavailable):
+                self.mark_dead()
+            raise err
+        if header.kind != kind | proto.REPLY_BIT:
+            self.mark_dead()
+            raise ProtocolError(
+                f"reply to request {rid} (kind {kind}) has kind {header.kind:#06x}; "
+                "the connection was closed"
+            )
+        return reply
+
+    def _read_reply(self, rid: int) -> tuple[proto.Header, bytes]:
+        try:
+            header = proto.decode_header(self._read_exact(proto.HEADER_LEN))
+            body = self._read_exact(header.len) if header.len else b""
+        except socket.timeout as e:
+            self.mark_dead()
+            raise ServerUnavailable(
+                f"arrowpoold at {self.path} did not answer within {self.sock.gettimeout()} s; "
+                "the connection was closed"
+            ) from e
+        except ProtocolError:
+            self.mark_dead()
+            raise
+        except OSError as e:
+            self.mark_dead()
+            raise ServerUnavailable(f"connection to arrowpoold at {self.path} failed: {e}") from e
+        if header.kind == proto.Kind.SHUTDOWN:
+            self.mark_dead()
+            raise ServerUnavailable(f"arrowpoold at {self.path} is shutting down")
+        if header.request_id != rid:
+            self.mark_dead()
+            raise ProtocolError(
+                f"reply carries request id {header.request_id}, expected {rid}; "
+                "the connection was closed"
+            )
+        return header, body
+
+    def _read_exact(self, n: int) -> bytes:
+        avail = self._rend - self._rstart
+        if avail < n:
+            if self._rstart + n > len(self._rbuf):
+                # Compact, growing only for the rare large reply (a long list).
+                size = max(len(self._rbuf), n)
+                if size > len(self._rbuf):
+                    new = bytearray(size)
+                    new[:avail] = self._rbuf[self._rstart : self._rend]
+                    self._rbuf = new
+                    self._rview = memoryview(new)
+                else:
+                    self._rbuf[:avail] = self._rbuf[self._rstart : self._rend]
+                self._rstart, self._rend = 0, avail
+            while self._rend - self._rstart < n:
+                got = self.sock.recv_into(self._rview[self._rend :])
+                if got == 0:
+                    self.mark_dead()
+                    raise ServerUnavailable(
+                        f"arrowpoold at {self.path} closed the connection"
+                    )
+                self._rend += got
+        out = bytes(self._rview[self._rstart : self._rstart + n])
+        self._rstart += n
+        if self._rstart == self._rend:
+            self._rstart = self._rend = 0
+            if len(self._rbuf) > 64 * 1024:
+                self._rbuf = bytearray(64 * 1024)
+                self._rview = memoryview(self._rbuf)
+        return out
+
+    def _sendall(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data, _MSG_NOSIGNAL)
+        except socket.timeout as e:
+            self.mark_dead()
+            raise ServerUnavailable(
+                f"arrowpoold at {self.path} stopped reading requests; the connection was closed"
+            ) from e
+        except OSError as e:
+            notice = self._shutdown_notice_pending()
+            self.mark_dead()
+            if notice:
+                raise ServerUnavailable(f"arrowpoold at {self.path} is shutting down") from e
+            raise ServerUnavailable(f"connection to arrowpoold at {self.path} failed: {e}") from e
+
+    def _shutdown_notice_pending(self) -> bool:
+        """After a failed send: did the server say it was stopping before it closed?"""
+        try:
+            data = self.sock.recv(proto.HEADER_LEN, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+            return len(data) == proto.HEADER_LEN and proto.decode_header(data).kind == proto.Kind.SHUTDOWN
+        except (OSError, ProtocolError):
+            return False
+
+    # --- leases -----------------------------------------------------------------
+
+    def new_lease(self, object_id: int) -> "_Lease":
+        return _Lease(self, object_id, next(self._tokens))
+
+    def release(self, token: int) -> None:
+        """Gives back one lease. Never blocks on the lock (may run inside ``__del__``
+        on a thread that holds it): queue, then send only if the lock is free."""
+        object_id = self.leases.pop(token, None)
+        if object_id is None or self.dead or self.pid != os.getpid():
+            return
+        self.pending_releases.append(object_id)
+        self._flush_if_pending()
+
+    def _flush_if_pending(self) -> None:
+        # Called after every exchange too: a release queued while this thread held
+        # the lock (or while another thread did) goes out as soon as it is free.
+        while self.pending_releases and not self.dead and self.pid == os.getpid():
+            if not self.lock.acquire(blocking=False):
+                return  # the holder flushes when it lets go
+            try:
+                frames = self._take_release_frames()
+                if frames:
+                    try:
+                        self._sendall(b"".join(frames))
+                    except ServerUnavailable:
+                        return  # the server released them when the connection dropped
+                if self.closing and not self.leases:
+                    self._close_locked()
+            finally:
+                self.lock.release()
+
+    def _take_release_frames(self) -> list[bytes]:
+        frames = []
+        while True:
+            try:
+                object_id = self.pending_releases.popleft()
+            except IndexError:
+                return frames
+            frames.append(
+                proto.encode_frame(
+                    next(self._request_ids),
+                    proto.Kind.RELEASE,
+                    proto.Release.encode(object_id),
+                    proto.FLAG_NO_REPLY,
+                )
+            )
+
+    # --- life cycle -------------------------------------------------------------
+
+    def mark_dead(self) -> None:
+        """Stop using the socket (broken stream or server gone); the server aborts the
+        connection's creates and releases its leases when it sees the close."""
+        self.dead = True
+        self.pending_releases.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Closes now if no table from this connection is alive, else as soon as the
+        last one is garbage-collected (its data must stay valid until then)."""
+        with self.lock:
+            if self.dead:
+                return
+            self.closing = True
+            frames = self._take_release_frames()
+            if frames:
+                try:
+                    self._sendall(b"".join(frames))
+                except ServerUnavailable:
+                    return
+            if not self.leases:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        self.mark_dead()
+        # Unmap at once when nothing points into the arena any more; otherwise the
+        # last buffer's death unmaps it.
+        self.ro_buffer = None
+        for m in (self.ro_mmap, self.rw_mmap):
+            if m is not None:
+                try:
+                    m.close()
+                except BufferError:
+                    pass
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: never write to the parent's socket; close our copy of the
+        descriptor only (the parent's connection is unaffected). Tables inherited from
+        the parent stay mapped."""
+        self.dead = True
+        self.pending_releases.clear()
+        self.leases.clear()
+        self.lock = threading.Lock()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __del__(self) -> None:
+        try:
+            if not self.dead and self.pid == os.getpid():
+                self.sock.close()
+        except Exception:
+            pass
+
+
+class _Lease:
+    """Keeps one get's bytes valid; its death sends ``release`` (NO_REPLY).
+
+    It is the ``base`` of the foreign buffer the table is read from, so it dies with
+    the last Arrow buffer pointing into the object. It also holds the connection and
+    the arena mapping alive.
+    """
+
+    __slots__ = ("conn", "object_id", "token", "arena", "__weakref__")
+
+    def __init__(self, conn: _Connection, object_id: int, token: int):
+        self.conn = conn
+        self.object_id = object_id
+        self.token = token
+        self.arena = conn.ro_buffer
+        conn.leases[token] = object_id
+
+    def release(self) -> None:
+        """Idempotent: the first call gives the lease back."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.release(self.token)
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            # Interpreter shutdown or a dead socket: the server releases leases of
+            # closed connections itself.
+            pass
+
+
+# Clients alive in this process, so that a fork can reset them in the child.
+_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    module = type(data).__module__ or ""
+    if module.startswith("pandas") and hasattr(data, "columns"):
+        return pa.Table.from_pandas(data)
+    if hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__"):
+        return pa.table(data)
+    raise TypeError(
+        "put() takes a pyarrow.Table, a pyarrow.RecordBatch or a pandas.DataFrame, "
+        f"not {type(data).__name__}"
+    )
+
+
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(unify_dictionaries=True)
+
+
+def _ipc_file_size(table: pa.Table) -> int:
+    """Exact size of the IPC file ``put`` will write: the writer runs against a
+    counting sink, which costs metadata work only (buffers are not copied)."""
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.size()
+
+
+class Client:
+    """A connection to ``arrowpoold``. Create it with :func:`arrowpool.connect`.
+
+    Safe to share between threads; safe across ``fork`` (the child connects again on
+    its first request). Tables returned by :meth:`get` stay valid after :meth:`close`:
+    the connection is kept until the last of them is garbage-collected.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_SOCKET,
+        write: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ):
+        self.path = os.fspath(path)
+        self.write = write
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pid = os.getpid()
+        self._conn: _Connection | None = _Connection(self.path, write, timeout)
+        _CLIENTS.add(self)
+
+    # --- connection management ---------------------------------------------------
+
+    @property
+    def arena_bytes(self) -> int:
+        """Size of the shared-memory arena in bytes."""
+        return self._connection().arena_len
+
+    @property
+    def memory_kind(self) -> str:
+        """``hugetlb``, ``transparent-hugepages`` or ``4k-pages``."""
+        return self._connection().hello.memory_kind_name
+
+    @property
+    def io_driver(self) -> str:
+        """``io_uring`` or ``polling``."""
+        return self._connection().hello.io_driver_name
+
+    def _reset_after_fork(self) -> None:
+        # Runs in the child right after fork: only this thread exists, and the locks
+        # may have been copied while another parent thread held them.
+        self._lock = threading.Lock()
+        if self._conn is not None and self._conn.pid != os.getpid():
+            self._conn.forget_after_fork()
+            self._conn = None
+        self._pid = os.getpid()
+
+    def _connection(self) -> _Connection:
+        if self._pid != os.getpid():
+            # Forked without the at-fork hook (e.g. from C code).
+            self._reset_after_fork()
+        pid = os.getpid()
+        conn = self._conn
+        if conn is not None and not conn.dead and conn.pid == pid:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise ArrowpoolError("this arrowpool client is closed")
+            conn = self._conn
+            if conn is not None and conn.pid != pid:
+                conn.forget_after_fork()
+            if conn is None or conn.dead or conn.pid != pid:
+                conn = _Connection(self.path, self.write, self.timeout)
+                self._conn = conn
+            return conn
+
+    def _request(self, kind: int, body: bytes = b"", timeout: Any = _UNSET) -> tuple[_Connection, bytes]:
+        # A connection found broken before anything was sent is replaced once; a
+        # request that failed half-way is never resent (seal is not idempotent).
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                return conn, conn.request(kind, body, timeout)
+            except _StaleConnection:
+                if attempt:
+                    raise ServerUnavailable(
+                        f"lost the connection to arrowpoold at {self.path}"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Closes the connection (at once, or when the last table from it is gone)."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None and conn.pid == os.getpid():
+            conn.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<arrowpool.Client {self.path!r} write={self.write} {state}>"
+
+    # --- simple requests --------------------------------------------------------
+
+    def ping(self) -> float:
+        """Round trip to the server; returns its duration in seconds."""
+        start = time.perf_counter()
+        _, body = self._request(proto.Kind.PING)
+        proto.Ping.decode_reply(body)
+        return time.perf_counter() - start
+
+    def delete(self, name: str) -> None:
+        """Removes ``name``. Readers holding its table keep it until they release it.
+        Raises :class:`NotFound` if there is no such name."""
+        _, body = self._request(proto.Kind.DELETE, proto.Delete.encode(name))
+        proto.Delete.decode_reply(body)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every named object: name, object_id, version, kind, rows, bytes, leases, idle_ms."""
+        _, body = self._request(proto.Kind.LIST)
+        return proto.List.decode_reply(body)
+
+    def stats(self) -> dict[str, Any]:
+        """Server counters: memory kind, arena/used/free/held bytes, objects, leases..."""
+        _, body = self._request(proto.Kind.STATS)
+        return proto.Stats.decode_reply(body)
+
+    def wait_for_version(self, name: str, after: int = 0, timeout: float = 60.0) -> int:
+        """Blocks until ``name`` has a version greater than ``after`` and returns it (at
+        once if it already has). Raises :class:`Timeout` after ``timeout`` seconds (at
+        most 600). The connection serves nothing else meanwhile: other threads of this
+        client wait for it."""
+        timeout_ms = int(round(timeout * 1000))
+        body = proto.Wait.encode(after, timeout_ms, name)
+        _, reply = self._request(proto.Kind.WAIT, body, timeout=timeout + WAIT_MARGIN)
+        return proto.Wait.decode_reply(reply)
+
+    def ingest(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        columns: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Makes the server read Parquet at ``path`` (a file, or a directory of
+        ``.parquet`` files with one schema) into the table ``name``.
+
+        ``path`` is made absolute here: the server resolves it, not this process.
+        ``columns`` selects columns (all when None). Returns the server's report
+        (version, rows, bytes, timings). Waits as long as the ingest takes unless
+        ``timeout`` (seconds) is given. Raises :class:`IngestError` on bad input.
+        """
+        body = proto.Ingest.encode(name, os.path.abspath(os.fspath(path)), list(columns or ()))
+        _, reply = self._request(proto.Kind.INGEST, body, timeout=timeout)
+        return proto.Ingest.decode_reply(reply)
+
+    # --- put --------------------------------------------------------------------
+
+    def put(self, name: str, data: Any) -> int:
+        """Publishes ``data`` (pyarrow Table or RecordBatch, pandas DataFrame) as the
+        new version of ``name`` and returns that version number.
+
+        The Arrow IPC file is written straight into the shared arena (one copy of the
+        data); readers see the old version or the new one, never a mix.
+        """
+        if not self.write:
+            raise ArrowpoolError("this client was connected with write=False; put needs write=True")
+        table = _as_table(data)
+        return self._put_table(name, table, _ipc_file_size(table))
+
+    def _put_table(self, name: str, table: pa.Table, size: int) -> int:
+        for attempt in (0, 1):
+            try:
+                return self._put_once(name, table, size)
+            except _TooSmall:
+                if attempt:
+                    raise ArrowpoolError(
+                        f"the Arrow IPC file for {name!r} did not fit in {size} bytes "
+                        "even after doubling the estimate"
+                    ) from None
+                size *= 2
+        raise AssertionError("unreachable")
+
+    def _put_once(self, name: str, table: pa.Table, size: int) -> int:
+        conn, body = self._request(
+            proto.Kind.CREATE, proto.Create.encode(proto.ObjectKind.TABLE, size, name)
+        )
+        created = proto.Create.decode_reply(body)
+        try:
+            written = self._write_table(conn, created, table)
+        except BaseException as e:
+            self._abort(conn, created.object_id)
+            if isinstance(e, OSError) and "out of bounds" in str(e):
+                raise _TooSmall() from e
+            raise
+        sealed = proto.Seal.decode_reply(
+            _on(conn, proto.Kind.SEAL, proto.Seal.encode(created.object_id, written))
+        )
+        return sealed.version
+
+    @staticmethod
+    def _check_range(conn: _Connection, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > conn.arena_len:
+            conn.mark_dead()
+            raise ProtocolError(
+                f"server placed an object at [{offset}, {offset + length}) outside the "
+                f"arena of {conn.arena_len} bytes; the connection was closed"
+            )
+
+    def _write_table(self, conn: _Connection, created: proto.Created, table: pa.Table) -> int:
+        self._check_range(conn, created.offset, created.capacity)
+        assert conn.rw_mmap is not None
+        window = memoryview(conn.rw_mmap)[created.offset : created.offset + created.capacity]
+        dest = sink = writer = None
+        try:
+            dest = pa.py_buffer(window)
+            # FixedSizeBufferWriter aborts the process on a read-only buffer; never
+            # hand it one.
+            if not dest.is_mutable:
+                raise ProtocolError("the writable arena mapping is not writable")
+            sink = pa.FixedSizeBufferWriter(dest)
+            sink.set_memcopy_threads(_PARALLEL_COPY_THREADS)
+            with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
+                writer.write_table(table)
+            written = sink.tell()
+            sink.close()
+            return written
+        finally:
+            # Drop the exports of the mapping now rather than when a traceback dies.
+            writer = sink = dest = None
+            try:
+                window.release()
+            except BufferError:
+                pass
+
+    def _abort(self, conn: _Connection, object_id: int) -> None:
+        if conn.dead:
+            return  # the server aborts unsealed objects of a closed connection
+        try:
+            conn.request(proto.Kind.ABORT, proto.Abort.encode(object_id))
+        except (ArrowpoolError, _StaleConnection):
+            pass
+
+    def put_bytes(self, name: str, data: bytes | bytearray | memoryview) -> int:
+        """Stores an opaque blob (pickle, JSON...) under ``name``; returns its version."""
+        if not self.write:
+            raise ArrowpoolError("this client was connected with write=False; put_bytes needs write=True")
+        src = memoryview(data).cast("B")
+        conn, body = self._request(
+            proto.Kind.CREATE, proto.Create.encode(proto.ObjectKind.BYTES, len(src), name)
+        )
+        created = proto.Create.decode_reply(body)
+        try:
+            self._check_range(conn, created.offset, created.capacity)
+            if created.capacity < len(src):
+                raise ProtocolError(
+                    f"server granted {created.capacity} bytes for a {len(src)}-byte object"
+                )
+            assert conn.rw_mmap is not None
+            conn.rw_mmap[created.offset : created.offset + len(src)] = src
+        except BaseException:
+            self._abort(conn, created.object_id)
+            raise
+        sealed = proto.Seal.decode_reply(
+            _on(conn, proto.Kind.SEAL, proto.Seal.encode(created.object_id, len(src)))
+        )
+        return sealed.version
+
+    # --- get --------------------------------------------------------------------
+
+    def _get(self, name: str) -> tuple[_Connection, proto.Got, _Lease]:
+        conn, body = self._request(proto.Kind.GET, proto.Get.encode(name))
+        got = proto.Get.decode_reply(body)
+        lease = conn.new_lease(got.object_id)
+        try:
+            self._check_range(conn, got.offset, got.length)
+        except BaseException:
+            lease.release()
+            raise
+        return conn, got, lease
+
+    def get_bytes(self, name: str) -> bytes:
+        """A copy of the bytes of ``name`` (a blob from :meth:`put_bytes`, or the raw
+        Arrow IPC file of a table)."""
+        conn, got, lease = self._get(name)
+        try:
+            assert conn.ro_mmap is not None
+            return conn.ro_mmap[got.offset : got.offset + got.length]
+        finally:
+            lease.release()
+
+    def version(self, name: str) -> int:
+        """The current version number of ``name`` (raises :class:`NotFound`)."""
+        _, got, lease = self._get(name)
+        lease.release()
+        return got.version
+
+    def get(self, name: str, columns: Iterable[str | int] | None = None) -> pa.Table:
+        """The current version of table ``name``, zero-copy.
+
+        Every buffer of the returned table points into the shared arena (read-only
+        memory); nothing is copied, whatever the table's size. ``columns`` (names or
+        indices) selects columns, still without copying. The server keeps this version
+        in place until the last array of the table is garbage-collected, even if a
+        newer version is put meanwhile.
+        """
+        return self.get_with_version(name, columns)[1]
+
+    def get_with_version(
+        self, name: str, columns: Iterable[str | int] | None = None
+    ) -> tuple[int, pa.Table]:
+        """Like :meth:`get`, also returning the version number of the table read."""
+        conn, got, lease = self._get(name)
+        try:
+            if got.object_kind != proto.ObjectKind.TABLE:
+                raise TypeError(f"{name!r} holds bytes, not a table: use get_bytes()")
+            buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
+            reader = pa.ipc.open_file(buf)
+            if columns is None:
+                table = reader.read_all()
+            else:
+                # RecordBatch.select slices the batch in place: zero-copy, unlike
+                # IpcReadOptions(included_fields=...), which copies the bodies.
+                columns = list(columns)
+                batches = [
+                    reader.get_batch(i).select(columns) for i in range(reader.num_record_batches)
+                ]
+                if batches:
+                    table = pa.Table.from_batches(batches)
+                else:
+                    table = reader.schema.empty_table().select(columns)
+            return got.version, table
+        except BaseException:
+            lease.release()
+            raise
+
+    def get_pandas(
+        self,
+        name: str,
+        columns: Iterable[str | int] | None = None,
+        dtype_backend: str = "numpy",
+    ):
+        """The table ``name`` as a pandas DataFrame, copying as little as pandas allows.
+
+        ``dtype_backend="numpy"`` (default) calls ``to_pandas(split_blocks=True,
+        self_destruct=False, zero_copy_only=False)``:
+
+        * numeric and timestamp columns without nulls, stored as one record batch,
+          become NumPy arrays that point into the arena (no copy, read-only: call
+          ``df.copy()`` before editing in place);
+        * columns with nulls (ints become floats), booleans (bit-packed in Arrow),
+          and any column of a table stored as several record batches are copied;
+        * strings: with pandas 3 they become the ``str`` dtype backed by Arrow; the
+          character data stays in the arena, the 32-bit offsets are widened to 64-bit
+          (a copy of 8 bytes per row). With pandas < 3 they become Python ``str``
+          objects (a full copy);
+        * dictionary columns become ``Categorical`` (categories and codes copied).
+
+        ``dtype_backend="pyarrow"`` uses ``types_mapper=pandas.ArrowDtype``: every
+        column stays an Arrow array over the arena, nothing is copied, including
+        strings and columns with nulls.
+        """
+        import pandas as pd
+
+        table = self.get(name, columns)
+        if dtype_backend == "pyarrow":
+            return table.to_pandas(types_mapper=pd.ArrowDtype, self_destruct=False)
+        if dtype_backend == "numpy":
+            return table.to_pandas(split_blocks=True, self_destruct=False, zero_copy_only=False)
+        raise ValueError(f"dtype_backend must be 'numpy' or 'pyarrow', not {dtype_backend!r}")
+
+
+def _on(conn: _Connection, kind: int, body: bytes) -> bytes:
+    """A request that must go over this very connection (seal after create)."""
+    try:
+        return conn.request(kind, body)
+    except _StaleConnection:
+        raise ServerUnavailable(
+            f"lost the connection to arrowpoold at {conn.path} in the middle of a put"
+        ) from None
+
+
+class _TooSmall(Exception):
+    """The IPC writer ran past the object's capacity."""
+
+
+def connect(
+    path: str | os.PathLike[str] = DEFAULT_SOCKET,
+    write: bool = True,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> Client:
+    """Connects to ``arrowpoold`` listening on the Unix socket ``path``.
+
+    ``write=False`` asks only for the read-only descriptor (the client can get, not
+    put). ``timeout`` (seconds, None for no limit) bounds every wait for a reply so a
+    dead server is an error, not a hang. Raises :class:`ServerUnavailable` when
+    nothing answers at ``path``.
+    """
+    return Client(path, write=write, timeout=timeout)

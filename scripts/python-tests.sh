@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the Python client's tests against a real arrowpoold.
+#
+# Creates python/.venv if missing, installs the pinned versions from
+# python/requirements-dev.txt and the client (editable), then runs pytest. The tests
+# start their own servers from $ARROWPOOLD (default: target/debug/arrowpoold).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/python/.venv"
+requirements="$repo/python/requirements-dev.txt"
+
+export ARROWPOOLD="${ARROWPOOLD:-target/debug/arrowpoold}"
+case "$ARROWPOOLD" in
+  /*) ;;
+  *) ARROWPOOLD="$repo/$ARROWPOOLD" ;;
+esac
+if [[ ! -x "$ARROWPOOLD" ]]; then
+  echo "python-tests: no arrowpoold binary at $ARROWPOOLD; run 'cargo build --bin arrowpoold' or set ARROWPOOLD" >&2
+  exit 1
+fi
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+
+# Reinstall only when the pins or the package metadata changed.
+stamp="$venv/.arrowpool-installed"
+want="$(cat "$requirements" "$repo/python/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  log="$venv/pip-install.log"
+  if ! { "$venv/bin/python" -m pip install --disable-pip-version-check -r "$requirements" &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo/python"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "python-tests: pip install failed (log above, also in $log)" >&2
+    exit 1
+  fi
+  echo "$want" > "$stamp"
+fi
+
+cd "$repo"
+exec "$venv/bin/python" -m pytest -q python/tests "$@"
