@@ -105,7 +105,9 @@ type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 #[derive(Debug)]
 struct Conn {
-    stream: UnixStream,
+    /// Buffered for reads (a reply's header and body in one syscall); writes go
+    /// to the inner stream directly.
+    stream: std::io::BufReader<UnixStream>,
     next_id: u64,
     out: Vec<u8>,
 }
@@ -167,7 +169,7 @@ impl Drop for Lease {
         write_frame(&mut frame, id, Kind::Release as u16, FLAG_NO_REPLY, |o| {
             o.extend_from_slice(&self.object_id.to_le_bytes())
         });
-        let _ = conn.stream.write_all(&frame);
+        let _ = conn.stream.get_mut().write_all(&frame);
     }
 }
 
@@ -241,7 +243,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 conn: Mutex::new(Conn {
-                    stream,
+                    stream: std::io::BufReader::with_capacity(64 * 1024, stream),
                     next_id: 1,
                     out: Vec::with_capacity(256),
                 }),
@@ -265,7 +267,7 @@ impl Client {
         let mut out = std::mem::take(&mut conn.out);
         out.clear();
         write_frame(&mut out, id, kind as u16, 0, encode);
-        let sent = conn.stream.write_all(&out);
+        let sent = conn.stream.get_mut().write_all(&out);
         conn.out = out;
         sent.map_err(|e| ClientError::Disconnected(e.to_string()))?;
         let (header, body) = read_frame(&mut conn.stream)?;
@@ -516,6 +518,7 @@ impl Client {
     pub fn raw_exchange(&self, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.stream
+            .get_mut()
             .write_all(bytes)
             .map_err(|e| ClientError::Disconnected(e.to_string()))?;
         read_frame(&mut conn.stream)
@@ -528,7 +531,7 @@ impl Client {
     }
 }
 
-fn read_frame(stream: &mut UnixStream) -> Result<(Header, Vec<u8>)> {
+fn read_frame(stream: &mut impl Read) -> Result<(Header, Vec<u8>)> {
     let mut head = [0u8; HEADER_LEN];
     stream
         .read_exact(&mut head)
