@@ -21,8 +21,10 @@ const ARROW_MAGIC: &[u8; 6] = b"ARROW1";
 const TRAILER_LEN: usize = 10;
 
 /// An upper bound of the IPC file size for `batches`, so that space can be
-/// reserved before writing. Generous on metadata (flatbuffers are small next to
-/// data); the unused tail is returned at seal.
+/// reserved before writing. Data are bounded by the lengths of the arrays'
+/// buffers (the writer emits at most that: sliced arrays are truncated, never
+/// grown), each padded to the alignment; metadata generously. The unused tail
+/// is returned to the arena at seal.
 pub fn file_size_bound(schema: &Schema, batches: &[RecordBatch]) -> usize {
     let fields: usize = schema
         .fields()
@@ -34,25 +36,24 @@ pub fn file_size_bound(schema: &Schema, batches: &[RecordBatch]) -> usize {
     for b in batches {
         total += per_message;
         for col in b.columns() {
-            // Every buffer padded to the alignment; data sized by its allocation,
-            // which is at least what the writer emits.
-            total +=
-                col.get_array_memory_size() + 8 * IPC_ALIGNMENT * (1 + count_type(col.data_type()));
-            total += dictionary_bound(col.as_ref());
+            total += data_bound(&col.to_data());
+            if matches!(col.data_type(), arrow_schema::DataType::Dictionary(_, _)) {
+                total += per_message; // its own dictionary message
+            }
         }
     }
     total += per_message + batches.len() * 64; // footer and its blocks
     total
 }
 
-fn dictionary_bound(col: &dyn Array) -> usize {
-    // Dictionaries are written as their own messages; their values are counted by
-    // get_array_memory_size already, add one message of metadata.
-    if matches!(col.data_type(), arrow_schema::DataType::Dictionary(_, _)) {
-        4096
-    } else {
-        0
-    }
+fn data_bound(data: &arrow_data::ArrayData) -> usize {
+    let pad = |n: usize| n.div_ceil(IPC_ALIGNMENT) * IPC_ALIGNMENT + IPC_ALIGNMENT;
+    let buffers: usize = data.buffers().iter().map(|b| pad(b.len())).sum();
+    let nulls = data
+        .nulls()
+        .map_or(IPC_ALIGNMENT, |n| pad(n.buffer().len()));
+    let children: usize = data.child_data().iter().map(data_bound).sum();
+    buffers + nulls + children
 }
 
 /// Number of fields in a type, its children included (each adds buffers and metadata).
@@ -163,6 +164,16 @@ fn block_message<'a>(
 /// its length) and counts rows. Cost grows with the number of arrays, not with
 /// the data size. The server runs it at seal so readers need not.
 pub fn check_file(bytes: &[u8]) -> Result<FileSummary, ArrowError> {
+    // Arrow's decoder asserts on some malformed inputs (bit lengths past a
+    // buffer); a bad object must be an error, never a dead server thread.
+    std::panic::catch_unwind(|| check_file_inner(bytes)).unwrap_or_else(|_| {
+        Err(ArrowError::ParseError(
+            "malformed IPC file (arrow's decoder rejected it)".into(),
+        ))
+    })
+}
+
+fn check_file_inner(bytes: &[u8]) -> Result<FileSummary, ArrowError> {
     let summary = check_structure(bytes)?;
     if bytes.is_empty() {
         return Ok(summary);

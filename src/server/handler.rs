@@ -109,15 +109,7 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
                     .mapping()
                     .slice(offset, s.length)
                     .unwrap_or(&[]);
-                // Arrow's decoder asserts on some malformed inputs; a bad object must
-                // be an error reply, never a dead core.
-                let checked = std::panic::catch_unwind(|| crate::ipc::check_file(data))
-                    .unwrap_or_else(|_| {
-                        Err(arrow_schema::ArrowError::ParseError(
-                            "decoder panicked".into(),
-                        ))
-                    });
-                match checked {
+                match crate::ipc::check_file(data) {
                     Ok(summary) => summary.rows,
                     Err(e) => {
                         let _ = shared.store().abort(conn, s.object_id);

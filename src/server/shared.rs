@@ -128,12 +128,7 @@ impl Shared {
                     .mapping()
                     .slice(created.offset, written as u64)
                     .unwrap_or(&[]);
-                std::panic::catch_unwind(|| crate::ipc::check_file(bytes))
-                    .unwrap_or_else(|_| {
-                        Err(arrow_schema::ArrowError::ParseError(
-                            "decoder panicked".into(),
-                        ))
-                    })
+                crate::ipc::check_file(bytes)
                     .map_err(|e| ErrorReply::new(ErrorCode::InvalidData, e.to_string()))?
                     .rows
             } else {
