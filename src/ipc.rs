@@ -122,10 +122,9 @@ fn footer(bytes: &[u8]) -> Result<arrow_ipc::Footer<'_>, ArrowError> {
 }
 
 /// The flatbuffer message of a block, verified, plus the block's byte range.
-fn block_message<'a>(
-    bytes: &'a [u8],
-    block: &Block,
-) -> Result<(arrow_ipc::Message<'a>, usize, usize), ArrowError> {
+/// The byte range `[start, end)` of a block (metadata + body), checked against
+/// the file, plus the metadata length.
+fn block_range(bytes: &[u8], block: &Block) -> Result<(usize, usize, usize), ArrowError> {
     let bad = || {
         ArrowError::ParseError(format!(
             "IPC block at offset {} lies outside the file",
@@ -142,6 +141,15 @@ fn block_message<'a>(
     if end > bytes.len() || meta < 8 {
         return Err(bad());
     }
+    Ok((start, end, meta))
+}
+
+/// The flatbuffer message of a block, verified, plus the block's byte range.
+fn block_message<'a>(
+    bytes: &'a [u8],
+    block: &Block,
+) -> Result<(arrow_ipc::Message<'a>, usize, usize), ArrowError> {
+    let (start, end, meta) = block_range(bytes, block)?;
     let head = &bytes[start..start + meta];
     // Continuation marker 0xFFFFFFFF then a length, or (pre-1.0) just a length.
     let (len_at, msg_at) = if head[..4] == [0xff; 4] {
@@ -150,6 +158,8 @@ fn block_message<'a>(
         (0, 4)
     };
     let len = i32::from_le_bytes(head[len_at..len_at + 4].try_into().expect("4 bytes"));
+    let bad =
+        || ArrowError::ParseError(format!("IPC message at offset {start} overruns its block"));
     let len = usize::try_from(len).map_err(|_| bad())?;
     if msg_at + len > meta {
         return Err(bad());
@@ -290,12 +300,12 @@ fn decode(
         decoder = decoder.with_projection(p);
     }
     for block in footer.dictionaries().into_iter().flatten() {
-        let (_, start, end) = block_message(bytes, block)?;
+        let (start, end, _) = block_range(bytes, block)?;
         decoder.read_dictionary(block, &buffer.slice_with_length(start, end - start))?;
     }
     let mut batches = Vec::new();
     for block in footer.recordBatches().into_iter().flatten() {
-        let (_, start, end) = block_message(bytes, block)?;
+        let (start, end, _) = block_range(bytes, block)?;
         if let Some(b) =
             decoder.read_record_batch(block, &buffer.slice_with_length(start, end - start))?
         {
