@@ -404,13 +404,13 @@ impl Arena {
             }
             let start = run_start * CHUNK_BYTES;
             let end = (chunk * CHUNK_BYTES).min(self.len);
-            rustix::fs::fallocate(&self.fd, FallocateFlags::empty(), start, end - start).map_err(
-                |err| ArenaError::Populate {
+            fallocate_retrying(&self.fd, start, end - start).map_err(|err| {
+                ArenaError::Populate {
                     offset: start,
                     len: end - start,
                     err,
-                },
-            )?;
+                }
+            })?;
             for c in run_start..chunk {
                 bits[(c / 64) as usize] |= 1 << (c % 64);
             }
@@ -423,6 +423,21 @@ impl Arena {
         let bits = self.populated.lock().unwrap_or_else(|p| p.into_inner());
         bits.iter().map(|w| w.count_ones() as u64).sum::<u64>() * CHUNK_BYTES
     }
+}
+
+/// `fallocate` that retries on EINTR. Allocating hugetlb pages is interruptible,
+/// and io_uring task work pending on the calling thread interrupts it; the call
+/// is idempotent for pages already allocated (each try makes progress), so
+/// retrying is safe. Bounded, so a signal storm is an error, not a hang.
+fn fallocate_retrying(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), rustix::io::Errno> {
+    const TRIES_MAX: usize = 100_000;
+    for _ in 0..TRIES_MAX {
+        match rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other,
+        }
+    }
+    Err(rustix::io::Errno::INTR)
 }
 
 /// Whether shmem (and so a plain memfd) may use transparent hugepages.
