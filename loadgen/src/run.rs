@@ -1,0 +1,440 @@
+//! `loadgen run`: checks the machine, prepares the data and the server, runs
+//! every scenario in order, writes the results folder.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use arrow_array::Array;
+use arrowpool::util::human_bytes;
+
+use crate::machine::{self, MachineFacts, Requirement};
+use crate::measure::Sampler;
+use crate::presets::format_count;
+use crate::results::{Raw, FORMAT};
+use crate::scenarios::{self, Gate, Run, MAIN_NAME};
+use crate::server::{self, HugepageReservation, ServerProcess, HUGEPAGE_BYTES};
+use crate::workload::{Workload, BATCH_ROWS};
+use crate::{parquet_io, report, Hugepages, RunArgs};
+
+/// Tables the started server's arena holds by default: the current version,
+/// a new one being put, and one or two still leased by readers.
+const ARENA_TABLES: u64 = 4;
+const MIB: u64 = 1 << 20;
+
+/// Runs everything; `Ok(false)` when results were written but a check failed.
+pub fn run(args: RunArgs) -> Result<bool> {
+    let started = machine::utc_timestamp();
+    let preset = args.preset;
+    let rows = args.rows.unwrap_or(preset.rows());
+    let columns = args.columns.unwrap_or(preset.columns());
+    let label = if rows == preset.rows() && columns == preset.columns() {
+        preset.name().to_owned()
+    } else {
+        format!("custom-{}x{columns}", format_count(rows))
+    };
+    let duration_s = args.duration.unwrap_or(preset.default_duration_s());
+    if !(duration_s > 0.0 && duration_s <= 3600.0) {
+        bail!("--duration must be between 0 and 3600 seconds");
+    }
+    if args.repeats == 0 || args.clients == 0 {
+        bail!("--repeats and --clients must be at least 1");
+    }
+    let workload = Workload {
+        rows,
+        columns,
+        seed: args.seed,
+        batch_rows: BATCH_ROWS,
+    };
+    server::stop_everything_on_signal()?;
+    let facts = MachineFacts::collect();
+    let reader_threads = args.reader_threads.unwrap_or(facts.cores).max(1);
+    let own_server = args.socket.is_none();
+
+    // Refuse early, before minutes of generation, when the machine is too small.
+    let arrow_est = workload.arrow_bytes_estimate();
+    let parquet_est = workload.parquet_bytes_estimate();
+    let cached = args.data_dir.join(workload.file_name()).exists();
+    let arena_est = args.server_memory.unwrap_or(ARENA_TABLES * arrow_est);
+    let need = Requirement {
+        // The table in loadgen, a second copy while a Parquet read is in flight,
+        // the server's arena (the switch server runs after the main one stops).
+        memory_bytes: 2 * arrow_est + if own_server { arena_est } else { 0 } + 512 * MIB,
+        // The cached file plus the baseline's own write of it.
+        disk_bytes: if cached { 0 } else { parquet_est } + parquet_est + 256 * MIB,
+    };
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    eprintln!(
+        "loadgen: {label}: {rows} rows x {columns} columns, about {} as Arrow, {} as Parquet; needs about {} of \
+         memory and {} of disk",
+        human_bytes(arrow_est),
+        human_bytes(parquet_est),
+        human_bytes(need.memory_bytes),
+        human_bytes(need.disk_bytes)
+    );
+    if !args.ignore_limits {
+        machine::check_resources(
+            need,
+            &args.data_dir,
+            &format!("{label} ({rows} rows x {columns} columns)"),
+        )?;
+    }
+
+    // The data: generated once, then read back as the table every scenario uses.
+    let gen_start = Instant::now();
+    let (parquet, was_cached) = crate::workload::ensure_parquet(&args.data_dir, &workload)?;
+    let generate_s = gen_start.elapsed().as_secs_f64();
+    let parquet = std::fs::canonicalize(&parquet)?;
+    let pb = crate::progress::spinner("loading the table from Parquet");
+    let load_start = Instant::now();
+    let table = parquet_io::read(&parquet, None, reader_threads, workload.batch_rows)?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    if table.rows() as u64 != rows {
+        bail!(
+            "{} holds {} rows, expected {rows}",
+            parquet.display(),
+            table.rows()
+        );
+    }
+    let arrow_bytes: u64 = table
+        .batches
+        .iter()
+        .flat_map(|b| b.columns())
+        .map(|c| c.get_array_memory_size() as u64)
+        .sum();
+
+    let out_dir = match &args.out {
+        Some(d) => d.clone(),
+        None => unique_dir(&Path::new("results").join(format!(
+            "{}-{label}-{}",
+            machine::utc_date(),
+            facts.host
+        ))),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let temp =
+        TempDir::create(std::env::temp_dir().join(format!("loadgen-{}", std::process::id())))?;
+    let socket_dir = temp.0.as_path();
+
+    let reserve = arrowpool::ipc::file_size_bound(&table.schema, &table.batches) as u64;
+    let arena = args
+        .server_memory
+        .unwrap_or(((ARENA_TABLES * reserve) + 64 * MIB).div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES);
+    let switch_cap = scenarios::switch::memory_cap(reserve);
+    let mut notes = Vec::new();
+    let bin = match (own_server, server::find_binary(args.server_bin.as_deref())) {
+        (_, Ok(b)) => Some(b),
+        (true, Err(e)) => return Err(e),
+        (false, Err(e)) => {
+            notes.push(format!(
+                "switch scenario skipped: it starts its own capped server and {e:#}"
+            ));
+            None
+        }
+    };
+
+    // Hugepages: only with --hugepages reserve, only as root, restored on drop.
+    let mut server_hugepages = "auto";
+    let _reservation = match args.hugepages {
+        Hugepages::Auto => None,
+        Hugepages::Reserve => {
+            let bytes = if own_server {
+                arena.max(switch_cap)
+            } else {
+                switch_cap
+            };
+            let r = HugepageReservation::reserve(bytes)?;
+            if r.granted >= r.requested {
+                server_hugepages = "require";
+            } else {
+                notes.push(format!(
+                    "asked the kernel for {} hugepages, got {}: the server falls back to other memory",
+                    r.requested, r.granted
+                ));
+            }
+            Some(r)
+        }
+    };
+
+    let mut main_server = None;
+    let socket = match &args.socket {
+        Some(s) => s.clone(),
+        None => {
+            let s = socket_dir.join("main.sock");
+            let bin = bin.as_deref().context("no server binary")?;
+            let pb = crate::progress::spinner(format!(
+                "starting arrowpoold with an arena of {}",
+                human_bytes(arena)
+            ));
+            main_server = Some(ServerProcess::start(
+                bin,
+                &s,
+                arena,
+                server_hugepages,
+                &out_dir.join("arrowpoold.log"),
+            )?);
+            pb.finish_and_clear();
+            s
+        }
+    };
+
+    let mut raw = Raw {
+        format: FORMAT,
+        preset: label.clone(),
+        rows,
+        columns,
+        seed: args.seed,
+        repeats: args.repeats,
+        clients: args.clients,
+        duration_s,
+        reader_threads,
+        started_utc: started,
+        command: command_line(),
+        machine: facts,
+        notes,
+        ..Default::default()
+    };
+    raw.server.external = !own_server;
+    raw.server.binary = bin.as_ref().map_or("-".into(), |b| b.display().to_string());
+    raw.server.hugepages_setting = match args.hugepages {
+        Hugepages::Auto => "auto".into(),
+        Hugepages::Reserve => "reserve".into(),
+    };
+    raw.server.nr_hugepages_during = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    raw.table.parquet_file = parquet.display().to_string();
+    raw.table.parquet_bytes = std::fs::metadata(&parquet)?.len();
+    raw.table.arrow_bytes = arrow_bytes;
+    raw.table.batches = table.batches.len();
+    raw.table.generated = !was_cached;
+    raw.table.generate_s = generate_s;
+    raw.table.load_s = load_s;
+
+    let mut r = Run {
+        parquet,
+        table,
+        batch_rows: workload.batch_rows,
+        socket,
+        sampler: Sampler {
+            repeats: args.repeats,
+        },
+        reader_threads,
+        clients: args.clients,
+        duration: Duration::from_secs_f64(duration_s),
+        seed: args.seed,
+        scratch: args.data_dir.clone(),
+        raw,
+        histograms: Vec::new(),
+    };
+
+    let result = (|| -> Result<()> {
+        step("operations: Parquet write/reads vs put/get", || {
+            scenarios::operations::run(&mut r)
+        })?;
+        step("ingest", || scenarios::ingest::run(&mut r))?;
+        step("callbacks", || scenarios::callbacks::run(&mut r))?;
+        step("small operations", || scenarios::small_ops::run(&mut r))?;
+        arrowpool::Client::connect(&r.socket)?.delete(MAIN_NAME)?;
+        step("partial update", || scenarios::update::run(&mut r))?;
+        if let Some(s) = main_server.take() {
+            s.stop()?;
+        }
+        if let Some(bin) = &bin {
+            step("switch under a memory cap", || {
+                scenarios::switch::run(&mut r, bin, server_hugepages, socket_dir)
+            })?;
+        }
+        Ok(())
+    })();
+    drop(main_server);
+    result?;
+
+    let retries = scenarios::interrupted_retries();
+    if retries > 0 {
+        r.raw.notes.push(format!(
+            "{retries} put/ingest request(s) failed with OutOfMemory \"Interrupted system call\" and were sent \
+             again: the server's fallocate of hugetlb pages returns EINTR when io_uring work is pending on its \
+             thread, and arena.rs does not retry it"
+        ));
+    }
+    add_comparisons(&mut r);
+    r.raw.finished_utc = machine::utc_timestamp();
+    report::write(&out_dir, &r.raw, &r.histograms)?;
+    report::print_table(&r.raw);
+    println!("results: {}", out_dir.display());
+    Ok(r.raw.checks.iter().all(|c| c.passed))
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("loadgen: {name}");
+    let start = Instant::now();
+    f().with_context(|| format!("scenario {name:?} failed"))?;
+    eprintln!(
+        "loadgen: {name}: done in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A summary-table row: timing names and how they are labelled.
+struct Pair {
+    key: &'static str,
+    label: &'static str,
+    /// (timing name, label) of the Parquet side.
+    baseline: (&'static str, &'static str),
+    /// (timing name, label) of the arrowpool side.
+    candidate: (&'static str, &'static str),
+    gate: Gate,
+    note: &'static str,
+}
+
+/// The rows of the summary table, from the kept medians. Gated rows are the
+/// ratios whose run-to-run noise is small next to the CI limit; see each note.
+fn add_comparisons(r: &mut Run) {
+    const WAKE_UP: &str = "each get_columns follows a 1 ms read, so it mostly measures the server \
+        waking up, which other load on the machine moves: allowed to drop 60%";
+    const COLD: &str = "depends on the disk and on what else the machine caches";
+    const UPDATE: &str = "a file write through the page cache against a put: other load moves \
+        them differently: allowed to drop 60%";
+    let rows = [
+        Pair {
+            key: "write",
+            label: "write the table",
+            baseline: ("parquet_write", "ArrowWriter"),
+            candidate: ("put", "put"),
+            gate: Gate::Gated,
+            note: "",
+        },
+        Pair {
+            key: "read_all",
+            label: "read all columns",
+            baseline: ("parquet_read_all", "read"),
+            candidate: ("get_all", "get"),
+            gate: Gate::Gated,
+            note: "",
+        },
+        Pair {
+            key: "read_2",
+            label: "read 2 columns",
+            baseline: ("parquet_read_2", "read"),
+            candidate: ("get_2", "get_columns"),
+            gate: Gate::Tolerance(0.6),
+            note: WAKE_UP,
+        },
+        Pair {
+            key: "read_scan",
+            label: "read all + scan a column",
+            baseline: ("parquet_read_scan", "read + sum"),
+            candidate: ("get_scan", "get + sum"),
+            gate: Gate::Gated,
+            note: "",
+        },
+        Pair {
+            key: "read_all_cold",
+            label: "read all, cold page cache",
+            baseline: ("parquet_read_all_cold", "read"),
+            candidate: ("get_all", "get"),
+            gate: Gate::Informational,
+            note: COLD,
+        },
+        Pair {
+            key: "read_2_cold",
+            label: "read 2 columns, cold page cache",
+            baseline: ("parquet_read_2_cold", "read"),
+            candidate: ("get_2", "get_columns"),
+            gate: Gate::Informational,
+            note: COLD,
+        },
+        Pair {
+            key: "update",
+            label: "replace 2 columns",
+            baseline: ("parquet_rewrite", "rewrite file"),
+            candidate: ("update", "new version"),
+            gate: Gate::Tolerance(0.6),
+            note: UPDATE,
+        },
+    ];
+    for p in rows {
+        if let (Some(bs), Some(cs)) = (r.p50_s(p.baseline.0), r.p50_s(p.candidate.0)) {
+            r.compare(
+                p.key,
+                p.label,
+                (p.baseline.1, bs),
+                (p.candidate.1, cs),
+                p.gate,
+                p.note,
+            );
+        }
+    }
+    if let (Some(read), Some(put), Some(ingest)) = (
+        r.p50_s("parquet_read_all"),
+        r.p50_s("put"),
+        r.p50_s("ingest"),
+    ) {
+        r.compare(
+            "load",
+            "load Parquet into the store",
+            ("read + put", read + put),
+            ("ingest", ingest),
+            Gate::Tolerance(0.6),
+            "ingest decodes on one server thread, read + put on every core: other load moves them \
+             differently: allowed to drop 60%",
+        );
+    }
+}
+
+/// A directory removed (with its sockets) when the run ends, however it ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(path: PathBuf) -> Result<TempDir> {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        server::remove_on_signal(&path, true);
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        server::remove_on_signal(&self.0, false);
+    }
+}
+
+/// `base`, or `base-2`, `base-3`... whichever does not exist yet.
+fn unique_dir(base: &Path) -> PathBuf {
+    if !base.exists() {
+        return base.to_owned();
+    }
+    (2..)
+        .map(|k| PathBuf::from(format!("{}-{k}", base.display())))
+        .find(|p| !p.exists())
+        .unwrap_or(base.to_owned())
+}
+
+/// The command line, quoted so that it can be pasted into a shell.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:%,+".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
