@@ -17,11 +17,14 @@
 //!   request handling, shared state.
 //! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, checking,
 //!   zero-copy opening.
-//! - [`ingest`]: Parquet -> arena, done by the server.
+//! - [`ingest`]: Parquet -> arena, done by the server: io_uring reads of the
+//!   projected column chunks, a push decoder per row group on every core, the
+//!   IPC file written into the arena while decoding (see docs/INGEST.md).
 //! - [`client`]: the Rust client: zero-copy `RecordBatch`es that hold a lease.
-//! - [`sys`]: raw descriptor passing (SCM_RIGHTS). With `arena`, `client`, `ipc`
-//!   and `server/shared.rs`, the only places with `unsafe`; every other module
-//!   denies it.
+//! - [`sys`]: raw descriptor passing (SCM_RIGHTS). With `arena`, `client`, `ipc`,
+//!   `server/shared.rs` and `ingest/{engine,buffer,read}.rs` (io_uring
+//!   submissions, aligned read buffers), the only places with `unsafe`; every
+//!   other module denies it.
 //! - [`util`]: byte-size parsing and formatting.
 //!
 //! Binaries: `arrowpoold` (server) and `arrowpool` (CLI) in `src/bin/`.

@@ -63,10 +63,16 @@ pub struct IngestReply {
     /// Bytes read from Parquet files.
     pub parquet_bytes: u64,
     pub files: u64,
+    /// Time the reader spent in I/O. Reading, decoding and writing overlap, so
+    /// the three stage times do not add up to `total_ms`.
     pub read_ms: f64,
+    /// Decoding time, summed over the decoder threads.
     pub decode_ms: f64,
+    /// Time spent copying into the arena, summed over threads.
     pub write_ms: f64,
+    /// Wall time of the whole ingest.
     pub total_ms: f64,
-    /// `io_uring` or `pread`.
+    /// How files were read: `io_uring/direct`, `io_uring/buffered`, `pread/...`,
+    /// or `.../direct+buffered`; with `(io_uring unavailable: ...)` on fallback.
     pub reader: String,
 }

@@ -172,7 +172,7 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
                     .await;
             match result {
                 Ok(Ok(reply)) => json(&reply),
-                Ok(Err(e)) => Err(ErrorReply::new(ErrorCode::Ingest, e.to_string())),
+                Ok(Err(e)) => Err(e.to_reply()),
                 Err(_) => Err(ErrorReply::new(
                     ErrorCode::Internal,
                     "ingest worker panicked",

@@ -1,0 +1,212 @@
+//! Decoding: one `ParquetPushDecoder` per unit (a row group, or some of its
+//! columns), fed from the reader's buffers, and the reassembly of the units
+//! into the table's batches in file order.
+//!
+//! Why the push decoder: it does no I/O of its own, so the reader decides how
+//! bytes arrive (io_uring, large reads, `O_DIRECT`) and the decoder only asks
+//! for ranges, which here are always the column chunks already read.
+#![deny(unsafe_code)]
+
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
+use parquet::DecodeResult;
+
+use super::error::IngestError;
+use super::plan::Unit;
+
+/// Rows per decoded batch (and per IPC record batch). Large enough that
+/// per-batch costs vanish, small enough that one batch of strings stays far
+/// from the 2 GiB limit of 32-bit offsets and in cache while it is built.
+pub const BATCH_ROWS: usize = 64 * 1024;
+
+/// Decodes one unit from its column chunks (`(file range, bytes)`).
+pub fn decode_unit(
+    metadata: &ArrowReaderMetadata,
+    schema: &SchemaRef,
+    unit: &Unit,
+    chunks: &[(Range<u64>, Bytes)],
+    path: &Path,
+) -> Result<Vec<RecordBatch>, IngestError> {
+    let fail = |err: String| IngestError::Decode {
+        path: path.into(),
+        row_group: unit.row_group,
+        columns: column_names(metadata.schema(), &unit.roots),
+        err,
+    };
+    // Decoders are not expected to panic on bad data, but a corrupt page must
+    // never take the server down or hide which file it came from.
+    let result = catch_unwind(AssertUnwindSafe(|| decode(metadata, schema, unit, chunks)));
+    match result {
+        Ok(Ok(batches)) => Ok(batches),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown".into());
+            Err(fail(format!("the decoder failed on corrupt data ({what})")))
+        }
+    }
+}
+
+fn decode(
+    metadata: &ArrowReaderMetadata,
+    schema: &SchemaRef,
+    unit: &Unit,
+    chunks: &[(Range<u64>, Bytes)],
+) -> Result<Vec<RecordBatch>, String> {
+    let expected = schema.project(&unit.roots).map_err(|e| e.to_string())?;
+    let mut decoder = ParquetPushDecoderBuilder::new_with_metadata(metadata.clone())
+        .with_projection(unit.mask.clone())
+        .with_row_groups(vec![unit.row_group])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut batches = Vec::with_capacity((unit.rows as usize).div_ceil(BATCH_ROWS));
+    // Each round either pushes data the decoder lacked or yields a batch, so
+    // the loop ends; the bound guards against a decoder that asks again for
+    // what it was given.
+    let mut rounds_without_progress = 0;
+    loop {
+        match decoder.try_decode().map_err(|e| e.to_string())? {
+            DecodeResult::NeedsData(ranges) => {
+                rounds_without_progress += 1;
+                if rounds_without_progress > 2 {
+                    return Err(format!("the decoder keeps asking for {ranges:?}"));
+                }
+                let mut data = Vec::with_capacity(ranges.len());
+                for r in &ranges {
+                    let found = chunks
+                        .iter()
+                        .find(|(c, _)| c.start <= r.start && r.end <= c.end);
+                    let Some((c, bytes)) = found else {
+                        return Err(format!(
+                            "the decoder asked for bytes {r:?}, outside the column chunks read"
+                        ));
+                    };
+                    data.push(
+                        bytes.slice((r.start - c.start) as usize..(r.end - c.start) as usize),
+                    );
+                }
+                decoder
+                    .push_ranges(ranges, data)
+                    .map_err(|e| e.to_string())?;
+            }
+            DecodeResult::Data(batch) => {
+                rounds_without_progress = 0;
+                batches.push(to_plain(batch, &expected)?);
+            }
+            DecodeResult::Finished => break,
+        }
+    }
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows as u64 != unit.rows {
+        return Err(format!(
+            "decoded {rows} rows where the footer announces {}",
+            unit.rows
+        ));
+    }
+    Ok(batches)
+}
+
+/// Casts columns whose type differs from `expected` (a dictionary the
+/// decoder kept despite the requested schema) to the expected type.
+fn to_plain(batch: RecordBatch, expected: &Schema) -> Result<RecordBatch, String> {
+    let same = batch
+        .columns()
+        .iter()
+        .zip(expected.fields().iter())
+        .all(|(c, f)| c.data_type() == f.data_type());
+    if same && batch.num_columns() == expected.fields().len() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(expected.fields().iter())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow_cast::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    RecordBatch::try_new(std::sync::Arc::new(expected.clone()), columns).map_err(|e| e.to_string())
+}
+
+fn column_names(schema: &Schema, roots: &[usize]) -> String {
+    let names: Vec<&str> = roots
+        .iter()
+        .filter_map(|&i| schema.fields().get(i))
+        .map(|f| f.name().as_str())
+        .collect();
+    if names.len() > 8 {
+        format!("{}, ... ({} columns)", names[..8].join(", "), names.len())
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Joins decoded units into the table's batches, in file and row-group
+/// order, each under `schema`. `decoded` is indexed by unit; the units of one
+/// row group (column splits) are adjacent and decode to batches of equal row
+/// counts (same batch size, no filter), which are zipped column-wise.
+pub fn assemble(
+    units: &[Unit],
+    decoded: Vec<Vec<RecordBatch>>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, IngestError> {
+    let bad =
+        |what: String| IngestError::Internal(format!("cannot assemble decoded units: {what}"));
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut decoded: Vec<Option<Vec<RecordBatch>>> = decoded.into_iter().map(Some).collect();
+    while i < units.len() {
+        let mut j = i + 1;
+        while j < units.len()
+            && units[j].file == units[i].file
+            && units[j].row_group == units[i].row_group
+        {
+            j += 1;
+        }
+        let parts: Vec<Vec<RecordBatch>> = decoded[i..j]
+            .iter_mut()
+            .map(|d| d.take().unwrap_or_default())
+            .collect();
+        let n = parts[0].len();
+        if parts.iter().any(|p| p.len() != n) {
+            return Err(bad(format!(
+                "row group {} split into parts with different batch counts",
+                units[i].row_group
+            )));
+        }
+        for b in 0..n {
+            let rows = parts[0][b].num_rows();
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+            for p in &parts {
+                if p[b].num_rows() != rows {
+                    return Err(bad(format!(
+                        "row group {} parts differ in rows",
+                        units[i].row_group
+                    )));
+                }
+                columns.extend(p[b].columns().iter().cloned());
+            }
+            let batch =
+                RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))?;
+            out.push(batch);
+        }
+        i = j;
+    }
+    Ok(out)
+}

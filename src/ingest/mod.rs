@@ -1,0 +1,415 @@
+//! Parquet ingest by the server: read a Parquet file (or a directory of them
+//! with one schema), decode it on every core, write one Arrow IPC file into
+//! the arena, and bind the name once the whole table is there.
+//!
+//! ```text
+//!  files.rs    path -> files (a directory's .parquet files in name order), descriptors
+//!  footer.rs   footer -> ParquetMetaData (sans-IO metadata decoder), offsets checked
+//!  schema.rs   target Arrow schema: dictionaries decoded, no view types; projection
+//!  plan.rs     units (row group x columns) and extents (runs of column chunks to read)
+//!  read.rs     extents -> Bytes: io_uring or pread, O_DIRECT or buffered, budgeted
+//!  engine.rs   the io_uring and pread engines
+//!  buffer.rs   aligned, reused read buffers and the read-ahead budget
+//!  decode.rs   ParquetPushDecoder per unit; units -> batches in file order
+//!  pipeline.rs reader (this thread) + one decoder thread per core
+//!  bound.rs    an upper bound of the IPC file's size from the footer
+//!  stream.rs   row groups written into the reservation as they are decoded
+//!  write.rs    IPC layout without copying; the whole table written by every core
+//!  populate.rs page tables of the server's mapping, populated once
+//! ```
+//! Reading, decoding and writing overlap when the footer bounds the table's
+//! size (`bound.rs`, `stream.rs`): the reservation is made while the decoders
+//! start, and row groups are copied into it in order as they complete, so the
+//! heap never holds the table. Otherwise the table is decoded first and then
+//! written (`write.rs`). Decoders allocate on the heap (arrow-rs cannot
+//! allocate in the arena), so the write is the one copy of the table.
+//!
+//! `unsafe` lives in `engine.rs` (io_uring submissions), `buffer.rs`
+//! (uninitialized read buffers) and `read.rs` (which keeps both contracts);
+//! the other files deny it.
+//!
+//! The reply's `read_ms` is the time the reader spent starting reads and
+//! waiting for them; `decode_ms` and `write_ms` are summed over the threads
+//! doing them; the stages overlap, `total_ms` is the wall time.
+//!
+//! Nothing is visible before the seal: a failure anywhere aborts the pending
+//! object (`Shared::put_with`), readers of the previous version keep it, and
+//! the name still resolves to it.
+
+mod bound;
+mod buffer;
+mod decode;
+mod engine;
+mod error;
+mod files;
+mod footer;
+mod pipeline;
+mod plan;
+mod populate;
+mod read;
+mod schema;
+mod stream;
+mod write;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+
+use crate::protocol::ingest::{Ingest, IngestReply};
+use crate::protocol::ObjectKind;
+use crate::server::Shared;
+use crate::store::ConnId;
+
+pub use error::IngestError;
+pub use files::parquet_files;
+pub use read::{CacheChoice, EngineChoice, ReadOptions};
+
+/// Environment variable of the server that forces a path, for benchmarks,
+/// diagnosis and tests: a comma list of `uring` or `pread` (engine), `direct`
+/// or `buffered` (page cache), and `decode-first` (decode the whole table
+/// before reserving arena space, as for files without size statistics).
+/// Default: io_uring if available; O_DIRECT unless the data is in the page
+/// cache; write row groups as they are decoded when the footer bounds the size.
+pub const ENV: &str = "ARROWPOOL_INGEST";
+/// Most decoder (and writer) threads, whatever the core count.
+const THREADS_MAX: usize = 64;
+
+/// Lets the calling thread (and the threads it spawns, which inherit its
+/// mask) run on every core the process may use. The server runs ingest on a
+/// blocking-pool thread spawned by a core thread pinned to one core; without
+/// this, every decoder would share that core (and `available_parallelism`,
+/// which reads the calling thread's mask, would say 1).
+fn unpin_current_thread() {
+    let process = rustix::process::getpid();
+    if let Ok(all) = rustix::thread::sched_getaffinity(Some(process)) {
+        let _ = rustix::thread::sched_setaffinity(None, &all);
+    }
+}
+
+/// Runs an ingest request on the calling thread (the server runs it on its
+/// blocking pool, off the I/O cores), with one decoder thread per core.
+pub fn ingest(
+    shared: &Arc<Shared>,
+    conn: ConnId,
+    req: &Ingest,
+) -> Result<IngestReply, IngestError> {
+    let start = Instant::now();
+    let env = std::env::var(ENV).unwrap_or_default();
+    let options = ReadOptions::from_env_value(Some(&env));
+    let decode_first = env.split(',').any(|t| t.trim() == "decode-first");
+    unpin_current_thread();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, THREADS_MAX);
+    let path = Path::new(&req.path);
+
+    // Footers and schemas first: a bad file, a mixed directory or an unknown
+    // column fails before any data is read.
+    let paths = files::parquet_files(path)?;
+    files::ensure_descriptors(paths.len());
+    let mut sources = Vec::with_capacity(paths.len());
+    let mut metadata = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let source = files::Source::open(p)?;
+        metadata.push(Arc::new(footer::read_metadata(&source)?));
+        sources.push(source);
+    }
+    let not_parquet = |p: &Path, e: parquet::errors::ParquetError| IngestError::NotParquet {
+        path: p.into(),
+        err: e.to_string(),
+    };
+    let first = ArrowReaderMetadata::try_new(metadata[0].clone(), ArrowReaderOptions::new())
+        .map_err(|e| not_parquet(&paths[0], e))?;
+    let target = schema::plain_schema(first.schema());
+    let roots = schema::column_indices(&target, &req.columns, &paths[0])?;
+    let mut readers = Vec::with_capacity(paths.len());
+    for (i, (p, m)) in paths.iter().zip(&metadata).enumerate() {
+        if i > 0 {
+            let own = ArrowReaderMetadata::try_new(m.clone(), ArrowReaderOptions::new())
+                .map_err(|e| not_parquet(p, e))?;
+            if let Some(difference) =
+                schema::difference(&target, &schema::plain_schema(own.schema()))
+            {
+                return Err(IngestError::SchemaMismatch {
+                    path: p.clone(),
+                    first: paths[0].clone(),
+                    difference,
+                });
+            }
+        }
+        // Decode straight to the plain types; if the decoder cannot honour the
+        // requested schema, keep its own and cast batch by batch (decode.rs).
+        let with_target = ArrowReaderOptions::new().with_schema(target.clone());
+        let reader = match ArrowReaderMetadata::try_new(m.clone(), with_target) {
+            Ok(r) => r,
+            Err(_) => ArrowReaderMetadata::try_new(m.clone(), ArrowReaderOptions::new())
+                .map_err(|e| not_parquet(p, e))?,
+        };
+        readers.push(reader);
+    }
+    let out_schema = Arc::new(
+        target
+            .project(&roots)
+            .map_err(|e| IngestError::Internal(e.to_string()))?,
+    );
+    if out_schema
+        .fields()
+        .iter()
+        .any(|f| schema::has_dictionary(f.data_type()))
+    {
+        return Err(IngestError::Internal(
+            "a dictionary type survived schema planning".into(),
+        ));
+    }
+
+    let meta_refs: Vec<_> = metadata.iter().map(|m| m.as_ref()).collect();
+    let plan = plan::plan(&meta_refs, &roots, threads);
+    let job = Job {
+        shared,
+        conn,
+        name: &req.name,
+        path,
+        readers: &readers,
+        target: &target,
+        schema: &out_schema,
+        plan: &plan,
+        options,
+        threads,
+    };
+    let bound = bound::batches_bound(&meta_refs, &out_schema, &roots)
+        .and_then(|b| job.file_bound(b))
+        .filter(|_| !decode_first);
+    let done = match bound {
+        Some(bound) => match job.streaming(&mut sources, bound) {
+            Err(e @ IngestError::BoundTooSmall) => {
+                // Rare (a writer's wrong statistics) and twice the work: say so.
+                eprintln!(
+                    "arrowpoold: ingest of {}: {e}; decoding the whole table first",
+                    path.display()
+                );
+                job.two_phase(&mut sources)?
+            }
+            other => other?,
+        },
+        None => job.two_phase(&mut sources)?,
+    };
+    let total_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(IngestReply {
+        version: done.sealed.version,
+        rows: done.sealed.rows,
+        bytes: done.written as u64,
+        parquet_bytes: done.decoded.read.bytes,
+        files: paths.len() as u64,
+        read_ms: done.decoded.read.io_time.as_secs_f64() * 1e3,
+        decode_ms: done.decoded.decode_time.as_secs_f64() * 1e3,
+        write_ms: done.write.as_secs_f64() * 1e3,
+        total_ms,
+        reader: done.decoded.read.reader,
+    })
+}
+
+/// Everything both ways of writing need.
+struct Job<'a> {
+    shared: &'a Arc<Shared>,
+    conn: ConnId,
+    name: &'a str,
+    path: &'a Path,
+    readers: &'a [ArrowReaderMetadata],
+    /// All columns, plain types (what the decoders produce).
+    target: &'a SchemaRef,
+    /// The requested columns: the table's schema.
+    schema: &'a SchemaRef,
+    plan: &'a plan::Plan,
+    options: ReadOptions,
+    threads: usize,
+}
+
+/// A sealed ingest.
+struct Done {
+    sealed: crate::protocol::seal::Sealed,
+    written: usize,
+    decoded: pipeline::Decoded,
+    write: Duration,
+}
+
+impl Job<'_> {
+    /// Adds the file header and footer to a bound of the batches' bytes.
+    fn file_bound(&self, batches_bytes: u64) -> Option<u64> {
+        let empty = write::layout(self.schema, &[]).ok()?;
+        let batches: u64 = self
+            .plan
+            .units
+            .iter()
+            .map(|u| u.rows.div_ceil(decode::BATCH_ROWS as u64))
+            .sum();
+        // Each batch adds a 24-byte block to the footer.
+        let fixed = (empty.file_len() + 64) as u64;
+        batches_bytes
+            .checked_add(fixed)?
+            .checked_add(batches.checked_mul(32)?)
+    }
+
+    /// Maps a part of the arena's mapping ahead of the copy into it: one
+    /// madvise instead of a page fault per 4 KiB page, for the chunks this
+    /// server has not written before.
+    fn prepare(&self) -> impl Fn(&mut [u8]) + Sync + '_ {
+        let mapping = self.shared.arena.mapping();
+        let base = mapping.as_ptr() as usize;
+        move |part: &mut [u8]| {
+            let offset = (part.as_ptr() as usize).wrapping_sub(base) as u64;
+            populate::populate_fresh(mapping, offset, part.len() as u64);
+        }
+    }
+
+    /// Reserves `bound` bytes, then decodes and writes row group by row group
+    /// into the reservation (`stream.rs`); the unused tail goes back at seal.
+    fn streaming(&self, sources: &mut [files::Source], bound: u64) -> Result<Done, IngestError> {
+        let prepare = self.prepare();
+        let queue = stream::UnitQueue::new(4 * self.threads);
+        let mut failure: Option<IngestError> = None;
+        let mut outcome: Option<(Duration, usize)> = None;
+        let (put, decoded) = std::thread::scope(|scope| {
+            // Decoding starts now; the reservation (and the allocation of its
+            // pages) happens meanwhile on this thread.
+            let pipeline = scope.spawn(|| {
+                let sink = |u: usize, batches| queue.push(u, batches);
+                let decoded = pipeline::run(
+                    sources,
+                    self.readers,
+                    self.target,
+                    self.plan,
+                    self.options,
+                    self.threads,
+                    &sink,
+                );
+                queue.close();
+                decoded
+            });
+            let put =
+                self.shared
+                    .put_with(self.conn, self.name, ObjectKind::Table, bound, |dest| {
+                        let result = (|| -> Result<(Duration, usize), IngestError> {
+                            let writer = stream::StreamWriter::new(
+                                dest,
+                                self.schema.clone(),
+                                &self.plan.units,
+                                &prepare,
+                            )?;
+                            while let Some((u, batches)) = queue.pop() {
+                                writer.unit_done(u, batches)?;
+                            }
+                            let (len, write) = writer.finish()?;
+                            Ok((write, len))
+                        })();
+                        match result {
+                            Ok((write, len)) => {
+                                outcome = Some((write, len));
+                                Ok(len)
+                            }
+                            Err(e) => {
+                                let message = e.to_string();
+                                failure = Some(e);
+                                Err(message)
+                            }
+                        }
+                    });
+            if put.is_err() {
+                queue.abandon();
+            }
+            let decoded = pipeline.join().unwrap_or_else(|_| {
+                Err(IngestError::Internal(
+                    "the decoding pipeline panicked".into(),
+                ))
+            });
+            (put, decoded)
+        });
+        // The first cause wins. The writer gives up (abandons the queue) only
+        // after its own failure; otherwise a decoding error explains an
+        // incomplete write.
+        let abandoned = queue.is_abandoned();
+        match (put, decoded, failure, outcome) {
+            (Ok(sealed), Ok(decoded), None, Some((write, written))) => Ok(Done {
+                sealed,
+                written,
+                decoded,
+                write,
+            }),
+            (_, _, Some(IngestError::BoundTooSmall), _) => Err(IngestError::BoundTooSmall),
+            (Err(reply), _, None, _) => Err(IngestError::Store {
+                path: self.path.into(),
+                reply,
+            }),
+            (_, Err(e), _, _) if !abandoned => Err(e),
+            (_, _, Some(e), _) | (_, Err(e), None, _) => Err(e),
+            _ => Err(IngestError::Internal("sealed without writing".into())),
+        }
+    }
+
+    /// Decodes the whole table, then reserves its exact size and writes it
+    /// with every core. For files whose footer gives no size bound.
+    fn two_phase(&self, sources: &mut [files::Source]) -> Result<Done, IngestError> {
+        let decoded_units: Vec<std::sync::Mutex<Vec<RecordBatch>>> = self
+            .plan
+            .units
+            .iter()
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect();
+        let sink = |u: usize, batches: Vec<RecordBatch>| {
+            if let Some(slot) = decoded_units.get(u) {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = batches;
+            }
+            Ok(())
+        };
+        let decoded = pipeline::run(
+            sources,
+            self.readers,
+            self.target,
+            self.plan,
+            self.options,
+            self.threads,
+            &sink,
+        )?;
+        let units: Vec<Vec<RecordBatch>> = decoded_units
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let batches = decode::assemble(&self.plan.units, units, self.schema)?;
+
+        let layout = write::layout(self.schema, &batches)
+            .map_err(|e| IngestError::Internal(e.to_string()))?;
+        let prepare = self.prepare();
+        let (mut written, mut write) = (0, Duration::ZERO);
+        let sealed = self
+            .shared
+            .put_with(
+                self.conn,
+                self.name,
+                ObjectKind::Table,
+                layout.file_len() as u64,
+                |dest| {
+                    (written, write) =
+                        write::write(dest, self.schema, &batches, &layout, self.threads, &prepare)?;
+                    Ok::<usize, arrow_schema::ArrowError>(written)
+                },
+            )
+            .map_err(|reply| IngestError::Store {
+                path: self.path.into(),
+                reply,
+            })?;
+        // Freeing a table-sized heap takes a while; the client need not wait for it.
+        let _ = std::thread::Builder::new()
+            .name("ingest-free".into())
+            .spawn(move || drop(batches));
+        Ok(Done {
+            sealed,
+            written,
+            decoded,
+            write,
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! What to read and who decodes it.
+//!
+//! A *unit* is one decoder's work: some top-level columns of one row group of
+//! one file. With many row groups a unit is a whole row group (projected);
+//! with fewer than `UNITS_PER_WORKER` per decoder thread, row groups are split
+//! by columns so that every core has work until the end. An *extent* is a run of adjacent column
+//! chunks of one unit, read into one buffer: only the projected chunks are
+//! ever read, so unread columns cost no I/O.
+//!
+//! ```text
+//!   file:  | rg0: a b c d | rg1: a b c d | ... | footer |
+//!   units (columns a, c, d requested, enough row groups):
+//!          rg0 {a,c,d} -> extents [a] [c d]    rg1 {a,c,d} -> extents [a] [c d]
+//! ```
+#![deny(unsafe_code)]
+
+use std::ops::Range;
+
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::schema::types::SchemaDescriptor;
+
+/// Units wanted per decoder thread: enough that the threads finish close
+/// together (the last unit is the tail of the ingest) and that the first
+/// unit's bytes are read soon, few enough that per-unit costs stay small.
+const UNITS_PER_WORKER: usize = 8;
+
+/// One decoder's work.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub file: usize,
+    pub row_group: usize,
+    /// Top-level columns decoded, ascending (a contiguous run of the requested ones).
+    pub roots: Vec<usize>,
+    pub mask: ProjectionMask,
+    /// Byte ranges of the column chunks, in file order.
+    pub chunks: Vec<Range<u64>>,
+    /// The unit's extents, as indices into `Plan::extents`.
+    pub extents: Range<usize>,
+    pub rows: u64,
+}
+
+/// Bytes read into one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    pub file: usize,
+    pub unit: usize,
+    pub range: Range<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub units: Vec<Unit>,
+    pub extents: Vec<Extent>,
+    /// Bytes of column chunks to read.
+    pub read_bytes: u64,
+    pub rows: u64,
+}
+
+/// Plans the reads and decodes of `roots` (top-level column indices,
+/// ascending, non-empty unless the schema is empty) over `files` for
+/// `workers` decoder threads.
+pub fn plan(files: &[&ParquetMetaData], roots: &[usize], workers: usize) -> Plan {
+    let row_groups: usize = files.iter().map(|m| m.num_row_groups()).sum();
+    let splits = if row_groups == 0 || row_groups >= UNITS_PER_WORKER * workers {
+        1
+    } else {
+        (UNITS_PER_WORKER * workers)
+            .div_ceil(row_groups)
+            .min(roots.len())
+            .max(1)
+    };
+    let mut plan = Plan::default();
+    for (file, metadata) in files.iter().enumerate() {
+        let schema = metadata.file_metadata().schema_descr();
+        let leaves = leaves_by_root(schema);
+        for (row_group, rg) in metadata.row_groups().iter().enumerate() {
+            let leaves_of = |root: usize| leaves.get(root).map_or(&[][..], |l| &l[..]);
+            let weight = |root: usize| -> u64 {
+                leaves_of(root)
+                    .iter()
+                    .map(|&l| rg.column(l).uncompressed_size().max(0) as u64)
+                    .sum::<u64>()
+                    .max(1)
+            };
+            for group in split(roots, splits, weight) {
+                let mut chunks: Vec<Range<u64>> = group
+                    .iter()
+                    .flat_map(|&root| leaves_of(root).iter())
+                    .map(|&leaf| {
+                        let (start, len) = rg.column(leaf).byte_range();
+                        start..start + len
+                    })
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                chunks.sort_by_key(|r| r.start);
+                let unit = plan.units.len();
+                let first_extent = plan.extents.len();
+                for c in &chunks {
+                    plan.read_bytes += c.end - c.start;
+                    match plan.extents.last_mut() {
+                        Some(e) if e.unit == unit && c.start <= e.range.end => {
+                            e.range.end = e.range.end.max(c.end)
+                        }
+                        _ => plan.extents.push(Extent {
+                            file,
+                            unit,
+                            range: c.clone(),
+                        }),
+                    }
+                }
+                let rows = rg.num_rows().max(0) as u64;
+                plan.units.push(Unit {
+                    file,
+                    row_group,
+                    mask: ProjectionMask::roots(schema, group.iter().copied()),
+                    roots: group,
+                    chunks,
+                    extents: first_extent..plan.extents.len(),
+                    rows,
+                });
+            }
+            plan.rows += rg.num_rows().max(0) as u64;
+        }
+    }
+    plan
+}
+
+/// The leaf columns of each top-level column, in file order.
+pub fn leaves_by_root(schema: &SchemaDescriptor) -> Vec<Vec<usize>> {
+    let mut leaves: Vec<Vec<usize>> = vec![Vec::new(); schema.root_schema().get_fields().len()];
+    for leaf in 0..schema.num_columns() {
+        if let Some(l) = leaves.get_mut(schema.get_column_root_idx(leaf)) {
+            l.push(leaf);
+        }
+    }
+    leaves
+}
+
+/// Splits `roots` into at most `parts` contiguous runs of similar weight.
+fn split(roots: &[usize], parts: usize, weight: impl Fn(usize) -> u64) -> Vec<Vec<usize>> {
+    if parts <= 1 || roots.len() <= 1 {
+        return vec![roots.to_vec()];
+    }
+    let total: u64 = roots.iter().map(|&r| weight(r)).sum();
+    let mut groups = Vec::with_capacity(parts);
+    let mut current = Vec::new();
+    let mut acc = 0u64;
+    for (i, &r) in roots.iter().enumerate() {
+        current.push(r);
+        acc += weight(r);
+        let groups_left = parts - groups.len() - 1;
+        let roots_left = roots.len() - i - 1;
+        let reached = acc as u128 * parts as u128 >= total as u128 * (groups.len() as u128 + 1);
+        if groups_left > 0 && roots_left > 0 && (reached || roots_left == groups_left) {
+            groups.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_balances_contiguous_runs() {
+        let w = |r: usize| [10u64, 10, 10, 10, 40][r];
+        assert_eq!(
+            split(&[0, 1, 2, 3, 4], 2, w),
+            vec![vec![0, 1, 2, 3], vec![4]]
+        );
+        assert_eq!(split(&[0, 1, 2, 3, 4], 1, w), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(split(&[3], 4, w), vec![vec![3]]);
+        let groups = split(&[0, 1, 2], 3, |_| 1);
+        assert_eq!(groups, vec![vec![0], vec![1], vec![2]]);
+        let all: Vec<usize> = split(&[0, 1, 2, 3, 4], 3, w).concat();
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+    }
+}
