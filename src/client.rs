@@ -283,6 +283,9 @@ impl Client {
         let sent = conn.stream.get_mut().write_all(&out);
         conn.out = out;
         sent.map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        if conn.stream.buffer().is_empty() {
+            spin_until_readable(conn.stream.get_ref());
+        }
         let (header, body) = read_frame(&mut conn.stream)?;
         if header.kind == Kind::Shutdown as u16 {
             return Err(ClientError::Disconnected(
@@ -572,6 +575,28 @@ impl Client {
     pub fn mapping_range(&self) -> std::ops::Range<usize> {
         let start = self.inner.read_only.as_ptr() as usize;
         start..start + self.inner.read_only.len()
+    }
+}
+
+/// How long a request polls for its reply before sleeping in `read`.
+const SPIN_MICROS: u64 = 40;
+
+/// Polls the socket briefly before the blocking read: a reply usually arrives
+/// within tens of microseconds, and waking a sleeping thread costs about as
+/// much again on virtual machines. Yields between polls so a server thread on
+/// the same core can run.
+fn spin_until_readable(stream: &UnixStream) {
+    let start = std::time::Instant::now();
+    let mut fds = [rustix::event::PollFd::new(
+        stream,
+        rustix::event::PollFlags::IN,
+    )];
+    while start.elapsed() < Duration::from_micros(SPIN_MICROS) {
+        if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap_or(1) > 0
+        {
+            return;
+        }
+        std::thread::yield_now();
     }
 }
 
