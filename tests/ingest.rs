@@ -1214,60 +1214,42 @@ fn bad_input_empty_directory() {
     );
 }
 
+/// A corpus file is refused with an `Ingest` error naming it and saying `needle`;
+/// nothing becomes visible and the arena space comes back.
+fn corpus_file_rejected(file: &str, needle: &str) {
+    let server = Server::start("64M");
+    let f = corpus(file);
+    assert_rejected(&server, &f, &[], &[ErrorCode::Ingest], &f, needle);
+}
+
 #[test]
 fn bad_input_not_parquet() {
-    let server = Server::start("64M");
-    let f = corpus("not_parquet.parquet");
-    assert_rejected(
-        &server,
-        &f,
-        &[],
-        &[ErrorCode::Ingest],
-        &f,
-        "not a readable Parquet file",
-    );
+    corpus_file_rejected("not_parquet.parquet", "not a readable Parquet file");
 }
 
 #[test]
 fn bad_input_truncated_file() {
-    let server = Server::start("64M");
-    let f = corpus("truncated.parquet");
-    assert_rejected(&server, &f, &[], &[ErrorCode::Ingest], &f, "truncated");
+    corpus_file_rejected("truncated.parquet", "truncated");
 }
 
 #[test]
 fn bad_input_corrupt_footer() {
-    let server = Server::start("64M");
-    let f = corpus("corrupt_footer.parquet");
-    assert_rejected(
-        &server,
-        &f,
-        &[],
-        &[ErrorCode::Ingest],
-        &f,
-        "corrupt Parquet footer",
-    );
+    corpus_file_rejected("corrupt_footer.parquet", "corrupt Parquet footer");
 }
 
 #[test]
 fn bad_input_footer_pointing_outside_the_file() {
-    let server = Server::start("64M");
-    let f = corpus("footer_offsets.parquet");
-    assert_rejected(&server, &f, &[], &[ErrorCode::Ingest], &f, "claims bytes");
+    corpus_file_rejected("footer_offsets.parquet", "claims bytes");
 }
 
 #[test]
 fn bad_input_corrupt_page_header() {
-    let server = Server::start("64M");
-    let f = corpus("corrupt_page_header.parquet");
-    assert_rejected(&server, &f, &[], &[ErrorCode::Ingest], &f, "cannot decode");
+    corpus_file_rejected("corrupt_page_header.parquet", "cannot decode");
 }
 
 #[test]
 fn bad_input_corrupt_page_data() {
-    let server = Server::start("64M");
-    let f = corpus("corrupt_page_data.parquet");
-    assert_rejected(&server, &f, &[], &[ErrorCode::Ingest], &f, "cannot decode");
+    corpus_file_rejected("corrupt_page_data.parquet", "cannot decode");
 }
 
 #[test]
