@@ -310,3 +310,52 @@ fn hugepages_off_uses_small_pages() {
         "{kind}"
     );
 }
+
+#[test]
+fn polling_fallback_serves_the_same_protocol() {
+    let server = Server::start_with(&["--memory", "64M", "--io-driver", "polling"]);
+    let c = server.client();
+    assert_eq!(c.stats().unwrap().io_driver, "polling");
+    assert_eq!(c.server_hello().io_driver, 1);
+    let (schema, batches) = table(20_000, 2, 3);
+    c.put("t", &schema, &batches).unwrap();
+    assert_eq!(c.get("t").unwrap().batches, batches);
+    let waiter = server.client();
+    let h = std::thread::spawn(move || waiter.wait_for_version("t", 1, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(50));
+    c.put("t", &schema, &batches).unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), 2);
+    assert!(Server::try_start_with(&[
+        "--memory",
+        "16M",
+        "--io-driver",
+        "polling",
+        "--require-io-uring"
+    ])
+    .is_err());
+}
+
+#[test]
+fn connection_limit_refuses_with_a_clear_error() {
+    let server = Server::start_with(&["--memory", "16M", "--max-connections", "2"]);
+    let a = server.client();
+    let b = server.client();
+    let e = arrowpool::Client::connect(&server.socket).unwrap_err();
+    assert!(e.to_string().contains("status 3"), "{e}");
+    drop(b);
+    // The slot frees once the server has seen the close.
+    let start = std::time::Instant::now();
+    loop {
+        match arrowpool::Client::connect(&server.socket) {
+            Ok(c) => {
+                c.ping().unwrap();
+                break;
+            }
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("slot never freed: {e}"),
+        }
+    }
+    a.ping().unwrap();
+}

@@ -29,12 +29,23 @@ struct Args {
     /// Refuse to start when io_uring is unavailable instead of falling back to epoll.
     #[arg(long)]
     require_io_uring: bool,
+    /// I/O driver: auto (io_uring, epoll where io_uring is blocked), io-uring
+    /// (same as --require-io-uring), or polling (epoll even where io_uring works).
+    #[arg(long, value_enum, default_value_t = IoDriverChoice::Auto)]
+    io_driver: IoDriverChoice,
     /// Most simultaneous client connections.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
     /// File mode of the socket, octal. Anyone who can connect can read and write every object.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IoDriverChoice {
+    Auto,
+    IoUring,
+    Polling,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -52,7 +63,8 @@ fn main() -> ExitCode {
         threads,
         hugepages: args.hugepages,
         prefault: args.prefault,
-        require_io_uring: args.require_io_uring,
+        require_io_uring: args.require_io_uring || args.io_driver == IoDriverChoice::IoUring,
+        force_polling: args.io_driver == IoDriverChoice::Polling,
         max_connections: args.max_connections,
         socket_mode: args.socket_mode,
     };

@@ -2,7 +2,7 @@
 #![deny(unsafe_code)]
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use compio::driver::{DriverType, ProactorBuilder};
-use compio::net::{UnixListener, UnixStream};
+use compio::net::UnixStream;
 
 use super::shared::Shared;
 use super::{conn, IoDriver, StartError};
@@ -30,13 +30,18 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, 
     };
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
     Ok(listener)
 }
 
-fn runtime(core: Option<usize>) -> std::io::Result<compio::runtime::Runtime> {
+fn runtime(
+    core: Option<usize>,
+    driver: Option<IoDriver>,
+) -> std::io::Result<compio::runtime::Runtime> {
     let mut proactor = ProactorBuilder::new();
     proactor.capacity(1024);
+    if driver == Some(IoDriver::Polling) {
+        proactor.driver_type(DriverType::Poll);
+    }
     let mut builder = compio::runtime::Runtime::builder();
     builder.with_proactor(proactor);
     if let Some(core) = core {
@@ -46,9 +51,17 @@ fn runtime(core: Option<usize>) -> std::io::Result<compio::runtime::Runtime> {
     builder.build()
 }
 
-/// Which driver compio picks on this machine (io_uring unless it is blocked).
-pub fn probe_driver(require_io_uring: bool) -> Result<IoDriver, StartError> {
-    let rt = runtime(None).map_err(StartError::Runtime)?;
+/// Which driver the cores will use: compio's pick on this machine (io_uring
+/// unless it is blocked), or polling when `force_polling`.
+pub fn probe_driver(require_io_uring: bool, force_polling: bool) -> Result<IoDriver, StartError> {
+    if force_polling {
+        if require_io_uring {
+            return Err(StartError::IoUringRequired);
+        }
+        eprintln!("arrowpoold: polling (epoll) driver selected with --io-driver polling");
+        return Ok(IoDriver::Polling);
+    }
+    let rt = runtime(None, None).map_err(StartError::Runtime)?;
     let driver = match rt.driver_type() {
         DriverType::IoUring => IoDriver::IoUring,
         _ => IoDriver::Polling,
@@ -65,16 +78,10 @@ pub fn probe_driver(require_io_uring: bool) -> Result<IoDriver, StartError> {
     Ok(driver)
 }
 
-/// Body of a core's thread: its own runtime, its connections, and on core 0 the
-/// accept loop.
-pub fn run_core(
-    core: usize,
-    shared: Arc<Shared>,
-    listener: Option<std::os::unix::net::UnixListener>,
-    senders: Vec<async_channel::Sender<OwnedFd>>,
-    rx: async_channel::Receiver<OwnedFd>,
-) {
-    let rt = match runtime(Some(core)) {
+/// Body of a core's thread: its own runtime and the connections the accept
+/// thread hands it.
+pub fn run_core(core: usize, shared: Arc<Shared>, rx: async_channel::Receiver<OwnedFd>) {
+    let rt = match runtime(Some(core), Some(shared.io_driver)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("arrowpoold: core {core}: cannot start runtime: {e}");
@@ -82,11 +89,6 @@ pub fn run_core(
         }
     };
     rt.block_on(async move {
-        if let Some(l) = listener {
-            let shared = shared.clone();
-            compio::runtime::spawn(accept_loop(core, l, shared, senders)).detach();
-        }
-        // Connections handed over by the accept loop.
         while let Ok(fd) = rx.recv().await {
             match UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)) {
                 Ok(stream) => compio::runtime::spawn(conn::serve(stream, shared.clone())).detach(),
@@ -96,47 +98,37 @@ pub fn run_core(
     });
 }
 
-async fn accept_loop(
-    core: usize,
+/// The accept thread: blocking `accept` on the Unix socket, each connection
+/// handed round-robin to a core, which serves it for its whole life.
+///
+/// Accepting is not on the hot path (one syscall per connection), and a plain
+/// thread behaves the same under io_uring and the polling fallback (compio's
+/// polling-mode accept closed the accepted descriptor in our tests).
+pub fn accept_loop(
     listener: std::os::unix::net::UnixListener,
     shared: Arc<Shared>,
     senders: Vec<async_channel::Sender<OwnedFd>>,
 ) {
-    let listener = match UnixListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("arrowpoold: cannot register the listening socket: {e}");
-            return;
-        }
-    };
     let mut next = 0usize;
     loop {
-        match listener.accept().await {
+        match listener.accept() {
             Ok((stream, _)) => {
                 if shared.shutting_down.load(Ordering::Relaxed) {
                     continue;
                 }
                 let target = next % senders.len();
                 next = next.wrapping_add(1);
-                if target == core {
-                    compio::runtime::spawn(conn::serve(stream, shared.clone())).detach();
-                    continue;
-                }
-                // Hand the socket to another core: a duplicate descriptor travels,
-                // this core's registration is dropped with `stream`.
-                match rustix::io::fcntl_dupfd_cloexec(stream.as_fd(), 0) {
-                    Ok(fd) => {
-                        if senders[target].send(fd).await.is_err() {
-                            eprintln!("arrowpoold: core {target} is gone; dropping a connection");
-                        }
-                    }
-                    Err(e) => eprintln!("arrowpoold: cannot hand over a connection: {e}"),
+                if senders[target]
+                    .send_blocking(OwnedFd::from(stream))
+                    .is_err()
+                {
+                    eprintln!("arrowpoold: core {target} is gone; dropping a connection");
                 }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning.
                 eprintln!("arrowpoold: accept failed: {e}");
-                compio::time::sleep(Duration::from_millis(50)).await;
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! main thread: config, arena, signals ── waits for SIGINT/SIGTERM, then drains
-//! core 0: compio runtime ── accept loop on the Unix socket ── hands each connection
-//!          round-robin to a core over a channel (itself included)
+//! accept thread: blocking accept on the Unix socket ── hands each connection
+//!          round-robin to a core over a channel
 //! core i: compio runtime (io_uring, or the polling/epoll fallback) ── its connections
 //! ```
 //! Transport (`listener.rs`, `conn.rs`) is kept apart from request handling
@@ -49,6 +49,8 @@ pub struct Config {
     pub hugepages: HugepageMode,
     pub prefault: bool,
     pub require_io_uring: bool,
+    /// Use compio's polling (epoll) driver even where io_uring works.
+    pub force_polling: bool,
     pub max_connections: usize,
     /// File mode of the socket (default 0o600: only the owner may connect).
     pub socket_mode: u32,
@@ -100,7 +102,7 @@ impl Server {
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();
-        let driver = listener::probe_driver(config.require_io_uring)?;
+        let driver = listener::probe_driver(config.require_io_uring, config.force_polling)?;
         let shared = Arc::new(Shared::new(arena, &config, driver, threads));
         eprintln!(
             "arrowpoold: arena {} of {}, {} thread(s), io driver {}, socket {}",
@@ -110,18 +112,21 @@ impl Server {
             driver.as_str(),
             config.socket.display()
         );
-        let mut workers = Vec::with_capacity(threads);
-        let mut std_listener = Some(std_listener);
+        let mut workers = Vec::with_capacity(threads + 1);
         for (core, rx) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
-            let listener = if core == 0 { std_listener.take() } else { None };
-            let senders = senders.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("arrowpool-core-{core}"))
-                .spawn(move || listener::run_core(core, shared, listener, senders, rx))
+                .spawn(move || listener::run_core(core, shared, rx))
                 .map_err(StartError::Runtime)?;
             workers.push(handle);
         }
+        let accept_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("arrowpool-accept".into())
+            .spawn(move || listener::accept_loop(std_listener, accept_shared, senders))
+            .map_err(StartError::Runtime)?;
+        workers.push(handle);
         Ok(Server { shared, workers })
     }
 
