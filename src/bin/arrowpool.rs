@@ -11,6 +11,19 @@ use arrowpool::Client;
 use clap::{Parser, Subcommand};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+/// `println!` that exits quietly when stdout is closed (`arrowpool ls | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// Put, get and inspect tables in an arrowpool server.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -96,12 +109,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             let info = client.put(&name, &schema, &batches)?;
             pb.finish_and_clear();
             if args.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"name": name, "version": info.version, "rows": info.rows, "bytes": info.bytes})
                 );
             } else {
-                println!(
+                out!(
                     "{name}: version {}, {} rows, {}",
                     info.version,
                     info.rows,
@@ -115,12 +128,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 write_table(&out, &table.schema, &table.batches)?;
             }
             if args.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"name": name, "version": table.version, "rows": table.rows, "columns": table.schema.fields().len()})
                 );
             } else {
-                println!(
+                out!(
                     "{name}: version {}, {} rows, {} columns",
                     table.version,
                     table.rows,
@@ -140,9 +153,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let reply = client.ingest(&path.to_string_lossy(), &name, &cols)?;
             pb.finish_and_clear();
             if args.json {
-                println!("{}", serde_json::to_string(&reply)?);
+                out!("{}", serde_json::to_string(&reply)?);
             } else {
-                println!(
+                out!(
                     "{name}: version {}, {} rows, {} from {} file(s) in {:.0} ms (read {:.0} ms, decode {:.0} ms, write {:.0} ms)",
                     reply.version,
                     reply.rows,
@@ -158,14 +171,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Ls => {
             let list = client.list()?;
             if args.json {
-                println!("{}", serde_json::to_string(&list)?);
+                out!("{}", serde_json::to_string(&list)?);
             } else {
-                println!(
+                out!(
                     "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>10}",
-                    "NAME", "VERSION", "KIND", "ROWS", "SIZE", "LEASES", "IDLE"
+                    "NAME",
+                    "VERSION",
+                    "KIND",
+                    "ROWS",
+                    "SIZE",
+                    "LEASES",
+                    "IDLE"
                 );
                 for e in list {
-                    println!(
+                    out!(
                         "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>9.1}s",
                         e.name,
                         e.version,
@@ -181,38 +200,43 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Rm { name } => {
             client.delete(&name)?;
             if !args.json {
-                println!("deleted {name}");
+                out!("deleted {name}");
             }
         }
         Command::Stats => {
             let s = client.stats()?;
             if args.json {
-                println!("{}", serde_json::to_string(&s)?);
+                out!("{}", serde_json::to_string(&s)?);
             } else {
-                println!(
+                out!(
                     "memory     {} ({})",
                     human_bytes(s.arena_bytes),
                     s.memory_kind
                 );
-                println!("io driver  {} x {} threads", s.io_driver, s.threads);
-                println!(
+                out!("io driver  {} x {} threads", s.io_driver, s.threads);
+                out!(
                     "used       {} ({} held by readers, {} being written)",
                     human_bytes(s.used_bytes),
                     human_bytes(s.held_bytes),
                     human_bytes(s.pending_bytes)
                 );
-                println!(
+                out!(
                     "free       {} (largest range {})",
                     human_bytes(s.free_bytes),
                     human_bytes(s.largest_free_bytes)
                 );
-                println!(
+                out!(
                     "objects    {} ({} named), {} leases, {} connections",
-                    s.objects, s.names, s.leases, s.connections
+                    s.objects,
+                    s.names,
+                    s.leases,
+                    s.connections
                 );
-                println!(
+                out!(
                     "ops        {} puts, {} gets, {} evictions",
-                    s.puts, s.gets, s.evictions
+                    s.puts,
+                    s.gets,
+                    s.evictions
                 );
             }
         }
