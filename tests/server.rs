@@ -281,8 +281,8 @@ fn hugepages_require_either_works_or_says_why() {
         .find(|l| l.starts_with("HugePages_Free:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0);
-    let result = Server::try_start_with(&["--memory", "32M", "--hugepages", "require"]);
-    if free >= 16 {
+    let result = Server::try_start_with(&["--memory", "8M", "--hugepages", "require"]);
+    if free >= 64 {
         let server = result.expect("hugepages are reserved, so require must work");
         let c = server.client();
         assert_eq!(c.stats().unwrap().memory_kind, "hugetlb");
