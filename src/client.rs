@@ -22,7 +22,8 @@ use crate::protocol::create::{Create, Created};
 use crate::protocol::frame::{write_frame, Header, FLAG_NO_REPLY, HEADER_LEN, REPLY_BODY_MAX};
 use crate::protocol::get::{Get, Located};
 use crate::protocol::handshake::{
-    ClientHello, ServerHello, FLAG_WRITE, PROTOCOL_VERSION, SERVER_HELLO_LEN, STATUS_OK,
+    ClientHello, ServerHello, FLAG_WRITE, PROTOCOL_VERSION, SERVER_HELLO_LEN, STATUS_BAD_VERSION,
+    STATUS_OK, STATUS_TOO_MANY_CONNECTIONS,
 };
 use crate::protocol::ingest::{Ingest, IngestReply};
 use crate::protocol::list::ListEntry;
@@ -203,27 +204,37 @@ impl Client {
             version: PROTOCOL_VERSION,
             flags: if write { FLAG_WRITE } else { 0 },
         };
-        (&stream)
-            .write_all(&hello.encode())
-            .map_err(|e| ClientError::Handshake(e.to_string()))?;
+        // A server that refuses (connection limit) answers and closes without
+        // reading our hello, so the write may fail with EPIPE while its answer
+        // is waiting to be read: read it before reporting the write error.
+        let sent = (&stream).write_all(&hello.encode());
         let mut reply = [0u8; SERVER_HELLO_LEN];
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut got = 0;
         while got < SERVER_HELLO_LEN {
-            let n = crate::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds)
-                .map_err(|e| ClientError::Handshake(e.to_string()))?;
+            let n = match crate::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds) {
+                Ok(n) => n,
+                Err(e) => return Err(ClientError::Handshake(sent.err().unwrap_or(e).to_string())),
+            };
             if n == 0 {
-                return Err(ClientError::Handshake(
-                    "server closed the connection during the handshake".into(),
-                ));
+                let why = match sent {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "server closed the connection during the handshake".into(),
+                };
+                return Err(ClientError::Handshake(why));
             }
             got += n;
         }
         let hello = ServerHello::decode(&reply)
             .ok_or_else(|| ClientError::Handshake("bad server magic".into()))?;
         if hello.status != STATUS_OK {
+            let why = match hello.status {
+                STATUS_TOO_MANY_CONNECTIONS => "too many connections; raise --max-connections",
+                STATUS_BAD_VERSION => "protocol version not supported by this server",
+                _ => "bad hello",
+            };
             return Err(ClientError::Handshake(format!(
-                "server refused the connection (status {})",
+                "server refused the connection (status {}: {why})",
                 hello.status
             )));
         }

@@ -43,6 +43,11 @@ impl Drop for Registration<'_> {
 /// cannot be framed, or the server shuts down.
 pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
     let Some(conn) = shared.register(stream.as_raw_fd()) else {
+        // Read the client's hello first (briefly), so that closing does not
+        // discard unread bytes and reset the connection before the client has
+        // read why it was refused.
+        let hello = Vec::with_capacity(CLIENT_HELLO_LEN);
+        let _ = compio::time::timeout(Duration::from_secs(1), stream.read_exact(hello)).await;
         refuse(&stream, &shared, STATUS_TOO_MANY_CONNECTIONS);
         return;
     };
