@@ -97,12 +97,14 @@ impl Server {
     /// Creates the arena, binds the socket and starts one thread per core.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let threads = config.threads.max(1);
+        // Everything that can refuse to start comes before the socket exists, so
+        // no client ever connects to a server that is about to exit.
+        let driver = listener::probe_driver(config.require_io_uring, config.force_polling)?;
         let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
             .map_err(StartError::Arena)?;
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();
-        let driver = listener::probe_driver(config.require_io_uring, config.force_polling)?;
         let shared = Arc::new(Shared::new(arena, &config, driver, threads));
         eprintln!(
             "arrowpoold: arena {} of {}, {} thread(s), io driver {}, socket {}",
