@@ -34,6 +34,10 @@ use crate::protocol::{ErrorCode, ErrorReply, Kind, ObjectKind};
 /// Granularity of the client's record of populated page tables.
 const POPULATE_CHUNK_BYTES: u64 = 2 * 1024 * 1024;
 
+/// How long a request waits for its reply by default; `wait` and `ingest`
+/// adjust it (see `Client::set_timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default socket path of `arrowpoold`.
 pub const DEFAULT_SOCKET: &str = "/tmp/arrowpool.sock";
 
@@ -56,6 +60,9 @@ pub enum ClientError {
     OutOfBounds { offset: u64, length: u64 },
     /// A put needs a writable connection (`connect_writer`).
     ReadOnly,
+    /// The server did not answer in time (`Client::set_timeout`); the connection
+    /// was closed, since a late reply would be out of step.
+    TimedOut(Duration),
 }
 
 impl ClientError {
@@ -93,6 +100,10 @@ impl std::fmt::Display for ClientError {
                 f,
                 "this connection is read-only; connect as a writer to put"
             ),
+            ClientError::TimedOut(t) => write!(
+                f,
+                "arrowpoold did not answer within {t:?} (stopped or overloaded); the connection was closed"
+            ),
         }
     }
 }
@@ -114,6 +125,8 @@ struct Conn {
     stream: std::io::BufReader<UnixStream>,
     next_id: u64,
     out: Vec<u8>,
+    /// How long a reply may take (`None`: forever).
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -258,11 +271,12 @@ impl Client {
         };
         // The mappings keep the memory; the descriptors are no longer needed.
         drop(fds);
-        stream.set_read_timeout(None).ok();
+        stream.set_read_timeout(Some(DEFAULT_TIMEOUT)).ok();
         Ok(Client {
             inner: Arc::new(Inner {
                 conn: Mutex::new(Conn {
                     stream: std::io::BufReader::with_capacity(64 * 1024, stream),
+                    timeout: Some(DEFAULT_TIMEOUT),
                     next_id: 1,
                     out: Vec::with_capacity(256),
                 }),
@@ -284,8 +298,45 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply body.
-    fn request(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+    /// Sets how long a request waits for its reply (`None`: forever). After a
+    /// timeout the connection is closed and later calls fail.
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.timeout = timeout;
+        conn.stream.get_ref().set_read_timeout(timeout).ok();
+    }
+
+    fn request(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+        self.request_within(kind, None, encode)
+    }
+
+    /// `request` with a reply timeout other than the connection's for this one
+    /// request (`Some(None)`: no limit).
+    fn request_within(
+        &self,
+        kind: Kind,
+        timeout: Option<Option<Duration>>,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<u8>> {
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = timeout.unwrap_or(conn.timeout);
+        if timeout.is_some() {
+            conn.stream.get_ref().set_read_timeout(limit).ok();
+        }
+        let result = Self::exchange(&mut conn, kind, encode);
+        if timeout.is_some() {
+            let normal = conn.timeout;
+            conn.stream.get_ref().set_read_timeout(normal).ok();
+        }
+        if let Err(ClientError::TimedOut(_)) = result {
+            // A late reply would be read as the answer to the next request.
+            let _ = conn.stream.get_ref().shutdown(std::net::Shutdown::Both);
+            return Err(ClientError::TimedOut(limit.unwrap_or_default()));
+        }
+        result
+    }
+
+    fn exchange(conn: &mut Conn, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
         let id = conn.next_id;
         conn.next_id += 1;
         let mut out = std::mem::take(&mut conn.out);
@@ -547,7 +598,9 @@ impl Client {
         let timeout_ms = timeout
             .as_millis()
             .min(crate::protocol::wait::TIMEOUT_MS_MAX as u128) as u32;
-        let body = self.request(Kind::Wait, |o| {
+        // The server answers by `timeout`; allow it a margin before giving up.
+        let limit = Some(Some(timeout + Duration::from_secs(10)));
+        let body = self.request_within(Kind::Wait, limit, |o| {
             crate::protocol::wait::Wait {
                 after,
                 timeout_ms,
@@ -560,7 +613,8 @@ impl Client {
 
     /// Asks the server to read Parquet at `path` (a file or a directory) into `name`.
     pub fn ingest(&self, path: &str, name: &str, columns: &[&str]) -> Result<IngestReply> {
-        let body = self.request(Kind::Ingest, |o| {
+        // Ingests of large files take as long as they take.
+        let body = self.request_within(Kind::Ingest, Some(None), |o| {
             Ingest {
                 name: name.to_owned(),
                 path: path.to_owned(),
@@ -611,16 +665,22 @@ fn spin_until_readable(stream: &UnixStream) {
     }
 }
 
+/// Maps a socket error: a read timeout is `TimedOut`, anything else a lost connection.
+fn io_error(e: std::io::Error) -> ClientError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ClientError::TimedOut(Duration::ZERO)
+        }
+        _ => ClientError::Disconnected(e.to_string()),
+    }
+}
+
 fn read_frame(stream: &mut impl Read) -> Result<(Header, Vec<u8>)> {
     let mut head = [0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut head)
-        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    stream.read_exact(&mut head).map_err(io_error)?;
     let header =
         Header::parse(&head, REPLY_BODY_MAX).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut body = vec![0u8; header.len as usize];
-    stream
-        .read_exact(&mut body)
-        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    stream.read_exact(&mut body).map_err(io_error)?;
     Ok((header, body))
 }

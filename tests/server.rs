@@ -359,3 +359,46 @@ fn connection_limit_refuses_with_a_clear_error() {
     }
     a.ping().unwrap();
 }
+
+/// Waits until every thread of `pid` is stopped (SIGSTOP is asynchronous).
+fn wait_until_stopped(pid: u32) {
+    let start = std::time::Instant::now();
+    loop {
+        let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|t| {
+                let stat =
+                    std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            });
+        if all_stopped {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn hung_server_is_a_timeout_not_a_hang() {
+    let server = Server::start("16M");
+    let c = server.client();
+    c.ping().unwrap();
+    c.set_timeout(Some(Duration::from_millis(300)));
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    wait_until_stopped(server.child.id());
+    let start = std::time::Instant::now();
+    let e = c.ping().unwrap_err();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    assert!(matches!(e, ClientError::TimedOut(_)), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(e.to_string().contains("did not answer within"), "{e}");
+    // The connection was closed rather than left out of step.
+    assert!(c.ping().is_err());
+    server.client().ping().unwrap();
+}
