@@ -113,6 +113,8 @@ struct Object {
 #[derive(Debug, Default)]
 struct Conn {
     leases: HashMap<ObjectId, u64>,
+    /// Sum of `leases`' counts, kept so that the limit check on every get is O(1).
+    lease_count: u64,
     pending: HashSet<ObjectId>,
 }
 
@@ -389,13 +391,13 @@ impl Store {
             name: name.to_owned(),
         })?;
         let c = self.conns.entry(conn).or_default();
-        let held: u64 = c.leases.values().sum();
-        if held >= LEASES_PER_CONN_MAX {
+        if c.lease_count >= LEASES_PER_CONN_MAX {
             return Err(StoreError::LimitExceeded(
                 "1000000 leases on one connection; release some",
             ));
         }
         *c.leases.entry(id).or_insert(0) += 1;
+        c.lease_count += 1;
         let last_use = self.tick();
         let o = self.objects.get_mut(&id).expect("named objects exist");
         o.leases += 1;
@@ -419,22 +421,21 @@ impl Store {
 
     /// Drops one lease of `conn` on `id`.
     pub fn release(&mut self, conn: ConnId, id: ObjectId) -> Result<(), StoreError> {
-        let c = self.conns.get_mut(&conn);
-        let count = c.and_then(|c| c.leases.get_mut(&id));
-        let Some(count) = count else {
-            return Err(StoreError::InvalidObject {
-                object_id: id,
-                reason: "not leased by this connection",
-            });
+        let not_leased = StoreError::InvalidObject {
+            object_id: id,
+            reason: "not leased by this connection",
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(not_leased);
+        };
+        let Some(count) = c.leases.get_mut(&id) else {
+            return Err(not_leased);
         };
         *count -= 1;
         if *count == 0 {
-            self.conns
-                .get_mut(&conn)
-                .expect("exists")
-                .leases
-                .remove(&id);
+            c.leases.remove(&id);
         }
+        c.lease_count -= 1;
         self.drop_leases(id, 1);
         Ok(())
     }
@@ -555,6 +556,11 @@ impl Store {
         let mut lease_sum: HashMap<ObjectId, u64> = HashMap::new();
         let mut pending_seen = HashSet::new();
         for c in self.conns.values() {
+            assert_eq!(
+                c.lease_count,
+                c.leases.values().sum::<u64>(),
+                "lease_count drifted"
+            );
             for (&id, &n) in &c.leases {
                 assert!(n > 0);
                 assert!(self.objects.contains_key(&id), "a lease on a freed object");
