@@ -132,6 +132,9 @@ fn sys(call: &'static str) -> impl FnOnce(rustix::io::Errno) -> ArenaError {
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// One bit per 2 MiB chunk whose page tables this process has populated
+    /// for writing (see `populate_write_once`).
+    populated: std::sync::Mutex<Vec<u64>>,
 }
 
 // SAFETY: the mapping is plain shared memory; concurrent access is coordinated by
@@ -162,7 +165,13 @@ impl Mapping {
             call: "mmap",
             err: rustix::io::Errno::FAULT,
         })?;
-        Ok(Mapping { ptr, len })
+        let chunks = (len as u64).div_ceil(CHUNK_BYTES);
+        let populated = std::sync::Mutex::new(vec![0; chunks.div_ceil(64) as usize]);
+        Ok(Mapping {
+            ptr,
+            len,
+            populated,
+        })
     }
 
     pub fn as_ptr(&self) -> *mut u8 {
@@ -215,6 +224,44 @@ impl Mapping {
     /// instead of taking one fault per page. Best effort: old kernels lack it.
     pub fn populate_write(&self, offset: u64, len: u64) {
         self.advise(offset, len, Advice::LinuxPopulateWrite);
+    }
+
+    /// `populate_write` for the 2 MiB chunks of the range not populated before
+    /// through this mapping. `MADV_POPULATE_WRITE` walks every page even when it
+    /// is mapped already, and pages stay mapped once written (the arena never
+    /// gives them back on the put path), so repeated puts into reused memory skip
+    /// the walk. A stale record can only cost page faults, never correctness.
+    pub fn populate_write_once(&self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let chunks = (self.len as u64).div_ceil(CHUNK_BYTES);
+        let first = offset / CHUNK_BYTES;
+        let last = ((offset + len - 1) / CHUNK_BYTES).min(chunks.saturating_sub(1));
+        let is_set = |bits: &[u64], c: u64| bits[(c / 64) as usize] & (1 << (c % 64)) != 0;
+        let mut runs = Vec::new();
+        {
+            let mut bits = self.populated.lock().unwrap_or_else(|p| p.into_inner());
+            let mut chunk = first;
+            while chunk <= last {
+                if is_set(&bits, chunk) {
+                    chunk += 1;
+                    continue;
+                }
+                let run_start = chunk;
+                while chunk <= last && !is_set(&bits, chunk) {
+                    bits[(chunk / 64) as usize] |= 1 << (chunk % 64);
+                    chunk += 1;
+                }
+                let start = (run_start * CHUNK_BYTES).max(offset);
+                runs.push((start, (chunk * CHUNK_BYTES).min(offset + len)));
+            }
+        }
+        // madvise outside the lock, so threads writing different ranges populate
+        // in parallel.
+        for (start, end) in runs {
+            self.populate_write(start, end - start);
+        }
     }
 
     /// Asks for transparent hugepages on the whole mapping. Best effort.

@@ -31,9 +31,6 @@ use crate::protocol::seal::{Seal, Sealed};
 use crate::protocol::stats::StatsReply;
 use crate::protocol::{ErrorCode, ErrorReply, Kind, ObjectKind};
 
-/// Granularity of the client's record of populated page tables.
-const POPULATE_CHUNK_BYTES: u64 = 2 * 1024 * 1024;
-
 /// How long a request waits for its reply by default; `wait` and `ingest`
 /// adjust it (see `Client::set_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -134,11 +131,6 @@ struct Inner {
     conn: Mutex<Conn>,
     read_only: Mapping,
     writable: Option<Mapping>,
-    /// One bit per 2 MiB chunk of the writable mapping whose page tables this
-    /// process has already populated. Pages stay mapped once populated (the
-    /// arena never gives them back), so a later put into the same chunk skips
-    /// `MADV_POPULATE_WRITE`, which costs a page-table walk of the whole range.
-    populated: Mutex<Vec<u64>>,
     hello: ServerHello,
 }
 
@@ -282,11 +274,6 @@ impl Client {
                 }),
                 read_only,
                 writable,
-                populated: Mutex::new(vec![
-                    0;
-                    (len as u64).div_ceil(POPULATE_CHUNK_BYTES).div_ceil(64)
-                        as usize
-                ]),
                 hello,
             }),
         })
@@ -409,7 +396,7 @@ impl Client {
         })?;
         let created = Self::decode(body, Created::decode)?;
         let result = (|| {
-            self.populate_fresh(writable, created.offset, created.capacity);
+            writable.populate_write_once(created.offset, created.capacity);
             // SAFETY: the server reserved [offset, offset+capacity) for this pending
             // object on our connection; no one else writes or reads it before seal.
             let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }.ok_or(
@@ -434,37 +421,6 @@ impl Client {
             });
         }
         result
-    }
-
-    /// Pre-faults the page tables of the chunks of `[offset, offset+len)` that
-    /// this process has not written before.
-    fn populate_fresh(&self, writable: &Mapping, offset: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let mut bits = self
-            .inner
-            .populated
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let first = offset / POPULATE_CHUNK_BYTES;
-        let last = (offset + len - 1) / POPULATE_CHUNK_BYTES;
-        let mut chunk = first;
-        while chunk <= last {
-            let (word, bit) = ((chunk / 64) as usize, chunk % 64);
-            if word >= bits.len() || bits[word] & (1 << bit) != 0 {
-                chunk += 1;
-                continue;
-            }
-            let run_start = chunk;
-            while chunk <= last && bits[(chunk / 64) as usize] & (1 << (chunk % 64)) == 0 {
-                bits[(chunk / 64) as usize] |= 1 << (chunk % 64);
-                chunk += 1;
-            }
-            let start = (run_start * POPULATE_CHUNK_BYTES).max(offset);
-            let end = (chunk * POPULATE_CHUNK_BYTES).min(offset + len);
-            writable.populate_write(start, end - start);
-        }
     }
 
     /// Puts a table as the new version of `name`: reserves space, writes the

@@ -15,7 +15,6 @@
 //!  bound.rs    an upper bound of the IPC file's size from the footer
 //!  stream.rs   row groups written into the reservation as they are decoded
 //!  write.rs    IPC layout without copying; the whole table written by every core
-//!  populate.rs page tables of the server's mapping, populated once
 //! ```
 //! Reading, decoding and writing overlap when the footer bounds the table's
 //! size (`bound.rs`, `stream.rs`): the reservation is made while the decoders
@@ -45,7 +44,6 @@ mod files;
 mod footer;
 mod pipeline;
 mod plan;
-mod populate;
 mod read;
 mod schema;
 mod stream;
@@ -262,7 +260,7 @@ impl Job<'_> {
         let base = mapping.as_ptr() as usize;
         move |part: &mut [u8]| {
             let offset = (part.as_ptr() as usize).wrapping_sub(base) as u64;
-            populate::populate_fresh(mapping, offset, part.len() as u64);
+            mapping.populate_write_once(offset, part.len() as u64);
         }
     }
 
