@@ -104,14 +104,25 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
                 ));
             }
             let rows = if kind == ObjectKind::Table {
-                let data = shared
-                    .arena
-                    .mapping()
-                    .slice(offset, s.length)
-                    .unwrap_or(&[]);
+                let Some(data) = shared.arena.mapping().slice(offset, s.length) else {
+                    let _ = shared.store().abort(conn, s.object_id);
+                    return Err(ErrorReply::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "object {}: [{offset}, +{}) lies outside the arena; it was aborted",
+                            s.object_id, s.length
+                        ),
+                    ));
+                };
                 match crate::ipc::check_file(data) {
                     Ok(summary) => summary.rows,
                     Err(e) => {
+                        if let crate::ipc::CheckError::DecoderPanic(_) = e {
+                            eprintln!(
+                                "arrowpoold: connection {conn}: seal of object {} refused: {e}",
+                                s.object_id
+                            );
+                        }
                         let _ = shared.store().abort(conn, s.object_id);
                         return Err(ErrorReply::new(
                             ErrorCode::InvalidData,

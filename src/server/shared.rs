@@ -127,7 +127,9 @@ impl Shared {
                     .arena
                     .mapping()
                     .slice(created.offset, written as u64)
-                    .unwrap_or(&[]);
+                    .ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::Internal, "written object outside the arena")
+                    })?;
                 crate::ipc::check_file(bytes)
                     .map_err(|e| ErrorReply::new(ErrorCode::InvalidData, e.to_string()))?
                     .rows
