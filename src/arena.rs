@@ -56,11 +56,21 @@ impl MemoryKind {
         }
     }
 
-    /// Mapping granularity: arena length and large-object alignment.
+    /// Mapping granularity: the alignment a client's mapping needs.
     pub fn page_bytes(self) -> u64 {
         match self {
             MemoryKind::Hugetlb => HUGEPAGE_BYTES,
             _ => PAGE_BYTES,
+        }
+    }
+
+    /// Alignment of objects of `LARGE_OBJECT_BYTES` or more: the hugepage size
+    /// where hugepages back the arena (so a large object takes whole pages),
+    /// else the small page, which wastes nothing.
+    pub fn large_object_align(self) -> u64 {
+        match self {
+            MemoryKind::Hugetlb | MemoryKind::TransparentHugepages => HUGEPAGE_BYTES,
+            MemoryKind::SmallPages => PAGE_BYTES,
         }
     }
 }

@@ -65,13 +65,19 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::NotFound { name } => write!(f, "no object named {name:?} (never put, deleted, or evicted)"),
+            StoreError::OutOfMemory { requested_bytes, arena_bytes, .. } if requested_bytes > arena_bytes => write!(
+                f,
+                "object of {} can never fit: the whole arena is {}; restart arrowpoold with a larger --memory",
+                exact_if_close(*requested_bytes, *arena_bytes),
+                exact_if_close(*arena_bytes, *requested_bytes),
+            ),
             StoreError::OutOfMemory { requested_bytes, free_bytes, held_bytes, largest_free_bytes, arena_bytes } => write!(
                 f,
                 "arena full: {} requested, {} free (largest free range {}), {} held by readers, arena {}; \
                  raise --memory, delete objects, or release leases",
-                human_bytes(*requested_bytes),
-                human_bytes(*free_bytes),
-                human_bytes(*largest_free_bytes),
+                exact_if_close(*requested_bytes, (*free_bytes).max(*largest_free_bytes)),
+                exact_if_close(*free_bytes, *requested_bytes),
+                exact_if_close(*largest_free_bytes, *requested_bytes),
                 human_bytes(*held_bytes),
                 human_bytes(*arena_bytes)
             ),
@@ -85,6 +91,17 @@ impl std::fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// `n` for people, with the exact byte count added when rounding would make it
+/// look equal to `other` ("48.0 MiB (50340864 bytes) requested, 48.0 MiB
+/// (50331648 bytes) free" instead of two identical numbers).
+fn exact_if_close(n: u64, other: u64) -> String {
+    if n != other && human_bytes(n) == human_bytes(other) {
+        format!("{} ({n} bytes)", human_bytes(n))
+    } else {
+        human_bytes(n)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -12,6 +12,7 @@ const MALFORMED: u16 = 1;
 const UNKNOWN_KIND: u16 = 2;
 const INVALID_OBJECT: u16 = 5;
 const INVALID_DATA: u16 = 7;
+const READ_ONLY: u16 = 12;
 
 /// A server holding one table, "keep", which every test checks survives.
 fn server_with_table() -> (Server, Vec<arrow_array::RecordBatch>) {
@@ -241,5 +242,60 @@ fn pipelined_requests_are_answered_in_order() {
         assert_eq!(rid, id);
         assert_eq!(kind, if id % 2 == 0 { 0x8001 } else { ERROR_KIND });
     }
+    assert_intact(&server, &keep);
+}
+
+/// Regression (fuzzing): a malformed `release` sent with NO_REPLY got an error
+/// reply, putting a pipelining client out of step with its replies.
+#[test]
+fn malformed_release_with_no_reply_gets_nothing_back() {
+    let (server, keep) = server_with_table();
+    let mut s = raw_connect(&server);
+    for body in [
+        vec![],
+        vec![1, 2, 3],
+        vec![0; 9],
+        777u64.to_le_bytes().to_vec(),
+    ] {
+        s.write_all(&frame(40, 6, 1, &body)).unwrap();
+    }
+    // The next reply on the stream must be the ping's, not an error for a release.
+    s.write_all(&frame(41, 1, 0, &[])).unwrap();
+    let (id, kind, _) = read_reply(&mut s).unwrap();
+    assert_eq!((id, kind), (41, 0x8001));
+    assert_intact(&server, &keep);
+}
+
+/// Regression (fuzzing): a connection that did not ask for WRITE created,
+/// sealed and deleted objects. Every write request is refused with ReadOnly.
+#[test]
+fn read_only_connection_cannot_write() {
+    let (server, keep) = server_with_table();
+    let mut s = common::raw_connect_reader(&server);
+    let mut create = vec![1u8]; // bytes object
+    create.extend_from_slice(&4096u64.to_le_bytes());
+    create.extend_from_slice(&pstr(b"sneaky"));
+    let mut seal = 1u64.to_le_bytes().to_vec();
+    seal.extend_from_slice(&0u64.to_le_bytes());
+    let mut ingest = pstr(b"sneaky");
+    ingest.extend_from_slice(&pstr(b"/nonexistent.parquet"));
+    ingest.extend_from_slice(&0u16.to_le_bytes());
+    for (kind, body) in [
+        (2u16, create),
+        (3, seal),
+        (4, 1u64.to_le_bytes().to_vec()),
+        (7, pstr(b"keep")),
+        (11, ingest),
+    ] {
+        s.write_all(&frame(9, kind, 0, &body)).unwrap();
+        let (_, k, b) = read_reply(&mut s).unwrap();
+        assert_eq!((k, error_code(&b)), (ERROR_KIND, READ_ONLY), "kind {kind}");
+        let message = String::from_utf8_lossy(&b[4..]);
+        assert!(message.contains("read-only"), "{message}");
+    }
+    // Reads still work on it, and nothing changed.
+    s.write_all(&frame(10, 5, 0, &pstr(b"keep"))).unwrap();
+    assert_eq!(read_reply(&mut s).unwrap().1, 0x8005);
+    drop(s); // its lease goes with it
     assert_intact(&server, &keep);
 }

@@ -1279,7 +1279,7 @@ fn bad_input_table_larger_than_the_arena() {
         &[],
         &[ErrorCode::OutOfMemory, ErrorCode::Ingest],
         &f,
-        "arena full",
+        "can never fit",
     );
 }
 
@@ -1413,4 +1413,45 @@ fn regenerate_corpus() {
     .unwrap();
     w.write(&runs).unwrap();
     w.close().unwrap();
+}
+
+/// Regression (fuzzing): ingest of a named pipe blocked the server's ingest
+/// thread until a writer opened the pipe. It must be refused at once.
+#[test]
+fn bad_input_fifo_is_refused_without_blocking() {
+    let server = Server::start("64M");
+    let fifo = server.dir.path().join("pipe.parquet");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let socket = server.socket.clone();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let client = Client::connect(&socket).unwrap();
+        let _ = tx.send(
+            client
+                .ingest(path.to_str().unwrap(), "t", &[])
+                .map(|r| r.version),
+        );
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ingest of a FIFO still blocks after 10 s");
+    let err = result.expect_err("a FIFO must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("named pipe") && msg.contains("pipe.parquet"),
+        "{msg}"
+    );
+    assert_rejected(
+        &server,
+        &fifo,
+        &[],
+        &[ErrorCode::Ingest],
+        &fifo,
+        "not a regular file",
+    );
 }

@@ -360,6 +360,36 @@ fn connection_limit_refuses_with_a_clear_error() {
     a.ping().unwrap();
 }
 
+/// Regression (fuzzing): sockets that never finish the handshake counted
+/// against --max-connections for 10 s, and a real client was refused meanwhile.
+#[test]
+fn half_open_connections_do_not_take_real_clients_places() {
+    let server = Server::start_with(&["--memory", "16M", "--max-connections", "2"]);
+    let silent: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200)); // let the server accept them all
+    let a = server.client();
+    let b = server.client();
+    a.ping().unwrap();
+    b.ping().unwrap();
+    // The connection limit still holds for clients that did finish the handshake.
+    let e = arrowpool::Client::connect(&server.socket).unwrap_err();
+    assert!(e.to_string().contains("status 3"), "{e}");
+    // A silent socket is closed after the short handshake deadline.
+    let mut s = silent.into_iter().next().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let n = std::io::Read::read(&mut s, &mut byte).unwrap_or(0);
+    assert_eq!(n, 0, "a silent socket gets no reply, only a close");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        start.elapsed()
+    );
+}
+
 /// Waits until every thread of `pid` is stopped (SIGSTOP is asynchronous).
 fn wait_until_stopped(pid: u32) {
     let start = std::time::Instant::now();

@@ -20,6 +20,7 @@ in :attr:`ArrowpoolError.code`; match on the class, not on the text.
      +-- LimitExceeded       9   a per-connection or server limit was hit
      +-- ServerUnavailable  10   cannot connect, server stopping, connection lost
      +-- InternalError      11   a server-side failure
+     +-- ReadOnly           12   a write request on a connection made with write=False
 """
 
 from __future__ import annotations
@@ -132,6 +133,15 @@ class InternalError(ArrowpoolError):
     code = 11
 
 
+class ReadOnly(ArrowpoolError, PermissionError):
+    """A write request (put, delete, ingest...) on a connection whose handshake did
+    not ask for write access, i.e. ``connect(..., write=False)`` (code 12)."""
+
+    code = 12
+
+    __str__ = ArrowpoolError.__str__
+
+
 _BY_CODE: dict[int, type[ArrowpoolError]] = {
     cls.code: cls
     for cls in (
@@ -146,6 +156,7 @@ _BY_CODE: dict[int, type[ArrowpoolError]] = {
         LimitExceeded,
         ServerUnavailable,
         InternalError,
+        ReadOnly,
     )
 }
 

@@ -242,6 +242,18 @@ def test_reader_client_cannot_put(server, client, name):
         assert reader._connection().rw_mmap is None
 
 
+def test_read_only_connection_cannot_delete_or_ingest(server, client, name, tmp_path):
+    """The server refuses writes on a read-only connection (the client's own check
+    aside): delete and ingest reach the server and come back ReadOnly."""
+    client.put(name, pa.table({"a": [1, 2]}))
+    with server.connect(write=False) as reader:
+        with pytest.raises(arrowpool.ReadOnly, match="read-only"):
+            reader.delete(name)
+        with pytest.raises(arrowpool.ReadOnly):
+            reader.ingest(tmp_path / "x.parquet", name)
+    assert client.get(name).column("a").to_pylist() == [1, 2]
+
+
 def test_read_only_mapping_rejects_writes(client, name):
     client.put(name, pa.table({"a": [1, 2, 3]}))
     table = client.get(name)

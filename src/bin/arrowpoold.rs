@@ -14,7 +14,8 @@ struct Args {
     /// Unix socket to listen on.
     #[arg(long, default_value = arrowpool::client::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Arena size (e.g. 2G, 512M): the most memory objects may use.
+    /// Arena size (e.g. 2G, 512M): the most memory objects may use. Rounded up
+    /// to a multiple of 2 MiB (the hugepage size), so 10000 becomes 2097152.
     #[arg(long, default_value = "1G", value_parser = arrowpool::util::parse_bytes)]
     memory: u64,
     /// I/O threads, one per core (default: number of cores).

@@ -15,6 +15,12 @@ pub enum IngestError {
     },
     /// A directory without `.parquet` files.
     NoFiles(PathBuf),
+    /// A FIFO, socket or device: ingest reads only regular files (opening a
+    /// FIFO would block until a writer appears).
+    NotRegularFile {
+        path: PathBuf,
+        kind: &'static str,
+    },
     TooManyFiles {
         path: PathBuf,
         max: usize,
@@ -95,6 +101,11 @@ impl std::fmt::Display for IngestError {
         match self {
             IngestError::Open { path, err } => write!(f, "cannot open {}: {err}", path.display()),
             IngestError::NoFiles(p) => write!(f, "no .parquet files in directory {}", p.display()),
+            IngestError::NotRegularFile { path, kind } => write!(
+                f,
+                "{} is a {kind}, not a regular file or a directory of them; ingest reads only regular Parquet files",
+                path.display()
+            ),
             IngestError::TooManyFiles { path, max } => {
                 write!(f, "directory {} holds more than {max} .parquet files; ingest fewer at once", path.display())
             }

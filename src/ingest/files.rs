@@ -20,6 +20,7 @@ pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, IngestError> {
         err,
     })?;
     if !meta.is_dir() {
+        check_regular(path, &meta)?;
         return Ok(vec![path.to_owned()]);
     }
     let mut files = Vec::new();
@@ -34,6 +35,8 @@ pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, IngestError> {
         })?;
         let p = entry.path();
         let visible = !entry.file_name().to_string_lossy().starts_with(['.', '_']);
+        // Entries that are FIFOs or devices are skipped like subdirectories
+        // (`file_type` does not follow symlinks; `Source::open` checks again).
         if visible && p.extension().is_some_and(|e| e == "parquet") && p.is_file() {
             files.push(p);
             if files.len() > FILES_MAX {
@@ -49,6 +52,27 @@ pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, IngestError> {
         return Err(IngestError::NoFiles(path.into()));
     }
     Ok(files)
+}
+
+/// Refuses FIFOs, sockets and devices: only regular files are read.
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), IngestError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_fifo() {
+        "named pipe (FIFO)"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    };
+    Err(IngestError::NotRegularFile {
+        path: path.into(),
+        kind,
+    })
 }
 
 /// Descriptors an ingest of `files` files may hold at once (buffered and
@@ -88,21 +112,22 @@ pub struct Source {
 }
 
 impl Source {
+    /// Opens `path` without blocking (`O_NONBLOCK`: a FIFO that replaced the
+    /// file since it was listed opens at once instead of waiting for a writer)
+    /// and refuses anything but a regular file.
     pub fn open(path: &Path) -> Result<Source, IngestError> {
-        let buffered = File::open(path).map_err(|err| IngestError::Open {
+        let open_error = |err: std::io::Error| IngestError::Open {
             path: path.into(),
             err,
-        })?;
-        let meta = buffered.metadata().map_err(|err| IngestError::Open {
-            path: path.into(),
-            err,
-        })?;
+        };
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| open_error(e.into()))?;
+        let buffered = File::from(fd);
+        let meta = buffered.metadata().map_err(open_error)?;
         if meta.is_dir() {
-            return Err(IngestError::Open {
-                path: path.into(),
-                err: std::io::Error::other("is a directory"),
-            });
+            return Err(open_error(std::io::Error::other("is a directory")));
         }
+        check_regular(path, &meta)?;
         Ok(Source {
             path: path.to_owned(),
             buffered,

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     ShuttingDown = 10,
     /// A server-side failure that is not the client's fault.
     Internal = 11,
+    /// A write request (create, seal, abort, delete, ingest) on a connection
+    /// whose handshake did not ask for write access.
+    ReadOnly = 12,
 }
 
 impl ErrorCode {
@@ -46,6 +49,7 @@ impl ErrorCode {
             8 => ErrorCode::Ingest,
             9 => ErrorCode::LimitExceeded,
             10 => ErrorCode::ShuttingDown,
+            12 => ErrorCode::ReadOnly,
             _ => ErrorCode::Internal,
         }
     }

@@ -75,6 +75,25 @@ impl Kind {
         })
     }
 
+    /// The request's name in the protocol document (`create`, `seal`...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ping => "ping",
+            Kind::Create => "create",
+            Kind::Seal => "seal",
+            Kind::Abort => "abort",
+            Kind::Get => "get",
+            Kind::Release => "release",
+            Kind::Delete => "delete",
+            Kind::List => "list",
+            Kind::Stats => "stats",
+            Kind::Wait => "wait",
+            Kind::Ingest => "ingest",
+            Kind::Shutdown => "shutdown",
+            Kind::Error => "error",
+        }
+    }
+
     /// The kind number of a successful reply to this request.
     pub fn reply(self) -> u16 {
         self as u16 | REPLY_BIT

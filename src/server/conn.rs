@@ -10,7 +10,7 @@ use compio::buf::BufResult;
 use compio::io::{AsyncReadExt, AsyncWriteExt};
 use compio::net::UnixStream;
 
-use crate::protocol::frame::{write_frame, FrameError, Header, REQUEST_BODY_MAX};
+use crate::protocol::frame::{write_frame, FrameError, Header, FLAG_NO_REPLY, REQUEST_BODY_MAX};
 use crate::protocol::handshake::{
     ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_WRITE, PROTOCOL_VERSION, STATUS_OK,
     STATUS_TOO_MANY_CONNECTIONS,
@@ -18,13 +18,16 @@ use crate::protocol::handshake::{
 use crate::protocol::{ErrorCode, ErrorReply, Kind, Request};
 use crate::store::ConnId;
 
-use super::handler::{handle, write_error};
+use super::handler::{handle, write_error, Access};
 use super::shared::Shared;
 
 /// Bytes asked of the socket per read. Requests are small; pipelined bursts fit.
 const READ_CHUNK: usize = 64 * 1024;
-/// A client must send its hello within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its hello within this time. Clients send it right after
+/// connecting, so this only bounds how long a silent socket holds a slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a refused connection's hello is waited for before closing.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Unregisters the connection when its task ends, however it ends (even by
 /// panic), so leases and unsealed creates never outlive it.
@@ -41,13 +44,16 @@ impl Drop for Registration<'_> {
 
 /// Serves one connection until the client closes it, sends something that
 /// cannot be framed, or the server shuts down.
+///
+/// Until its hello arrives, a connection counts only against the bound of
+/// handshakes in progress (`HANDSHAKES_MAX`), not against `--max-connections`,
+/// and has `HANDSHAKE_TIMEOUT` to send it: sockets that connect and never
+/// finish the handshake cannot keep real clients out.
 pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
+    let Some(client) = read_hello(&mut stream, &shared).await else {
+        return;
+    };
     let Some(conn) = shared.register(stream.as_raw_fd()) else {
-        // Read the client's hello first (briefly), so that closing does not
-        // discard unread bytes and reset the connection before the client has
-        // read why it was refused.
-        let hello = Vec::with_capacity(CLIENT_HELLO_LEN);
-        let _ = compio::time::timeout(Duration::from_secs(1), stream.read_exact(hello)).await;
         refuse(&stream, &shared, STATUS_TOO_MANY_CONNECTIONS);
         return;
     };
@@ -55,9 +61,9 @@ pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
         shared: &shared,
         conn,
     };
-    if handshake(&mut stream, &shared).await.is_err() {
+    let Ok(access) = answer_hello(&stream, &shared, client) else {
         return;
-    }
+    };
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
@@ -70,7 +76,7 @@ pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let (consumed, fatal) = process(&shared, conn, &inbuf, &mut out).await;
+        let (consumed, fatal) = process(&shared, conn, access, &inbuf, &mut out).await;
         inbuf.drain(..consumed);
         if !out.is_empty() {
             let BufResult(res, buf) = stream.write_all(out).await;
@@ -99,6 +105,7 @@ pub async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
 async fn process(
     shared: &Arc<Shared>,
     conn: ConnId,
+    access: Access,
     inbuf: &[u8],
     out: &mut Vec<u8>,
 ) -> (usize, bool) {
@@ -125,7 +132,21 @@ async fn process(
         }
         let body = &inbuf[pos + crate::protocol::HEADER_LEN..pos + header.frame_len()];
         match Request::decode(header.kind, body) {
-            Ok(req) => handle(shared, conn, header.request_id, header.flags, req, out).await,
+            Ok(req) => {
+                handle(
+                    shared,
+                    conn,
+                    access,
+                    header.request_id,
+                    header.flags,
+                    req,
+                    out,
+                )
+                .await
+            }
+            // A release sent with NO_REPLY gets nothing back, not even an error:
+            // its sender does not wait for a reply, so one would put it out of step.
+            Err(_) if header.kind == Kind::Release as u16 && header.flags & FLAG_NO_REPLY != 0 => {}
             Err(e) => {
                 let code = match e {
                     FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
@@ -142,21 +163,44 @@ async fn process(
     }
 }
 
-/// Reads the client hello and answers with the arena descriptors.
-async fn handshake(stream: &mut UnixStream, shared: &Shared) -> Result<(), ()> {
-    let hello = Vec::with_capacity(CLIENT_HELLO_LEN);
-    let read = compio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(hello)).await;
-    let Ok(BufResult(Ok(()), hello)) = read else {
-        return Err(());
+/// Reads and checks the client hello, within `HANDSHAKE_TIMEOUT` and only
+/// while fewer than `HANDSHAKES_MAX` handshakes are in progress. `None` when
+/// the connection must close (refused, silent, or gone).
+async fn read_hello(stream: &mut UnixStream, shared: &Shared) -> Option<ClientHello> {
+    let slot = shared.begin_handshake();
+    let timeout = if slot.is_some() {
+        HANDSHAKE_TIMEOUT
+    } else {
+        // Read the hello briefly anyway, so that closing does not discard unread
+        // bytes and reset the connection before the client has read why it was
+        // refused.
+        REFUSAL_READ_TIMEOUT
     };
-    let hello: [u8; CLIENT_HELLO_LEN] = hello.try_into().map_err(|_| ())?;
-    let client = match ClientHello::decode(&hello) {
-        Ok(c) => c,
+    let read = compio::time::timeout(
+        timeout,
+        stream.read_exact(Vec::with_capacity(CLIENT_HELLO_LEN)),
+    )
+    .await;
+    let Ok(BufResult(Ok(()), hello)) = read else {
+        return None;
+    };
+    if slot.is_none() {
+        refuse(stream, shared, STATUS_TOO_MANY_CONNECTIONS);
+        return None;
+    }
+    let hello: [u8; CLIENT_HELLO_LEN] = hello.try_into().ok()?;
+    match ClientHello::decode(&hello) {
+        Ok(c) => Some(c),
         Err(status) => {
             refuse(stream, shared, status);
-            return Err(());
+            None
         }
-    };
+    }
+}
+
+/// Answers a hello with the arena descriptors (the writable one only to a
+/// client that asked for write access).
+fn answer_hello(stream: &UnixStream, shared: &Shared, client: ClientHello) -> Result<Access, ()> {
     let writer = client.flags & FLAG_WRITE != 0;
     let reply = server_hello(shared, STATUS_OK, if writer { 2 } else { 1 });
     let ro = shared.arena.read_only_fd();
@@ -164,7 +208,8 @@ async fn handshake(stream: &mut UnixStream, shared: &Shared) -> Result<(), ()> {
     let fds = if writer { vec![ro, rw] } else { vec![ro] };
     // The socket is fresh and its send buffer empty, so 32 bytes go out at once.
     match crate::sys::send_with_fds(stream.as_fd(), &reply, &fds) {
-        Ok(n) if n == reply.len() => Ok(()),
+        Ok(n) if n == reply.len() && writer => Ok(Access::Write),
+        Ok(n) if n == reply.len() => Ok(Access::Read),
         _ => Err(()),
     }
 }

@@ -32,10 +32,28 @@ fn json<T: serde::Serialize>(v: &T) -> Reply {
         .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot encode reply: {e}")))
 }
 
+/// What a connection may do, from its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Get, release, list, stats, wait, ping.
+    Read,
+    /// Everything: the handshake set `FLAG_WRITE` (and got the writable descriptor).
+    Write,
+}
+
+/// Requests that change the store: refused on read-only connections.
+fn writes(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Create | Kind::Seal | Kind::Abort | Kind::Delete | Kind::Ingest
+    )
+}
+
 /// Handles one request and appends its reply frame (if any) to `out`.
 pub async fn handle(
     shared: &Arc<Shared>,
     conn: ConnId,
+    access: Access,
     request_id: u64,
     flags: u16,
     req: Request,
@@ -49,6 +67,15 @@ pub async fn handle(
         Err(ErrorReply::new(
             ErrorCode::ShuttingDown,
             "the server is shutting down",
+        ))
+    } else if access == Access::Read && writes(kind) {
+        Err(ErrorReply::new(
+            ErrorCode::ReadOnly,
+            format!(
+                "{} refused: this connection is read-only (its handshake did not ask for \
+                 write access); connect as a writer to create, seal, abort, delete or ingest",
+                kind.name()
+            ),
         ))
     } else {
         dispatch(shared, conn, req).await

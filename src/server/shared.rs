@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::arena::Arena;
@@ -30,13 +30,16 @@ pub struct Shared {
     pub threads: usize,
     pub max_connections: usize,
     next_conn: AtomicU64,
+    /// Connections that have not finished their handshake (bounded by
+    /// `HANDSHAKES_MAX`, apart from `max_connections`).
+    handshaking: AtomicUsize,
     /// Open connections' socket fds, so shutdown can wake them.
     conns: Mutex<HashMap<ConnId, RawFd>>,
 }
 
 impl Shared {
     pub fn new(arena: Arena, config: &Config, io_driver: IoDriver, threads: usize) -> Shared {
-        let large_align = crate::arena::HUGEPAGE_BYTES;
+        let large_align = arena.kind().large_object_align();
         let store = Store::new(arena.len(), large_align);
         Shared {
             arena,
@@ -48,6 +51,7 @@ impl Shared {
             threads,
             max_connections: config.max_connections,
             next_conn: AtomicU64::new(1),
+            handshaking: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
         }
     }
@@ -57,6 +61,14 @@ impl Shared {
     /// inputs first), so a poisoned lock is recovered.
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for one handshake in progress, freed when dropped; `None` when
+    /// `HANDSHAKES_MAX` handshakes are already in progress.
+    pub fn begin_handshake(&self) -> Option<HandshakeSlot<'_>> {
+        let previous = self.handshaking.fetch_add(1, Ordering::AcqRel);
+        let slot = HandshakeSlot { shared: self };
+        (previous < HANDSHAKES_MAX).then_some(slot)
     }
 
     /// Registers a new connection; `None` when at the connection limit.
@@ -172,6 +184,21 @@ impl Shared {
             puts: s.puts,
             gets: s.gets,
         }
+    }
+}
+
+/// Handshakes that may be in progress at once. Connections count against
+/// `--max-connections` only once their hello has arrived.
+pub const HANDSHAKES_MAX: usize = 256;
+
+/// One handshake in progress (see `Shared::begin_handshake`).
+pub struct HandshakeSlot<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.shared.handshaking.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

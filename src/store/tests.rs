@@ -312,3 +312,41 @@ proptest! {
         prop_assert_eq!(s.stats().used_bytes, 0);
     }
 }
+
+/// Regression (fuzzing): "48.0 MiB requested, 48.0 MiB free": rounding hid that
+/// the request was 8.7 KB over. Exact bytes appear when the rounded numbers match.
+#[test]
+fn out_of_memory_shows_exact_bytes_when_rounding_hides_the_difference() {
+    let mut s = Store::new(64 * MB, 4096);
+    put(&mut s, 1, "held", 16 * MB).unwrap();
+    s.get(2, "held").unwrap(); // not evictable
+    let e = put(&mut s, 1, "a", 48 * MB + 8_700)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(50340348 bytes) requested"), "{e}");
+    assert!(e.contains("(50331648 bytes) free"), "{e}");
+    let small = Store::new(48 * MB, 4096).out_of_memory(MB).to_string();
+    assert!(!small.contains("bytes)"), "no exact bytes needed: {small}");
+}
+
+#[test]
+fn a_put_larger_than_the_arena_says_it_can_never_fit() {
+    let mut s = Store::new(16 * MB, 4096);
+    let e = put(&mut s, 1, "a", 17 * MB).unwrap_err().to_string();
+    assert!(e.contains("can never fit") && e.contains("--memory"), "{e}");
+}
+
+/// Regression (fuzzing): large objects were placed on 2 MiB boundaries even in
+/// a 4 KiB-page arena, so an object 9000 bytes smaller than the free space did
+/// not fit. With 4 KiB alignment it does; with 2 MiB (hugepage arenas) it does not.
+#[test]
+fn large_objects_align_to_the_arenas_pages_only() {
+    for (align, fits) in [(4096, true), (2 * MB, false)] {
+        let mut s = Store::new(16 * MB, align);
+        put(&mut s, 1, "small", 4096).unwrap();
+        s.get(2, "small").unwrap(); // held: not evicted to make room
+        let size = 16 * MB - 4096 - 9000;
+        assert_eq!(put(&mut s, 1, "large", size).is_ok(), fits, "align {align}");
+        s.check_invariants();
+    }
+}

@@ -130,16 +130,29 @@ pub fn table(rows: usize, batches: usize, seed: i64) -> (Arc<Schema>, Vec<Record
     (schema, out)
 }
 
-/// A raw connection that has done the handshake (descriptors discarded).
+/// A raw connection with write access that has done the handshake
+/// (descriptors discarded).
 pub fn raw_connect(server: &Server) -> UnixStream {
     raw_connect_path(&server.socket)
 }
 
 /// `raw_connect` by socket path.
 pub fn raw_connect_path(socket: &std::path::Path) -> UnixStream {
+    raw_handshake(socket, true)
+}
+
+/// A raw connection whose handshake did not ask for write access.
+pub fn raw_connect_reader(server: &Server) -> UnixStream {
+    raw_handshake(&server.socket, false)
+}
+
+fn raw_handshake(socket: &std::path::Path, write: bool) -> UnixStream {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"APc1\x01\x00\x00\x00").unwrap();
+    let flags: u16 = if write { 1 } else { 0 };
+    let mut hello = b"APc1\x01\x00".to_vec();
+    hello.extend_from_slice(&flags.to_le_bytes());
+    s.write_all(&hello).unwrap();
     let mut hello = [0u8; 32];
     s.read_exact(&mut hello).unwrap();
     assert_eq!(&hello[0..4], b"APs1");
