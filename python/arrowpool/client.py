@@ -501,6 +501,35 @@ def _as_table(data: Any) -> pa.Table:
     )
 
 
+def _check_metadata(schema: pa.Schema) -> None:
+    """Refuses metadata that is not UTF-8 (pyarrow allows bytes) before anything is
+    written, naming the key: the server reads metadata as text (arrow-rs) and would
+    refuse the file without being able to say which key it was."""
+
+    def check(metadata, where: str) -> None:
+        for key, value in (metadata or {}).items():
+            for what, raw in (("key", key), ("value", value)):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(
+                        f"{where} metadata {what} {raw!r} (key {key!r}) is not UTF-8; "
+                        "arrowpool stores metadata as text: encode binary values (e.g. "
+                        "base64) before put"
+                    ) from None
+
+    def fields(field: pa.Field, path: str):
+        yield field, path
+        for i in range(field.type.num_fields):
+            child = field.type.field(i)
+            yield from fields(child, f"{path}.{child.name}")
+
+    check(schema.metadata, "schema")
+    for top in schema:
+        for field, path in fields(top, top.name):
+            check(field.metadata, f"field {path!r}")
+
+
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(unify_dictionaries=True)
 
 
@@ -679,6 +708,7 @@ class Client:
         if not self.write:
             raise ArrowpoolError("this client was connected with write=False; put needs write=True")
         table = _as_table(data)
+        _check_metadata(table.schema)
         return self._put_table(name, table, _ipc_file_size(table))
 
     def _put_table(self, name: str, table: pa.Table, size: int) -> int:

@@ -16,6 +16,7 @@ import subprocess
 import pyarrow as pa
 import pytest
 
+import arrowpool
 from conftest import REPO, assert_in_arena
 
 N = 23  # odd, so that buffers end at every alignment modulo 16 and 64
@@ -167,3 +168,23 @@ def test_rust_client_reads_pyarrow_aligned_tables(server, client, name, tmp_path
     )
     back = pa.ipc.open_file(pa.memory_map(str(out))).read_all()
     assert back.to_pylist() == t.to_pylist()
+
+
+def test_metadata_that_is_not_utf8_is_refused_naming_the_key(client, name):
+    """Regression (fuzzing): bytes metadata was refused with "invalid IPC footer:
+    Utf8 error". The client names the key; the server, when the client is
+    bypassed, says what is wrong and what to do."""
+    t = pa.table({"a": [1]}).replace_schema_metadata({b"blob": b"\xff\x00\xfe"})
+    with pytest.raises(ValueError, match=r"schema metadata value .* \(key b'blob'\) is not UTF-8"):
+        client.put(name, t)
+    field = pa.field("a", pa.int64(), metadata={b"\xc3": b"ok"})
+    with pytest.raises(ValueError, match=r"field 'a' metadata key"):
+        client.put(name, pa.table([pa.array([1])], schema=pa.schema([field])))
+    from test_corrupt_tables import ipc_file, put_raw_table
+
+    with pytest.raises(arrowpool.InvalidData, match="not valid UTF-8.*base64"):
+        put_raw_table(client, name, ipc_file(t))
+    # Text metadata (pandas' own, say) is stored and read back.
+    ok = pa.table({"a": [1]}).replace_schema_metadata({"note": "café"})
+    client.put(name, ok)
+    assert client.get(name).schema.metadata == {b"note": "café".encode()}
