@@ -65,5 +65,21 @@ fn ipc_open(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frames, allocator, ipc_open);
+/// The seal-time check on the loadgen `post` table's shape (10M rows x 12
+/// columns, 1M-row batches, 1.2 GB): its cost is added to every put.
+fn ipc_check_post(c: &mut Criterion) {
+    let (schema, batches) = common::table(10_000_000);
+    let mut dest = vec![0u8; arrowpool::ipc::file_size_bound(&schema, &batches)];
+    let n = arrowpool::ipc::write_file(&mut dest, &schema, &batches).unwrap();
+    dest.truncate(n);
+    drop(batches);
+    let mut group = c.benchmark_group("post");
+    group.sample_size(10);
+    group.bench_function("ipc::check_file(10M rows x 12)", |b| {
+        b.iter(|| black_box(arrowpool::ipc::check_file(black_box(&dest)).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frames, allocator, ipc_open, ipc_check_post);
 criterion_main!(benches);

@@ -15,13 +15,14 @@
 //!   kind (encode + decode shared by server and client).
 //! - [`server`]: the thread-per-core compio (io_uring) server: listener, connections,
 //!   request handling, shared state.
-//! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, checking,
-//!   zero-copy opening.
+//! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, zero-copy
+//!   opening; `ipc/check.rs` the seal-time check of a file (structure, then
+//!   every column on every core), `ipc/layout.rs` what is checked per array.
 //! - [`ingest`]: Parquet -> arena, done by the server: io_uring reads of the
 //!   projected column chunks, a push decoder per row group on every core, the
 //!   IPC file written into the arena while decoding (see docs/INGEST.md).
 //! - [`client`]: the Rust client: zero-copy `RecordBatch`es that hold a lease.
-//! - [`sys`]: raw descriptor passing (SCM_RIGHTS). With `arena`, `client`, `ipc`,
+//! - [`sys`]: raw descriptor passing (SCM_RIGHTS). With `arena`, `client`, `ipc/{mod,check}.rs`,
 //!   `server/shared.rs` and `ingest/{engine,buffer,read}.rs` (io_uring
 //!   submissions, aligned read buffers), the only places with `unsafe`; every
 //!   other module denies it.
