@@ -19,7 +19,7 @@
 //! Not checked, because a reader that trusts them stays in bounds: UTF-8 of
 //! string values (a reader fails to decode, it does not crash), NaNs, decimal
 //! precision, nulls in fields declared non-nullable, view prefixes that disagree
-//! with the data. Cost: one pass over offsets, views, keys and bitmaps, none over
+//! with the data, non-zero padding after the bytes of an inline view. Cost: one pass over offsets, views, keys and bitmaps, none over
 //! fixed-width values or string bytes (measured in docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 
