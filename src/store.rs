@@ -34,6 +34,17 @@ pub const LEASES_PER_CONN_MAX: u64 = 1_000_000;
 /// Objects at or above this size are aligned to `large_align` (hugepage size).
 pub const LARGE_OBJECT_BYTES: u64 = 2 * 1024 * 1024;
 
+/// Unused bytes at the end of a reservation that seal keeps instead of
+/// returning: at most 1/64 of the object and 2 MiB. Writers reserve a bound,
+/// so the next version of the same table asks for the same bound; were the
+/// tail returned, that version would no longer fit where this one lies once
+/// it is freed, and would land in fresh memory (page allocation, and page
+/// tables for every writer) on every other put. A bound far above the written
+/// length (ingest of a file without statistics) is still trimmed.
+fn kept_slack(length: u64) -> u64 {
+    (length / 64).min(LARGE_OBJECT_BYTES)
+}
+
 /// Why a store operation failed. Each maps to one protocol error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -365,7 +376,11 @@ impl Store {
             });
         }
         let (offset, alloc_bytes, name) = (o.offset, o.alloc_bytes, o.name.clone());
-        let new_alloc = self.alloc.shrink(offset, alloc_bytes, length);
+        let new_alloc = if alloc_bytes - length <= kept_slack(length) {
+            alloc_bytes
+        } else {
+            self.alloc.shrink(offset, alloc_bytes, length)
+        };
         let version = {
             let v = self.last_version.entry(name.clone()).or_insert(0);
             *v += 1;

@@ -1,4 +1,5 @@
-//! Small helpers shared by the binaries and the library: byte sizes.
+//! Small helpers shared by the binaries and the library: byte sizes, thread
+//! placement.
 #![deny(unsafe_code)]
 
 /// Formats a byte count for people: `1.5 GiB`, `300.0 MiB`, `512 B`.
@@ -40,6 +41,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         return Err(format!("size {s:?} out of range"));
     }
     Ok(v as u64)
+}
+
+/// Lets the calling thread (and the threads it spawns, which inherit its mask)
+/// run on every core the process may use. Server threads are pinned to one
+/// core each; work they hand to helper threads (ingest decoders, the seal-time
+/// check of a large table) would otherwise all share that core (and
+/// `available_parallelism`, which reads the calling thread's mask, would say 1).
+pub fn unpin_current_thread() {
+    let process = rustix::process::getpid();
+    if let Ok(all) = rustix::thread::sched_getaffinity(Some(process)) {
+        let _ = rustix::thread::sched_setaffinity(None, &all);
+    }
 }
 
 #[cfg(test)]

@@ -77,18 +77,6 @@ pub const ENV: &str = "ARROWPOOL_INGEST";
 /// Most decoder (and writer) threads, whatever the core count.
 const THREADS_MAX: usize = 64;
 
-/// Lets the calling thread (and the threads it spawns, which inherit its
-/// mask) run on every core the process may use. The server runs ingest on a
-/// blocking-pool thread spawned by a core thread pinned to one core; without
-/// this, every decoder would share that core (and `available_parallelism`,
-/// which reads the calling thread's mask, would say 1).
-fn unpin_current_thread() {
-    let process = rustix::process::getpid();
-    if let Ok(all) = rustix::thread::sched_getaffinity(Some(process)) {
-        let _ = rustix::thread::sched_setaffinity(None, &all);
-    }
-}
-
 /// Runs an ingest request on the calling thread (the server runs it on its
 /// blocking pool, off the I/O cores), with one decoder thread per core.
 pub fn ingest(
@@ -100,7 +88,8 @@ pub fn ingest(
     let env = std::env::var(ENV).unwrap_or_default();
     let options = ReadOptions::from_env_value(Some(&env));
     let decode_first = env.split(',').any(|t| t.trim() == "decode-first");
-    unpin_current_thread();
+    // Its decoder threads inherit this mask (see `util::unpin_current_thread`).
+    crate::util::unpin_current_thread();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, THREADS_MAX);

@@ -102,7 +102,11 @@ fn check_batches(batches: &[RecordBatch], file_bytes: usize) -> Result<(), Check
         }
         check_array(&column.to_data(), &name).map_err(CheckError::Invalid)
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The process's cores, not the calling thread's: a server core thread is
+    // pinned to one, and helpers spawned from it unpin themselves.
+    let threads = rustix::thread::sched_getaffinity(Some(rustix::process::getpid()))
+        .map_or(1, |set| set.count() as usize)
+        .max(1);
     if file_bytes < PARALLEL_CHECK_BYTES || threads < 2 || units.len() < 2 {
         return units.iter().try_for_each(check);
     }
@@ -121,7 +125,12 @@ fn check_batches(batches: &[RecordBatch], file_bytes: usize) -> Result<(), Check
     };
     std::thread::scope(|s| {
         let helpers: Vec<_> = (1..threads.min(units.len()))
-            .map(|_| s.spawn(|| quietly(work).and_then(|r| r)))
+            .map(|_| {
+                s.spawn(|| {
+                    crate::util::unpin_current_thread();
+                    quietly(work).and_then(|r| r)
+                })
+            })
             .collect();
         let mine = work();
         helpers

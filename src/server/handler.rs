@@ -131,7 +131,7 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
                 ));
             }
             let rows = if kind == ObjectKind::Table {
-                let Some(data) = shared.arena.mapping().slice(offset, s.length) else {
+                let Some(checked) = check_table(shared, offset, s.length).await else {
                     let _ = shared.store().abort(conn, s.object_id);
                     return Err(ErrorReply::new(
                         ErrorCode::Internal,
@@ -141,7 +141,7 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
                         ),
                     ));
                 };
-                match crate::ipc::check_file(data) {
+                match checked {
                     Ok(summary) => summary.rows,
                     Err(e) => {
                         if let crate::ipc::CheckError::DecoderPanic(_) = e {
@@ -218,6 +218,38 @@ async fn dispatch(shared: &Arc<Shared>, conn: ConnId, req: Request) -> Reply {
             }
         }
     }
+}
+
+/// Tables of this size or more are checked on the blocking pool, with every
+/// core, instead of on this core's event loop: a 1 GB table takes tens of
+/// milliseconds, which the other connections of the core should not wait for.
+const CHECK_OFF_CORE_BYTES: u64 = 16 << 20;
+
+/// The seal-time check of the table at `[offset, offset + len)`; `None` when
+/// the range lies outside the arena.
+async fn check_table(
+    shared: &Arc<Shared>,
+    offset: u64,
+    len: u64,
+) -> Option<Result<crate::ipc::FileSummary, crate::ipc::CheckError>> {
+    let shared = shared.clone();
+    let run = move || {
+        shared
+            .arena
+            .mapping()
+            .slice(offset, len)
+            .map(crate::ipc::check_file)
+    };
+    if len < CHECK_OFF_CORE_BYTES {
+        return run();
+    }
+    compio::runtime::spawn_blocking(run)
+        .await
+        .unwrap_or_else(|_| {
+            Some(Err(crate::ipc::CheckError::DecoderPanic(
+                "the check thread died".into(),
+            )))
+        })
 }
 
 async fn wait(shared: &Arc<Shared>, name: &str, after: u64, timeout: Duration) -> Reply {
