@@ -9,7 +9,6 @@
 //! All sizes and offsets are multiples of `GRANULE_BYTES` (4 KiB) so that every
 //! object starts page aligned; large objects are additionally aligned to the
 //! arena's hugepage size by the caller's `align`.
-#![deny(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 

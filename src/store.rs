@@ -11,21 +11,82 @@
 //!             abort / owner disconnects ──> freed                                   last lease released ──> freed
 //! ```
 //! A sealed object is never written; a leased object is never freed or evicted.
-#![deny(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::alloc::Allocator;
-use crate::protocol::create::Created;
-use crate::protocol::get::Located;
-use crate::protocol::list::ListEntry;
-use crate::protocol::seal::Sealed;
-use crate::protocol::ObjectKind;
 use crate::util::human_bytes;
 
 pub type ConnId = u64;
 pub type ObjectId = u64;
+
+/// What an object holds. Tables are Arrow IPC files; bytes are opaque blobs.
+/// (The protocol sends it as one byte: the discriminant.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    Table = 0,
+    Bytes = 1,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Table => "table",
+            ObjectKind::Bytes => "bytes",
+        }
+    }
+}
+
+/// A new pending object: where its owner may write (`create`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub object_id: ObjectId,
+    pub offset: u64,
+    /// Bytes reserved (at least the size asked for).
+    pub capacity: u64,
+}
+
+/// A version just published (`seal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealInfo {
+    pub version: u64,
+    pub rows: u64,
+}
+
+/// Where the current version of a name lies; the caller now holds a lease on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub object_id: ObjectId,
+    pub version: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub rows: u64,
+    pub kind: ObjectKind,
+}
+
+/// A pending object's range, for checking its bytes before the seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub offset: u64,
+    pub capacity: u64,
+    pub kind: ObjectKind,
+}
+
+/// One named object (`list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub object_id: ObjectId,
+    pub version: u64,
+    pub kind: ObjectKind,
+    pub rows: u64,
+    pub bytes: u64,
+    pub leases: u64,
+    /// Since the object was last read or written.
+    pub idle: std::time::Duration,
+}
 
 /// Unsealed creates one connection may have at once.
 pub const PENDING_PER_CONN_MAX: usize = 64;
@@ -218,7 +279,7 @@ impl Store {
         name: &str,
         kind: ObjectKind,
         size: u64,
-    ) -> Result<Created, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         let pending = self.conns.entry(conn).or_default().pending.len();
         if pending >= PENDING_PER_CONN_MAX {
             return Err(StoreError::LimitExceeded(
@@ -251,7 +312,7 @@ impl Store {
             },
         );
         self.conns.entry(conn).or_default().pending.insert(id);
-        Ok(Created {
+        Ok(Reservation {
             object_id: id,
             offset,
             capacity: alloc_bytes,
@@ -347,15 +408,15 @@ impl Store {
         }
     }
 
-    /// Where a pending object lies: `(offset, capacity)`. For the server to
-    /// validate the bytes before sealing.
-    pub fn pending_range(
-        &self,
-        conn: ConnId,
-        id: ObjectId,
-    ) -> Result<(u64, u64, ObjectKind), StoreError> {
+    /// Where a pending object of `conn` lies, for the server to check its
+    /// bytes before sealing.
+    pub fn pending(&self, conn: ConnId, id: ObjectId) -> Result<Pending, StoreError> {
         let o = self.pending_owned(conn, id)?;
-        Ok((o.offset, o.alloc_bytes, o.kind))
+        Ok(Pending {
+            offset: o.offset,
+            capacity: o.alloc_bytes,
+            kind: o.kind,
+        })
     }
 
     /// Publishes a pending object: the name moves to it atomically; the previous
@@ -366,7 +427,7 @@ impl Store {
         id: ObjectId,
         length: u64,
         rows: u64,
-    ) -> Result<Sealed, StoreError> {
+    ) -> Result<SealInfo, StoreError> {
         let o = self.pending_owned(conn, id)?;
         if length > o.alloc_bytes {
             return Err(StoreError::LengthTooLarge {
@@ -404,7 +465,7 @@ impl Store {
             }
         }
         self.puts += 1;
-        Ok(Sealed { version, rows })
+        Ok(SealInfo { version, rows })
     }
 
     /// Gives up a pending object.
@@ -418,7 +479,7 @@ impl Store {
     }
 
     /// Looks up the current version of `name` and takes a lease for `conn`.
-    pub fn get(&mut self, conn: ConnId, name: &str) -> Result<Located, StoreError> {
+    pub fn get(&mut self, conn: ConnId, name: &str) -> Result<Location, StoreError> {
         let id = *self.names.get(name).ok_or_else(|| StoreError::NotFound {
             name: name.to_owned(),
         })?;
@@ -436,13 +497,13 @@ impl Store {
         o.last_use = last_use;
         o.last_use_at = Instant::now();
         self.gets += 1;
-        Ok(Located {
+        Ok(Location {
             object_id: id,
             version: o.version,
             offset: o.offset,
             length: o.length,
             rows: o.rows,
-            object_kind: o.kind,
+            kind: o.kind,
         })
     }
 
@@ -512,24 +573,22 @@ impl Store {
         }
     }
 
-    pub fn list(&self) -> Vec<ListEntry> {
-        let mut v: Vec<ListEntry> = self
+    /// Every named object, by name.
+    pub fn list(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self
             .names
             .iter()
             .map(|(name, id)| {
                 let o = &self.objects[id];
-                ListEntry {
+                Entry {
                     name: name.clone(),
                     object_id: *id,
                     version: o.version,
-                    kind: match o.kind {
-                        ObjectKind::Table => "table".into(),
-                        ObjectKind::Bytes => "bytes".into(),
-                    },
+                    kind: o.kind,
                     rows: o.rows,
                     bytes: o.length,
                     leases: o.leases,
-                    idle_ms: o.last_use_at.elapsed().as_millis() as u64,
+                    idle: o.last_use_at.elapsed(),
                 }
             })
             .collect();

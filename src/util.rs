@@ -1,6 +1,5 @@
 //! Small helpers shared by the binaries and the library: byte sizes, thread
 //! placement.
-#![deny(unsafe_code)]
 
 /// Formats a byte count for people: `1.5 GiB`, `300.0 MiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {

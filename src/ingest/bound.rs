@@ -10,7 +10,6 @@
 //! count of the leaves under it. Anything else (a dictionary-encoded string
 //! chunk without size statistics, an unusual type) gives no bound, and the
 //! ingest decodes the whole table before reserving its exact size.
-#![deny(unsafe_code)]
 
 use arrow_schema::{DataType, Schema};
 use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};

@@ -5,7 +5,6 @@
 //! Why the push decoder: it does no I/O of its own, so the reader decides how
 //! bytes arrive (io_uring, large reads, `O_DIRECT`) and the decoder only asks
 //! for ranges, which here are always the column chunks already read.
-#![deny(unsafe_code)]
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};

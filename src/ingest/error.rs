@@ -1,9 +1,8 @@
 //! Why an ingest failed. Every message names the file and the problem.
-#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 
-use crate::protocol::{ErrorCode, ErrorReply};
+use crate::pool::PoolError;
 
 /// Why an ingest failed.
 #[derive(Debug)]
@@ -69,31 +68,13 @@ pub enum IngestError {
     /// The decoded table cannot go into the arena (too large, ...).
     Store {
         path: PathBuf,
-        reply: ErrorReply,
+        err: PoolError,
     },
     /// The table outgrew the size reserved from the footer's statistics;
     /// the ingest starts over, decoding before reserving.
     BoundTooSmall,
     /// A bug, not the file's fault.
     Internal(String),
-}
-
-impl IngestError {
-    /// The protocol error code to answer with.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            IngestError::Store { reply, .. } if reply.code == ErrorCode::OutOfMemory => {
-                ErrorCode::OutOfMemory
-            }
-            IngestError::Internal(_) => ErrorCode::Internal,
-            _ => ErrorCode::Ingest,
-        }
-    }
-
-    /// The error reply for the client.
-    pub fn to_reply(&self) -> ErrorReply {
-        ErrorReply::new(self.code(), self.to_string())
-    }
 }
 
 impl std::fmt::Display for IngestError {
@@ -140,8 +121,8 @@ impl std::fmt::Display for IngestError {
                 path.display(),
                 available.join(", ")
             ),
-            IngestError::Store { path, reply } => {
-                write!(f, "cannot store the table read from {}: {}", path.display(), reply.message)
+            IngestError::Store { path, err } => {
+                write!(f, "cannot store the table read from {}: {err}", path.display())
             }
             IngestError::BoundTooSmall => {
                 write!(f, "the table outgrew the space reserved from the Parquet footer's size statistics")

@@ -1,5 +1,4 @@
 //! The files behind an ingest path, and their descriptors.
-#![deny(unsafe_code)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -32,18 +32,21 @@
 //! doing them; the stages overlap, `total_ms` is the wall time.
 //!
 //! Nothing is visible before the seal: a failure anywhere aborts the pending
-//! object (`Shared::put_with`), readers of the previous version keep it, and
+//! object (`Pool::put`), readers of the previous version keep it, and
 //! the name still resolves to it.
 
 mod bound;
+#[allow(unsafe_code)] // aligned read buffers handed to io_uring
 mod buffer;
 mod decode;
+#[allow(unsafe_code)] // io_uring submissions: buffers owned until their completion
 mod engine;
 mod error;
 mod files;
 mod footer;
 mod pipeline;
 mod plan;
+#[allow(unsafe_code)] // the reads' buffers while io_uring owns them
 mod read;
 mod schema;
 mod stream;
@@ -58,10 +61,9 @@ use arrow_schema::SchemaRef;
 
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 
+use crate::pool::{Pool, PutError};
 use crate::protocol::ingest::{Ingest, IngestReply};
-use crate::protocol::ObjectKind;
-use crate::server::Shared;
-use crate::store::ConnId;
+use crate::store::{ConnId, ObjectKind, SealInfo};
 
 pub use error::IngestError;
 pub use files::parquet_files;
@@ -74,20 +76,43 @@ pub use read::{CacheChoice, EngineChoice, ReadOptions};
 /// Default: io_uring if available; O_DIRECT unless the data is in the page
 /// cache; write row groups as they are decoded when the footer bounds the size.
 pub const ENV: &str = "ARROWPOOL_INGEST";
+
+/// How ingests read and write, fixed when the server starts (from `ENV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub read: ReadOptions,
+    /// Decode the whole table before reserving space, even when the footer
+    /// bounds its size.
+    pub decode_first: bool,
+}
+
+impl Settings {
+    /// Parses a value of `ENV` (unknown tokens are ignored).
+    pub fn from_env_value(v: &str) -> Settings {
+        Settings {
+            read: ReadOptions::from_env_value(Some(v)),
+            decode_first: v.split(',').any(|t| t.trim() == "decode-first"),
+        }
+    }
+
+    /// The settings `ENV` gives this process (the defaults when it is unset).
+    pub fn from_env() -> Settings {
+        Settings::from_env_value(&std::env::var(ENV).unwrap_or_default())
+    }
+}
 /// Most decoder (and writer) threads, whatever the core count.
 const THREADS_MAX: usize = 64;
 
 /// Runs an ingest request on the calling thread (the server runs it on its
 /// blocking pool, off the I/O cores), with one decoder thread per core.
 pub fn ingest(
-    shared: &Arc<Shared>,
+    pool: &Pool,
+    settings: Settings,
     conn: ConnId,
     req: &Ingest,
 ) -> Result<IngestReply, IngestError> {
     let start = Instant::now();
-    let env = std::env::var(ENV).unwrap_or_default();
-    let options = ReadOptions::from_env_value(Some(&env));
-    let decode_first = env.split(',').any(|t| t.trim() == "decode-first");
+    let (options, decode_first) = (settings.read, settings.decode_first);
     // Its decoder threads inherit this mask (see `util::unpin_current_thread`).
     crate::util::unpin_current_thread();
     let threads = std::thread::available_parallelism()
@@ -157,7 +182,7 @@ pub fn ingest(
     let meta_refs: Vec<_> = metadata.iter().map(|m| m.as_ref()).collect();
     let plan = plan::plan(&meta_refs, &roots, threads);
     let job = Job {
-        shared,
+        pool,
         conn,
         name: &req.name,
         path,
@@ -202,7 +227,7 @@ pub fn ingest(
 
 /// Everything both ways of writing need.
 struct Job<'a> {
-    shared: &'a Arc<Shared>,
+    pool: &'a Pool,
     conn: ConnId,
     name: &'a str,
     path: &'a Path,
@@ -218,7 +243,7 @@ struct Job<'a> {
 
 /// A sealed ingest.
 struct Done {
-    sealed: crate::protocol::seal::Sealed,
+    sealed: SealInfo,
     written: usize,
     decoded: pipeline::Decoded,
     write: Duration,
@@ -245,7 +270,7 @@ impl Job<'_> {
     /// madvise instead of a page fault per 4 KiB page, for the chunks this
     /// server has not written before.
     fn prepare(&self) -> impl Fn(&mut [u8]) + Sync + '_ {
-        let mapping = self.shared.arena.mapping();
+        let mapping = self.pool.arena.mapping();
         let base = mapping.as_ptr() as usize;
         move |part: &mut [u8]| {
             let offset = (part.as_ptr() as usize).wrapping_sub(base) as u64;
@@ -258,8 +283,6 @@ impl Job<'_> {
     fn streaming(&self, sources: &mut [files::Source], bound: u64) -> Result<Done, IngestError> {
         let prepare = self.prepare();
         let queue = stream::UnitQueue::new(4 * self.threads);
-        let mut failure: Option<IngestError> = None;
-        let mut outcome: Option<(Duration, usize)> = None;
         let (put, decoded) = std::thread::scope(|scope| {
             // Decoding starts now; the reservation (and the allocation of its
             // pages) happens meanwhile on this thread.
@@ -277,34 +300,21 @@ impl Job<'_> {
                 queue.close();
                 decoded
             });
-            let put =
-                self.shared
-                    .put_with(self.conn, self.name, ObjectKind::Table, bound, |dest| {
-                        let result = (|| -> Result<(Duration, usize), IngestError> {
-                            let writer = stream::StreamWriter::new(
-                                dest,
-                                self.schema.clone(),
-                                &self.plan.units,
-                                &prepare,
-                            )?;
-                            while let Some((u, batches)) = queue.pop() {
-                                writer.unit_done(u, batches)?;
-                            }
-                            let (len, write) = writer.finish()?;
-                            Ok((write, len))
-                        })();
-                        match result {
-                            Ok((write, len)) => {
-                                outcome = Some((write, len));
-                                Ok(len)
-                            }
-                            Err(e) => {
-                                let message = e.to_string();
-                                failure = Some(e);
-                                Err(message)
-                            }
-                        }
-                    });
+            let put = self
+                .pool
+                .put(self.conn, self.name, ObjectKind::Table, bound, |dest| {
+                    let writer = stream::StreamWriter::new(
+                        dest,
+                        self.schema.clone(),
+                        &self.plan.units,
+                        &prepare,
+                    )?;
+                    while let Some((u, batches)) = queue.pop() {
+                        writer.unit_done(u, batches)?;
+                    }
+                    let (len, write) = writer.finish()?;
+                    Ok::<_, IngestError>((len, (len, write)))
+                });
             if put.is_err() {
                 queue.abandon();
             }
@@ -319,21 +329,27 @@ impl Job<'_> {
         // after its own failure; otherwise a decoding error explains an
         // incomplete write.
         let abandoned = queue.is_abandoned();
-        match (put, decoded, failure, outcome) {
-            (Ok(sealed), Ok(decoded), None, Some((write, written))) => Ok(Done {
+        match (put, decoded) {
+            (Ok((sealed, (written, write))), Ok(decoded)) => Ok(Done {
                 sealed,
                 written,
                 decoded,
                 write,
             }),
-            (_, _, Some(IngestError::BoundTooSmall), _) => Err(IngestError::BoundTooSmall),
-            (Err(reply), _, None, _) => Err(IngestError::Store {
-                path: self.path.into(),
-                reply,
-            }),
-            (_, Err(e), _, _) if !abandoned => Err(e),
-            (_, _, Some(e), _) | (_, Err(e), None, _) => Err(e),
-            _ => Err(IngestError::Internal("sealed without writing".into())),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(PutError::Write(IngestError::BoundTooSmall)), _) => {
+                Err(IngestError::BoundTooSmall)
+            }
+            (Err(PutError::Pool(err)), _) => Err(self.store_error(err)),
+            (Err(PutError::Write(_)), Err(e)) if !abandoned => Err(e),
+            (Err(PutError::Write(e)), _) => Err(e),
+        }
+    }
+
+    fn store_error(&self, err: crate::pool::PoolError) -> IngestError {
+        IngestError::Store {
+            path: self.path.into(),
+            err,
         }
     }
 
@@ -370,23 +386,17 @@ impl Job<'_> {
         let layout = write::layout(self.schema, &batches)
             .map_err(|e| IngestError::Internal(e.to_string()))?;
         let prepare = self.prepare();
-        let (mut written, mut write) = (0, Duration::ZERO);
-        let sealed = self
-            .shared
-            .put_with(
-                self.conn,
-                self.name,
-                ObjectKind::Table,
-                layout.file_len() as u64,
-                |dest| {
-                    (written, write) =
-                        write::write(dest, self.schema, &batches, &layout, self.threads, &prepare)?;
-                    Ok::<usize, arrow_schema::ArrowError>(written)
-                },
-            )
-            .map_err(|reply| IngestError::Store {
-                path: self.path.into(),
-                reply,
+        let size = layout.file_len() as u64;
+        let (sealed, (written, write)) = self
+            .pool
+            .put(self.conn, self.name, ObjectKind::Table, size, |dest| {
+                let (written, write) =
+                    write::write(dest, self.schema, &batches, &layout, self.threads, &prepare)?;
+                Ok::<_, arrow_schema::ArrowError>((written, (written, write)))
+            })
+            .map_err(|e| match e {
+                PutError::Pool(err) => self.store_error(err),
+                PutError::Write(e) => IngestError::Internal(format!("writing the table: {e}")),
             })?;
         // Freeing a table-sized heap takes a while; the client need not wait for it.
         let _ = std::thread::Builder::new()

@@ -12,7 +12,6 @@
 //! The first error (from a read or a decoder) cancels the rest: the reader
 //! stops submitting and drains what is in flight, decoders skip the units
 //! still queued.
-#![deny(unsafe_code)]
 
 use std::ops::Range;
 use std::sync::Mutex;

@@ -12,7 +12,6 @@
 //!   units (columns a, c, d requested, enough row groups):
 //!          rg0 {a,c,d} -> extents [a] [c d]    rg1 {a,c,d} -> extents [a] [c d]
 //! ```
-#![deny(unsafe_code)]
 
 use std::ops::Range;
 

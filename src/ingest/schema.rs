@@ -9,7 +9,6 @@
 //! value type directly (through `ArrowReaderOptions::with_schema`) costs less
 //! than decoding keys and casting afterwards. Views (`Utf8View`) need 16-byte
 //! alignment and bloat IPC, so strings decode to `Utf8`/`LargeUtf8`.
-#![deny(unsafe_code)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -15,7 +15,6 @@
 //!  reservation: | header | rg 0 | rg 1 | rg 2 | ...               | (unused, returned at seal)
 //!                          ^ placed and copied in order             ^ EOS, footer, magic at the end
 //! ```
-#![deny(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex};

@@ -14,7 +14,6 @@
 //! | magic+schema (header) | batch 0 | batch 1 | ... | batch n-1 | EOS, footer, len, magic |
 //!                         |<- thread 0 ->|<- thread 1 ->| ...
 //! ```
-#![deny(unsafe_code)]
 
 use std::io::Write;
 

@@ -21,7 +21,6 @@
 //! precision, nulls in fields declared non-nullable, view prefixes that disagree
 //! with the data, non-zero padding after the bytes of an inline view. Cost: one pass over offsets, views, keys and bitmaps, none over
 //! fixed-width values or string bytes (measured in docs/ARCHITECTURE.md).
-#![deny(unsafe_code)]
 
 use arrow_buffer::ArrowNativeType;
 use arrow_data::ArrayData;

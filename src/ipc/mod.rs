@@ -5,9 +5,9 @@
 //! arrowpool writes them, 8-byte aligned from pyarrow), so the footer gives
 //! random access to batches and columns without reading data. The seal-time
 //! check lives in `check` (the file) and `layout` (each array).
-#![allow(unsafe_code)]
 
 mod check;
+#[deny(unsafe_code)]
 mod layout;
 
 pub use check::{check_file, CheckError, FileSummary};

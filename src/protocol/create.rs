@@ -25,7 +25,7 @@ impl Create {
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
         let mut r = BodyReader::new(body);
-        let object_kind = ObjectKind::from_u8(r.u8("object kind")?)?;
+        let object_kind = super::object_kind(r.u8("object kind")?)?;
         let size = r.u64("size")?;
         let name = r.str("name")?;
         r.finish()?;

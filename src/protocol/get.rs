@@ -58,7 +58,7 @@ impl Located {
             offset: r.u64("offset")?,
             length: r.u64("length")?,
             rows: r.u64("rows")?,
-            object_kind: ObjectKind::from_u8(r.u8("object kind")?)?,
+            object_kind: super::object_kind(r.u8("object kind")?)?,
         };
         r.finish()?;
         Ok(v)

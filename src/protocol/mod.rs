@@ -4,7 +4,6 @@
 //! its reply, with `encode` used by the sender and `decode` by the receiver, so
 //! both sides share one type. `docs/PROTOCOL.md` documents the same layouts
 //! byte by byte for clients in other languages.
-#![deny(unsafe_code)]
 
 pub mod abort;
 pub mod create;
@@ -100,24 +99,16 @@ impl Kind {
     }
 }
 
-/// What an object holds. Tables are Arrow IPC files; bytes are opaque blobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-#[repr(u8)]
-pub enum ObjectKind {
-    Table = 0,
-    Bytes = 1,
-}
+pub use crate::store::ObjectKind;
 
-impl ObjectKind {
-    pub fn from_u8(v: u8) -> Result<ObjectKind, FrameError> {
-        match v {
-            0 => Ok(ObjectKind::Table),
-            1 => Ok(ObjectKind::Bytes),
-            _ => Err(FrameError::Malformed(
-                "object kind must be 0 (table) or 1 (bytes)",
-            )),
-        }
+/// Decodes an object kind byte: 0 table, 1 bytes.
+pub fn object_kind(v: u8) -> Result<ObjectKind, FrameError> {
+    match v {
+        0 => Ok(ObjectKind::Table),
+        1 => Ok(ObjectKind::Bytes),
+        _ => Err(FrameError::Malformed(
+            "object kind must be 0 (table) or 1 (bytes)",
+        )),
     }
 }
 

@@ -1,6 +1,5 @@
 //! One client connection on a core: handshake, then a loop that reads frames,
 //! hands decoded requests to `handler`, and writes the replies back in order.
-#![deny(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use crate::protocol::handshake::{
 use crate::protocol::{ErrorCode, ErrorReply, Kind, Request};
 use crate::store::ConnId;
 
-use super::handler::{handle, write_error, Access};
+use super::requests::{handle, write_error, Access, Ctx};
 use super::shared::Shared;
 
 /// Bytes asked of the socket per read. Requests are small; pipelined bursts fit.
@@ -133,16 +132,8 @@ async fn process(
         let body = &inbuf[pos + crate::protocol::HEADER_LEN..pos + header.frame_len()];
         match Request::decode(header.kind, body) {
             Ok(req) => {
-                handle(
-                    shared,
-                    conn,
-                    access,
-                    header.request_id,
-                    header.flags,
-                    req,
-                    out,
-                )
-                .await
+                let ctx = Ctx { shared, conn };
+                handle(&ctx, access, header.request_id, header.flags, req, out).await
             }
             // A release sent with NO_REPLY gets nothing back, not even an error:
             // its sender does not wait for a reply, so one would put it out of step.
@@ -203,8 +194,8 @@ async fn read_hello(stream: &mut UnixStream, shared: &Shared) -> Option<ClientHe
 fn answer_hello(stream: &UnixStream, shared: &Shared, client: ClientHello) -> Result<Access, ()> {
     let writer = client.flags & FLAG_WRITE != 0;
     let reply = server_hello(shared, STATUS_OK, if writer { 2 } else { 1 });
-    let ro = shared.arena.read_only_fd();
-    let rw = shared.arena.fd();
+    let ro = shared.pool.arena.read_only_fd();
+    let rw = shared.pool.arena.fd();
     let fds = if writer { vec![ro, rw] } else { vec![ro] };
     // The socket is fresh and its send buffer empty, so 32 bytes go out at once.
     match crate::sys::send_with_fds(stream.as_fd(), &reply, &fds) {
@@ -222,9 +213,9 @@ fn server_hello(
     ServerHello {
         version: PROTOCOL_VERSION,
         status,
-        arena_len: shared.arena.len(),
-        map_align: shared.arena.kind().page_bytes() as u32,
-        memory_kind: shared.arena.kind() as u8,
+        arena_len: shared.pool.arena.len(),
+        map_align: shared.pool.arena.kind().page_bytes() as u32,
+        memory_kind: shared.pool.arena.kind() as u8,
         io_driver: shared.io_driver as u8,
         fd_count,
     }

@@ -1,5 +1,4 @@
 //! Socket setup, the accept loop, and the per-core runtime.
-#![deny(unsafe_code)]
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;

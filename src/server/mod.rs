@@ -7,12 +7,13 @@
 //! core i: compio runtime (io_uring, or the polling/epoll fallback) ── its connections
 //! ```
 //! Transport (`listener.rs`, `conn.rs`) is kept apart from request handling
-//! (`handler.rs`), which works on decoded requests and the shared state
-//! (`shared.rs`), so another transport (TCP) can reuse it.
+//! (`requests/`, one file per kind), which works on decoded requests and the
+//! shared state (`shared.rs`: the pool and the connections), so another
+//! transport (TCP) can reuse it.
 
 mod conn;
-mod handler;
 mod listener;
+mod requests;
 pub mod shared;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::arena::{Arena, HugepageMode};
+use crate::pool::Pool;
 use crate::util::human_bytes;
 pub use shared::Shared;
 
@@ -105,11 +107,11 @@ impl Server {
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();
-        let shared = Arc::new(Shared::new(arena, &config, driver, threads));
+        let shared = Arc::new(Shared::new(Pool::new(arena), &config, driver, threads));
         eprintln!(
             "arrowpoold: arena {} of {}, {} thread(s), io driver {}, socket {}",
-            human_bytes(shared.arena.len()),
-            shared.arena.kind().as_str(),
+            human_bytes(shared.pool.arena.len()),
+            shared.pool.arena.kind().as_str(),
             threads,
             driver.as_str(),
             config.socket.display()
@@ -142,7 +144,7 @@ impl Server {
         let shared = &self.shared;
         shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = std::fs::remove_file(&shared.socket_path);
-        shared.versions_changed.notify(usize::MAX);
+        shared.pool.versions_changed.notify(usize::MAX);
         shared.close_all_connections();
         let start = Instant::now();
         while shared.connection_count() > 0 && start.elapsed() < grace {

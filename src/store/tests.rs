@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 const MB: u64 = 1024 * 1024;
 
-fn put(s: &mut Store, conn: ConnId, name: &str, size: u64) -> Result<Sealed, StoreError> {
+fn put(s: &mut Store, conn: ConnId, name: &str, size: u64) -> Result<SealInfo, StoreError> {
     let c = s.create(conn, name, ObjectKind::Table, size)?;
     s.seal(conn, c.object_id, size, 1)
 }

@@ -1,0 +1,209 @@
+//! The pool: the arena and the object table together, and the one way objects
+//! get into them.
+//!
+//! Every put goes through the same three steps, whoever writes the bytes:
+//! ```text
+//! reserve (store.create + pages allocated) ─> the writer fills the range ─> seal (table check + store.seal + notify)
+//!        └──────────── any failure: the pending object is aborted, nothing becomes visible ────────────┘
+//! ```
+//! A socket client writes through its own mapping between `reserve` and `seal`
+//! (two requests); the server's own writers (ingest) use `put`, which runs all
+//! three with a closure that writes through the server's mapping.
+//!
+//! Below the server and ingest, above `store`, `arena` and `ipc`; it knows
+//! nothing of the wire: its errors are typed, and the server turns them into
+//! error replies.
+
+use std::sync::{Mutex, MutexGuard};
+
+use crate::arena::{Arena, ArenaError};
+use crate::ipc::CheckError;
+use crate::store::{ConnId, ObjectId, ObjectKind, Reservation, SealInfo, Store, StoreError};
+
+/// The shared state every put and get goes through.
+#[derive(Debug)]
+pub struct Pool {
+    pub arena: Arena,
+    /// The object table. A std Mutex: every critical section is a few map
+    /// operations (no I/O, no await), far shorter than a syscall, so a lock is
+    /// cheaper than message passing until the small-ops benchmark says otherwise.
+    store: Mutex<Store>,
+    /// Notified on every seal (and by the server at shutdown); `wait` listens.
+    pub versions_changed: event_listener::Event,
+}
+
+/// Why reserving or sealing failed. The pending object, if any, was aborted.
+#[derive(Debug)]
+pub enum PoolError {
+    /// The object table refused (no room, unknown object, a limit...).
+    Store(StoreError),
+    /// The pages of the reservation could not be allocated (the machine is
+    /// out of memory or hugepages).
+    Memory(ArenaError),
+    /// The object's range is not inside the arena (a bug, not the writer's fault).
+    OutsideArena { offset: u64, len: u64 },
+    /// The sealed bytes are not a table every reader can open safely.
+    InvalidTable {
+        object_id: ObjectId,
+        error: CheckError,
+    },
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Store(e) => write!(f, "{e}"),
+            PoolError::Memory(e) => write!(f, "{e}"),
+            PoolError::OutsideArena { offset, len } => {
+                write!(f, "object range [{offset}, +{len}) lies outside the arena")
+            }
+            PoolError::InvalidTable { object_id, error } => write!(
+                f,
+                "object {object_id} is not a valid Arrow IPC file ({error}); it was aborted"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+impl From<StoreError> for PoolError {
+    fn from(e: StoreError) -> Self {
+        PoolError::Store(e)
+    }
+}
+
+/// Why a server-side put failed: the pool's reason, or the writer's own.
+#[derive(Debug)]
+pub enum PutError<E> {
+    Pool(PoolError),
+    Write(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for PutError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutError::Pool(e) => write!(f, "{e}"),
+            PutError::Write(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for PutError<E> {}
+
+impl Pool {
+    /// A pool over `arena`; large objects are aligned to its hugepages, if any.
+    pub fn new(arena: Arena) -> Pool {
+        let store = Store::new(arena.len(), arena.kind().large_object_align());
+        Pool {
+            arena,
+            store: Mutex::new(store),
+            versions_changed: event_listener::Event::new(),
+        }
+    }
+
+    /// Locks the object table. A panic while holding it cannot leave it
+    /// half-updated in a way later calls trip on (each operation checks its
+    /// inputs first), so a poisoned lock is recovered.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `size` bytes for a new version of `name` owned by `conn` and
+    /// allocates their pages now, so the writer's copy does not fault them in
+    /// and a memory shortage is an error here rather than a SIGBUS later.
+    pub fn reserve(
+        &self,
+        conn: ConnId,
+        name: &str,
+        kind: ObjectKind,
+        size: u64,
+    ) -> Result<Reservation, PoolError> {
+        let r = self.store().create(conn, name, kind, size)?;
+        if let Err(e) = self.arena.ensure_allocated(r.offset, r.capacity) {
+            let _ = self.store().abort(conn, r.object_id);
+            return Err(PoolError::Memory(e));
+        }
+        Ok(r)
+    }
+
+    /// Publishes `conn`'s pending object with `length` bytes: tables are
+    /// checked first (`ipc::check_file`), then the name moves to it and
+    /// waiters are woken. A refused table is aborted.
+    pub fn seal(&self, conn: ConnId, id: ObjectId, length: u64) -> Result<SealInfo, PoolError> {
+        let pending = self.store().pending(conn, id)?;
+        if length > pending.capacity {
+            return Err(StoreError::LengthTooLarge {
+                object_id: id,
+                length,
+                capacity: pending.capacity,
+            }
+            .into());
+        }
+        let rows = match pending.kind {
+            ObjectKind::Table => match self.check_table(pending.offset, length, id) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = self.store().abort(conn, id);
+                    return Err(e);
+                }
+            },
+            ObjectKind::Bytes => 0,
+        };
+        let sealed = self.store().seal(conn, id, length, rows)?;
+        self.versions_changed.notify(usize::MAX);
+        Ok(sealed)
+    }
+
+    fn check_table(&self, offset: u64, len: u64, object_id: ObjectId) -> Result<u64, PoolError> {
+        let bytes = self
+            .arena
+            .mapping()
+            .slice(offset, len)
+            .ok_or(PoolError::OutsideArena { offset, len })?;
+        crate::ipc::check_file(bytes)
+            .map(|summary| summary.rows)
+            .map_err(|error| PoolError::InvalidTable { object_id, error })
+    }
+
+    /// A server-side put: reserves `size` bytes, lets `write` fill them through
+    /// the server's own mapping (returning the bytes written and anything else
+    /// it wants to hand back), then seals. On any failure the reservation is
+    /// aborted and the writer's own error comes back as `PutError::Write`.
+    pub fn put<T, E>(
+        &self,
+        conn: ConnId,
+        name: &str,
+        kind: ObjectKind,
+        size: u64,
+        write: impl FnOnce(&mut [u8]) -> Result<(usize, T), E>,
+    ) -> Result<(SealInfo, T), PutError<E>> {
+        let r = self
+            .reserve(conn, name, kind, size)
+            .map_err(PutError::Pool)?;
+        let abort = |e| {
+            let _ = self.store().abort(conn, r.object_id);
+            e
+        };
+        let dest = self.writable(&r).map_err(|e| abort(PutError::Pool(e)))?;
+        let (written, extra) = write(dest).map_err(|e| abort(PutError::Write(e)))?;
+        // `seal` aborts on its own failures.
+        let sealed = self
+            .seal(conn, r.object_id, written as u64)
+            .map_err(PutError::Pool)?;
+        Ok((sealed, extra))
+    }
+
+    #[allow(clippy::mut_from_ref)] // exclusive by the pending object's ownership
+    fn writable(&self, r: &Reservation) -> Result<&mut [u8], PoolError> {
+        // SAFETY: the range belongs to the pending object `put` just reserved on
+        // its connection; nobody else can see or write it until it is sealed,
+        // and `put` does not hand it out beyond the writer's call.
+        unsafe { self.arena.mapping().slice_mut(r.offset, r.capacity) }.ok_or(
+            PoolError::OutsideArena {
+                offset: r.offset,
+                len: r.capacity,
+            },
+        )
+    }
+}

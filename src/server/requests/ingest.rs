@@ -1,0 +1,38 @@
+//! `ingest`: the server reads Parquet into a new version, on the blocking pool
+//! (never on a core's event loop: a large ingest must not stall other clients).
+use crate::ingest::IngestError;
+use crate::pool::PoolError;
+use crate::protocol::ingest::Ingest;
+use crate::protocol::{ErrorCode, ErrorReply};
+use crate::store::StoreError;
+
+use super::{json, Ctx, Reply};
+
+pub async fn apply(ctx: &Ctx<'_>, req: Ingest) -> Reply {
+    let (pool, settings, conn) = (ctx.shared.pool.clone(), ctx.shared.ingest, ctx.conn);
+    let result =
+        compio::runtime::spawn_blocking(move || crate::ingest::ingest(&pool, settings, conn, &req))
+            .await;
+    match result {
+        Ok(Ok(reply)) => json(&reply),
+        Ok(Err(e)) => Err(ingest_error(e)),
+        Err(_) => Err(ErrorReply::new(
+            ErrorCode::Internal,
+            "ingest worker panicked",
+        )),
+    }
+}
+
+/// `Ingest` for the file's problems, `OutOfMemory` when the table does not
+/// fit, `Internal` for bugs. The message is the ingest error's: it names the file.
+fn ingest_error(e: IngestError) -> ErrorReply {
+    let code = match &e {
+        IngestError::Store {
+            err: PoolError::Memory(_) | PoolError::Store(StoreError::OutOfMemory { .. }),
+            ..
+        } => ErrorCode::OutOfMemory,
+        IngestError::Internal(_) => ErrorCode::Internal,
+        _ => ErrorCode::Ingest,
+    };
+    ErrorReply::new(code, e.to_string())
+}
