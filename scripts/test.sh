@@ -26,6 +26,17 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "library dependencies"
+# Programs that link the library (default-features = false) must not get the
+# binaries' crates as direct dependencies (compio itself uses core_affinity).
+binary_only=$(cargo tree -p arrowpool --no-default-features -e normal --depth 1 --prefix none |
+  grep -E '^(clap|anyhow|indicatif|signal-hook|core_affinity) ' || true)
+if [ -n "$binary_only" ]; then
+  echo "the library without its cli feature still depends on: $binary_only" >&2
+  exit 1
+fi
+echo "ok: no clap, anyhow, indicatif, signal-hook or core_affinity in the library"
+
 step "cargo test"
 cargo test --workspace
 

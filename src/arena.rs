@@ -75,8 +75,8 @@ impl MemoryKind {
     }
 }
 
-/// `--hugepages` policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `--hugepages` policy (the binary maps its flag onto it: no clap here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HugepageMode {
     /// Use reserved hugepages if there are enough, else transparent hugepages, else 4 KiB pages.
     Auto,

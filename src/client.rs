@@ -18,6 +18,7 @@ use arrow_buffer::Buffer;
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 use crate::arena::Mapping;
+use crate::protocol::abort::Abort;
 use crate::protocol::create::{Create, Created};
 use crate::protocol::frame::{write_frame, Header, FLAG_NO_REPLY, HEADER_LEN, REPLY_BODY_MAX};
 use crate::protocol::get::{Get, Located};
@@ -27,6 +28,7 @@ use crate::protocol::handshake::{
 };
 use crate::protocol::ingest::{Ingest, IngestReply};
 use crate::protocol::list::ListEntry;
+use crate::protocol::release::Release;
 use crate::protocol::seal::{Seal, Sealed};
 use crate::protocol::stats::StatsReply;
 use crate::protocol::{ErrorCode, ErrorReply, Kind, ObjectKind};
@@ -180,8 +182,11 @@ impl Drop for Lease {
         let id = conn.next_id;
         conn.next_id += 1;
         let mut frame = Vec::with_capacity(HEADER_LEN + 8);
+        let release = Release {
+            object_id: self.object_id,
+        };
         write_frame(&mut frame, id, Kind::Release as u16, FLAG_NO_REPLY, |o| {
-            o.extend_from_slice(&self.object_id.to_le_bytes())
+            release.encode(o)
         });
         let _ = conn.stream.get_mut().write_all(&frame);
     }
@@ -205,51 +210,7 @@ impl Client {
             err,
         })?;
         stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let hello = ClientHello {
-            version: PROTOCOL_VERSION,
-            flags: if write { FLAG_WRITE } else { 0 },
-        };
-        // A server that refuses (connection limit) answers and closes without
-        // reading our hello, so the write may fail with EPIPE while its answer
-        // is waiting to be read: read it before reporting the write error.
-        let sent = (&stream).write_all(&hello.encode());
-        let mut reply = [0u8; SERVER_HELLO_LEN];
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut got = 0;
-        while got < SERVER_HELLO_LEN {
-            let n = match crate::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds) {
-                Ok(n) => n,
-                Err(e) => return Err(ClientError::Handshake(sent.err().unwrap_or(e).to_string())),
-            };
-            if n == 0 {
-                let why = match sent {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "server closed the connection during the handshake".into(),
-                };
-                return Err(ClientError::Handshake(why));
-            }
-            got += n;
-        }
-        let hello = ServerHello::decode(&reply)
-            .ok_or_else(|| ClientError::Handshake("bad server magic".into()))?;
-        if hello.status != STATUS_OK {
-            let why = match hello.status {
-                STATUS_TOO_MANY_CONNECTIONS => "too many connections; raise --max-connections",
-                STATUS_BAD_VERSION => "protocol version not supported by this server",
-                _ => "bad hello",
-            };
-            return Err(ClientError::Handshake(format!(
-                "server refused the connection (status {}: {why})",
-                hello.status
-            )));
-        }
-        let want = if write { 2 } else { 1 };
-        if fds.len() != want {
-            return Err(ClientError::Handshake(format!(
-                "expected {want} descriptors, got {}",
-                fds.len()
-            )));
-        }
+        let (hello, fds) = handshake(&stream, write)?;
         let len = usize::try_from(hello.arena_len)
             .map_err(|_| ClientError::Handshake("arena too large".into()))?;
         let map_err = |e: crate::arena::ArenaError| {
@@ -416,9 +377,10 @@ impl Client {
             Ok((Self::decode(body, Sealed::decode)?, written as u64))
         })();
         if result.is_err() {
-            let _ = self.request(Kind::Abort, |o| {
-                o.extend_from_slice(&created.object_id.to_le_bytes())
-            });
+            let abort = Abort {
+                object_id: created.object_id,
+            };
+            let _ = self.request(Kind::Abort, |o| abort.encode(o));
         }
         result
     }
@@ -657,4 +619,57 @@ fn read_frame(stream: &mut impl Read) -> Result<(Header, Vec<u8>)> {
     let mut body = vec![0u8; header.len as usize];
     stream.read_exact(&mut body).map_err(io_error)?;
     Ok((header, body))
+}
+/// The client side of the handshake on a connected socket: sends the hello
+/// (asking for write access or not), reads the server's answer and the arena
+/// descriptors (the read-only one, then the writable one for writers), and
+/// turns a refusal into an error that says why. Used by `Client`, by loadgen's
+/// raw connections and by the tests, so there is one implementation.
+pub fn handshake(stream: &UnixStream, write: bool) -> Result<(ServerHello, Vec<OwnedFd>)> {
+    let hello = ClientHello {
+        version: PROTOCOL_VERSION,
+        flags: if write { FLAG_WRITE } else { 0 },
+    };
+    // A server that refuses (connection limit) answers and closes without
+    // reading our hello, so the write may fail with EPIPE while its answer
+    // is waiting to be read: read it before reporting the write error.
+    let sent = (&*stream).write_all(&hello.encode());
+    let mut reply = [0u8; SERVER_HELLO_LEN];
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut got = 0;
+    while got < SERVER_HELLO_LEN {
+        let n = match crate::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds) {
+            Ok(n) => n,
+            Err(e) => return Err(ClientError::Handshake(sent.err().unwrap_or(e).to_string())),
+        };
+        if n == 0 {
+            let why = match sent {
+                Err(e) => e.to_string(),
+                Ok(()) => "server closed the connection during the handshake".into(),
+            };
+            return Err(ClientError::Handshake(why));
+        }
+        got += n;
+    }
+    let hello = ServerHello::decode(&reply)
+        .ok_or_else(|| ClientError::Handshake("bad server magic".into()))?;
+    if hello.status != STATUS_OK {
+        let why = match hello.status {
+            STATUS_TOO_MANY_CONNECTIONS => "too many connections; raise --max-connections",
+            STATUS_BAD_VERSION => "protocol version not supported by this server",
+            _ => "bad hello",
+        };
+        return Err(ClientError::Handshake(format!(
+            "server refused the connection (status {}: {why})",
+            hello.status
+        )));
+    }
+    let want = if write { 2 } else { 1 };
+    if fds.len() != want {
+        return Err(ClientError::Handshake(format!(
+            "expected {want} descriptors, got {}",
+            fds.len()
+        )));
+    }
+    Ok((hello, fds))
 }

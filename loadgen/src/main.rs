@@ -53,6 +53,23 @@ enum Command {
     Compare(CompareArgs),
 }
 
+/// A scenario `--only` can select (see `scenarios/mod.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Parquet write / reads against put / get / get_columns / get + scan.
+    Operations,
+    /// The server reads the Parquet file.
+    Ingest,
+    /// Concurrent callbacks: get + scan of random columns against Parquet reads.
+    Callbacks,
+    /// Pipelined ping and get + release from several connections.
+    SmallOps,
+    /// Replace 2 columns while readers check every version.
+    Update,
+    /// Switching sources under a memory cap (a server of its own).
+    Switch,
+}
+
 /// What `--hugepages` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Hugepages {
@@ -110,6 +127,11 @@ pub struct RunArgs {
     /// Run even when the memory/disk estimate says the machine is too small.
     #[arg(long)]
     ignore_limits: bool,
+    /// Run only these scenarios, in their usual order (comma-separated, e.g.
+    /// `--only operations,switch`). The table is put first when a scenario
+    /// needs it and `operations` does not run.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -15,6 +15,7 @@ use crate::results::{Raw, FORMAT};
 use crate::scenarios::{self, Gate, Run, MAIN_NAME};
 use crate::server::{self, HugepageReservation, ServerProcess, HUGEPAGE_BYTES};
 use crate::workload::{Workload, BATCH_ROWS};
+use crate::Scenario;
 use crate::{parquet_io, report, Hugepages, RunArgs};
 
 /// Tables the started server's arena holds by default: the current version,
@@ -236,25 +237,14 @@ pub fn run(args: RunArgs) -> Result<bool> {
         histograms: Vec::new(),
     };
 
-    let result = (|| -> Result<()> {
-        step("operations: Parquet write/reads vs put/get", || {
-            scenarios::operations::run(&mut r)
-        })?;
-        step("ingest", || scenarios::ingest::run(&mut r))?;
-        step("callbacks", || scenarios::callbacks::run(&mut r))?;
-        step("small operations", || scenarios::small_ops::run(&mut r))?;
-        arrowpool::Client::connect(&r.socket)?.delete(MAIN_NAME)?;
-        step("partial update", || scenarios::update::run(&mut r))?;
-        if let Some(s) = main_server.take() {
-            s.stop()?;
-        }
-        if let Some(bin) = &bin {
-            step("switch under a memory cap", || {
-                scenarios::switch::run(&mut r, bin, server_hugepages, socket_dir)
-            })?;
-        }
-        Ok(())
-    })();
+    let result = run_scenarios(
+        &mut r,
+        &args.only,
+        &mut main_server,
+        bin.as_deref(),
+        server_hugepages,
+        socket_dir,
+    );
     drop(main_server);
     result?;
 
@@ -272,6 +262,57 @@ pub fn run(args: RunArgs) -> Result<bool> {
     report::print_table(&r.raw);
     println!("results: {}", out_dir.display());
     Ok(r.raw.checks.iter().all(|c| c.passed))
+}
+
+/// The scenarios in their order (those of `only`, or all), each a step.
+fn run_scenarios(
+    r: &mut Run,
+    only: &[Scenario],
+    main_server: &mut Option<server::ServerProcess>,
+    bin: Option<&Path>,
+    server_hugepages: &str,
+    socket_dir: &Path,
+) -> Result<()> {
+    let wanted = |s: Scenario| only.is_empty() || only.contains(&s);
+    if wanted(Scenario::Operations) {
+        step("operations: Parquet write/reads vs put/get", || {
+            scenarios::operations::run(r)
+        })?;
+    } else if [Scenario::Ingest, Scenario::Callbacks, Scenario::SmallOps]
+        .into_iter()
+        .any(wanted)
+    {
+        // They read the main table; `operations` would have put it.
+        let client = arrowpool::Client::connect(&r.socket)?;
+        scenarios::retry_interrupted(|| client.put(MAIN_NAME, &r.table.schema, &r.table.batches))?;
+    }
+    if wanted(Scenario::Ingest) {
+        step("ingest", || scenarios::ingest::run(r))?;
+    }
+    if wanted(Scenario::Callbacks) {
+        step("callbacks", || scenarios::callbacks::run(r))?;
+    }
+    if wanted(Scenario::SmallOps) {
+        step("small operations", || scenarios::small_ops::run(r))?;
+    }
+    match arrowpool::Client::connect(&r.socket)?.delete(MAIN_NAME) {
+        Err(e) if e.code() != Some(arrowpool::protocol::ErrorCode::NotFound) => {
+            return Err(e.into())
+        }
+        _ => {}
+    }
+    if wanted(Scenario::Update) {
+        step("partial update", || scenarios::update::run(r))?;
+    }
+    if let Some(s) = main_server.take() {
+        s.stop()?;
+    }
+    if let (Some(bin), true) = (bin, wanted(Scenario::Switch)) {
+        step("switch under a memory cap", || {
+            scenarios::switch::run(r, bin, server_hugepages, socket_dir)
+        })?;
+    }
+    Ok(())
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {

@@ -4,6 +4,27 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use arrowpool::arena::HugepageMode;
+
+/// `--hugepages`: the flag's values, mapped onto the library's `HugepageMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Hugepages {
+    /// Use reserved hugepages if there are enough, else transparent hugepages, else 4 KiB pages.
+    Auto,
+    /// Refuse to start without reserved hugepages.
+    Require,
+    /// Never use reserved hugepages (transparent hugepages are still tried).
+    Off,
+}
+
+impl From<Hugepages> for HugepageMode {
+    fn from(h: Hugepages) -> Self {
+        match h {
+            Hugepages::Auto => HugepageMode::Auto,
+            Hugepages::Require => HugepageMode::Require,
+            Hugepages::Off => HugepageMode::Off,
+        }
+    }
+}
 use arrowpool::server::{Config, Server};
 use clap::Parser;
 
@@ -22,8 +43,8 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Reserved hugepages: auto (use if available), require (refuse to start without), off.
-    #[arg(long, value_enum, default_value_t = HugepageMode::Auto)]
-    hugepages: HugepageMode,
+    #[arg(long, value_enum, default_value_t = Hugepages::Auto)]
+    hugepages: Hugepages,
     /// Allocate every page of the arena at start instead of on first use.
     #[arg(long)]
     prefault: bool,
@@ -62,7 +83,7 @@ fn main() -> ExitCode {
         socket: args.socket,
         memory_bytes: args.memory,
         threads,
-        hugepages: args.hugepages,
+        hugepages: args.hugepages.into(),
         prefault: args.prefault,
         require_io_uring: args.require_io_uring || args.io_driver == IoDriverChoice::IoUring,
         force_polling: args.io_driver == IoDriverChoice::Polling,

@@ -77,10 +77,10 @@ impl Header {
             return Err(FrameError::Incomplete);
         }
         let header = Header {
-            len: u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")),
-            request_id: u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes")),
-            kind: u16::from_le_bytes(buf[12..14].try_into().expect("2 bytes")),
-            flags: u16::from_le_bytes(buf[14..16].try_into().expect("2 bytes")),
+            len: u32::from_le_bytes(field(buf, LEN_OFFSET)),
+            request_id: u64::from_le_bytes(field(buf, REQUEST_ID_OFFSET)),
+            kind: u16::from_le_bytes(field(buf, KIND_OFFSET)),
+            flags: u16::from_le_bytes(field(buf, FLAGS_OFFSET)),
         };
         if header.len as usize > body_max {
             return Err(FrameError::TooLarge {
@@ -109,10 +109,25 @@ pub fn write_frame(
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     body(out);
     let len = (out.len() - start - HEADER_LEN) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 12].copy_from_slice(&request_id.to_le_bytes());
-    out[start + 12..start + 14].copy_from_slice(&kind.to_le_bytes());
-    out[start + 14..start + 16].copy_from_slice(&flags.to_le_bytes());
+    let header = &mut out[start..start + HEADER_LEN];
+    header[LEN_OFFSET..][..LEN_SIZE].copy_from_slice(&len.to_le_bytes());
+    header[REQUEST_ID_OFFSET..][..REQUEST_ID_SIZE].copy_from_slice(&request_id.to_le_bytes());
+    header[KIND_OFFSET..][..KIND_SIZE].copy_from_slice(&kind.to_le_bytes());
+    header[FLAGS_OFFSET..][..FLAGS_SIZE].copy_from_slice(&flags.to_le_bytes());
+}
+
+/// The `N` bytes at `at` of a buffer known to hold a whole header.
+fn field<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    let mut v = [0u8; N];
+    v.copy_from_slice(&buf[at..at + N]);
+    v
+}
+
+/// The request id of a frame whose header is in `buf` (even one whose length
+/// is refused), so the error reply can name it; 0 when `buf` is shorter.
+pub fn request_id_of(buf: &[u8]) -> u64 {
+    buf.get(REQUEST_ID_OFFSET..REQUEST_ID_OFFSET + REQUEST_ID_SIZE)
+        .map_or(0, |b| u64::from_le_bytes(field(b, 0)))
 }
 
 /// Reads fixed-size little-endian fields and length-prefixed strings from a body,

@@ -116,8 +116,7 @@ async fn process(
             Err(e) => {
                 // The body cannot be skipped safely (it may be huge or the length a
                 // lie): report and close. The request id is still readable.
-                let request_id =
-                    u64::from_le_bytes(inbuf[pos + 4..pos + 12].try_into().unwrap_or([0; 8]));
+                let request_id = crate::protocol::frame::request_id_of(&inbuf[pos..]);
                 write_error(
                     out,
                     request_id,

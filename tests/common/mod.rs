@@ -1,7 +1,7 @@
 //! Test helpers: a real `arrowpoold` on a temporary socket, tables, raw frames.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -147,16 +147,10 @@ pub fn raw_connect_reader(server: &Server) -> UnixStream {
 }
 
 fn raw_handshake(socket: &std::path::Path, write: bool) -> UnixStream {
-    let mut s = UnixStream::connect(socket).unwrap();
+    let s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let flags: u16 = if write { 1 } else { 0 };
-    let mut hello = b"APc1\x01\x00".to_vec();
-    hello.extend_from_slice(&flags.to_le_bytes());
-    s.write_all(&hello).unwrap();
-    let mut hello = [0u8; 32];
-    s.read_exact(&mut hello).unwrap();
-    assert_eq!(&hello[0..4], b"APs1");
-    assert_eq!(u16::from_le_bytes([hello[6], hello[7]]), 0, "status ok");
+    let (_hello, fds) = arrowpool::client::handshake(&s, write).expect("handshake");
+    drop(fds);
     s
 }
 

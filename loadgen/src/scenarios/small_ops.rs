@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
@@ -16,9 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use arrowpool::protocol::frame::{write_frame, Header, HEADER_LEN, REPLY_BODY_MAX};
 use arrowpool::protocol::get::{Get, Located};
-use arrowpool::protocol::handshake::{
-    ClientHello, ServerHello, PROTOCOL_VERSION, SERVER_HELLO_LEN, STATUS_OK,
-};
 use arrowpool::protocol::release::Release;
 use arrowpool::protocol::{ErrorReply, Kind};
 use hdrhistogram::Histogram;
@@ -124,35 +120,13 @@ fn run_op(r: &mut Run, op: Op) -> Result<Throughput> {
     })
 }
 
-/// Connects and does the handshake as a reader.
+/// Connects and does the handshake as a reader (the library's handshake; the
+/// descriptors are not needed for pings and gets that are never read).
 fn connect(socket: &Path) -> Result<UnixStream> {
-    let mut stream = UnixStream::connect(socket)
+    let stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    stream.write_all(
-        &ClientHello {
-            version: PROTOCOL_VERSION,
-            flags: 0,
-        }
-        .encode(),
-    )?;
-    let mut reply = [0u8; SERVER_HELLO_LEN];
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut got = 0;
-    while got < SERVER_HELLO_LEN {
-        let n = arrowpool::sys::recv_with_fds(stream.as_fd(), &mut reply[got..], &mut fds)?;
-        if n == 0 {
-            bail!("the server closed the connection during the handshake");
-        }
-        got += n;
-    }
+    let (_hello, fds) = arrowpool::client::handshake(&stream, false)?;
     drop(fds);
-    let hello = ServerHello::decode(&reply).context("bad server hello")?;
-    if hello.status != STATUS_OK {
-        bail!(
-            "the server refused the connection (status {})",
-            hello.status
-        );
-    }
     Ok(stream)
 }
 
