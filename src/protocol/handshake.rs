@@ -7,9 +7,9 @@
 //!  | "APc1"  | u16 LE  | u16 LE  |      flags bit 0: WRITE (also send a writable fd)
 //!
 //! server hello (32 bytes), sent with SCM_RIGHTS carrying `fd_count` descriptors:
-//!  0         4         6         8             16            20             24
+//!  0         4         6         8             16            20            21          22         23                         32
 //!  | magic   | version | status  | arena_len   | map_align   | memory_kind | io_driver | fd_count | reserved (9 bytes, zero) |
-//!  | "APs1"  | u16 LE  | u16 LE  | u64 LE      | u32 LE      | u8 (at 20)  | u8 (21)   | u8 (22)  | 23..32                   |
+//!  | "APs1"  | u16 LE  | u16 LE  | u64 LE      | u32 LE      | u8          | u8        | u8       |                          |
 //! ```
 //! Descriptor 0 is read-only (map it `PROT_READ`); descriptor 1, present only when
 //! WRITE was asked, is read-write.
