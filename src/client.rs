@@ -20,7 +20,9 @@ use arrow_schema::{ArrowError, Schema, SchemaRef};
 use crate::arena::Mapping;
 use crate::protocol::abort::Abort;
 use crate::protocol::create::{Create, Created};
-use crate::protocol::frame::{write_frame, Header, FLAG_NO_REPLY, HEADER_LEN, REPLY_BODY_MAX};
+use crate::protocol::frame::{
+    write_frame, FrameError, Header, FLAG_NO_REPLY, HEADER_LEN, REPLY_BODY_MAX, REQUEST_BODY_MAX,
+};
 use crate::protocol::get::{Get, Located};
 use crate::protocol::handshake::{
     ClientHello, ServerHello, FLAG_WRITE, PROTOCOL_VERSION, SERVER_HELLO_LEN, STATUS_BAD_VERSION,
@@ -36,6 +38,9 @@ use crate::protocol::{ErrorCode, ErrorReply, Kind, ObjectKind};
 /// How long a request waits for its reply by default; `wait` and `ingest`
 /// adjust it (see `Client::set_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a request encoder returns: an error when the request breaks a limit.
+type Encoded = std::result::Result<(), FrameError>;
 
 /// Default socket path of `arrowpoold`.
 pub const DEFAULT_SOCKET: &str = "/tmp/arrowpool.sock";
@@ -62,6 +67,9 @@ pub enum ClientError {
     /// The server did not answer in time (`Client::set_timeout`); the connection
     /// was closed, since a late reply would be out of step.
     TimedOut(Duration),
+    /// The request breaks a protocol limit (a name over 255 bytes, a path over
+    /// 4096, a body over 64 KiB...); it was not sent.
+    InvalidRequest(FrameError),
 }
 
 impl ClientError {
@@ -88,6 +96,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Server(e) => write!(f, "server error {e}"),
             ClientError::Disconnected(m) => write!(f, "connection to arrowpoold lost: {m}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::InvalidRequest(e) => write!(f, "request not sent: {e}"),
             ClientError::Arrow(e) => write!(f, "arrow: {e}"),
             ClientError::OutOfBounds { offset, length } => {
                 write!(
@@ -254,7 +263,7 @@ impl Client {
         conn.stream.get_ref().set_read_timeout(timeout).ok();
     }
 
-    fn request(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+    fn request(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>) -> Encoded) -> Result<Vec<u8>> {
         self.request_within(kind, None, encode)
     }
 
@@ -264,7 +273,7 @@ impl Client {
         &self,
         kind: Kind,
         timeout: Option<Option<Duration>>,
-        encode: impl FnOnce(&mut Vec<u8>),
+        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         let limit = timeout.unwrap_or(conn.timeout);
@@ -284,12 +293,29 @@ impl Client {
         result
     }
 
-    fn exchange(conn: &mut Conn, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
-        let id = conn.next_id;
-        conn.next_id += 1;
+    fn exchange(
+        conn: &mut Conn,
+        kind: Kind,
+        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+    ) -> Result<Vec<u8>> {
         let mut out = std::mem::take(&mut conn.out);
         out.clear();
-        write_frame(&mut out, id, kind as u16, 0, encode);
+        let mut encoded = Ok(());
+        write_frame(&mut out, conn.next_id, kind as u16, 0, |o| {
+            encoded = encode(o)
+        });
+        if encoded.is_ok() && out.len() - HEADER_LEN > REQUEST_BODY_MAX {
+            encoded = Err(FrameError::TooLarge {
+                len: out.len() - HEADER_LEN,
+                max: REQUEST_BODY_MAX,
+            });
+        }
+        if let Err(e) = encoded {
+            conn.out = out;
+            return Err(ClientError::InvalidRequest(e));
+        }
+        let id = conn.next_id;
+        conn.next_id += 1;
         let sent = conn.stream.get_mut().write_all(&out);
         conn.out = out;
         sent.map_err(|e| ClientError::Disconnected(e.to_string()))?;
@@ -334,7 +360,7 @@ impl Client {
     }
 
     pub fn ping(&self) -> Result<()> {
-        self.request(Kind::Ping, |_| {}).map(|_| ())
+        self.request(Kind::Ping, |_| Ok(())).map(|_| ())
     }
 
     /// Creates an object, lets `write` fill it in the arena, then seals it.
@@ -372,7 +398,8 @@ impl Client {
                     object_id: created.object_id,
                     length: written as u64,
                 }
-                .encode(o)
+                .encode(o);
+                Ok(())
             })?;
             Ok((Self::decode(body, Sealed::decode)?, written as u64))
         })();
@@ -380,7 +407,10 @@ impl Client {
             let abort = Abort {
                 object_id: created.object_id,
             };
-            let _ = self.request(Kind::Abort, |o| abort.encode(o));
+            let _ = self.request(Kind::Abort, |o| {
+                abort.encode(o);
+                Ok(())
+            });
         }
         result
     }
@@ -522,11 +552,11 @@ impl Client {
     }
 
     pub fn list(&self) -> Result<Vec<ListEntry>> {
-        Self::json(self.request(Kind::List, |_| {})?)
+        Self::json(self.request(Kind::List, |_| Ok(()))?)
     }
 
     pub fn stats(&self) -> Result<StatsReply> {
-        Self::json(self.request(Kind::Stats, |_| {})?)
+        Self::json(self.request(Kind::Stats, |_| Ok(()))?)
     }
 
     /// Waits until `name` has a version newer than `after`; returns it.

@@ -299,3 +299,28 @@ fn read_only_connection_cannot_write() {
     drop(s); // its lease goes with it
     assert_intact(&server, &keep);
 }
+
+/// An over-long name or path was silently cut by the encoder (and could be
+/// cut inside a UTF-8 character). The client now refuses to send it and says
+/// why; the connection stays usable.
+#[test]
+fn client_refuses_requests_over_the_protocols_limits() {
+    let (server, keep) = server_with_table();
+    let c = server.client();
+    let long_name = "n".repeat(300);
+    for e in [
+        c.get(&long_name).map(|_| ()).unwrap_err(),
+        c.delete("").unwrap_err(),
+        c.ingest(&"/p".repeat(3000), "t", &[])
+            .map(|_| ())
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(e, arrowpool::ClientError::InvalidRequest(_)),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("request not sent"), "{e}");
+    }
+    c.ping().unwrap();
+    assert_intact(&server, &keep);
+}

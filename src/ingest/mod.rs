@@ -410,3 +410,21 @@ impl Job<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_the_environment_tokens() {
+        let s = Settings::from_env_value("pread, buffered,decode-first,unknown");
+        assert_eq!(s.read.engine, EngineChoice::Pread);
+        assert_eq!(s.read.cache, CacheChoice::Buffered);
+        assert!(s.decode_first);
+        let d = Settings::from_env_value("");
+        assert_eq!(
+            (d.read.engine, d.read.cache, d.decode_first),
+            (EngineChoice::Auto, CacheChoice::Auto, false)
+        );
+    }
+}

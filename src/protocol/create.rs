@@ -17,10 +17,12 @@ pub struct Create {
 }
 
 impl Create {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Fails, appending nothing, when the name breaks the rules `decode` checks.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        check_name(&self.name)?;
         out.push(self.object_kind as u8);
         out.extend_from_slice(&self.size.to_le_bytes());
-        put_str(out, &self.name);
+        put_str(out, &self.name)
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {

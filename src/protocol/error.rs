@@ -3,7 +3,7 @@
 //! ```text
 //! reply (kind 0xFFFF):  | code u16 | message str |
 //! ```
-use super::frame::{put_str, BodyReader, FrameError};
+use super::frame::{put_str_truncated, BodyReader, FrameError};
 
 /// Why a request failed. Numbers are part of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl ErrorReply {
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.code as u16).to_le_bytes());
-        put_str(out, &self.message);
+        put_str_truncated(out, &self.message);
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {

@@ -194,12 +194,25 @@ impl<'a> BodyReader<'a> {
     }
 }
 
-/// Appends a u16-length-prefixed string. Callers keep strings under 64 KiB
-/// (names are checked against `NAME_MAX`, paths against `PATH_MAX`).
-pub fn put_str(out: &mut Vec<u8>, s: &str) {
-    let len = s.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(len as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..len]);
+/// Appends a u16-length-prefixed string; one longer than 65535 bytes is an
+/// error (nothing is appended), never silently cut.
+pub fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), FrameError> {
+    let len = u16::try_from(s.len())
+        .map_err(|_| FrameError::Malformed("string longer than 65535 bytes"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// `put_str` for text the sender writes for people (error messages): cut at
+/// the last character boundary within 65535 bytes instead of refused.
+pub fn put_str_truncated(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
 #[cfg(test)]
@@ -247,5 +260,26 @@ mod tests {
         assert!(matches!(r.str("name"), Err(FrameError::Malformed(_))));
         let mut r = BodyReader::new(&[2, 0, 0xff, 0xfe]);
         assert!(matches!(r.str("name"), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn over_long_strings_are_an_error_not_cut() {
+        let mut out = vec![7];
+        let long = "é".repeat(40_000); // 80000 bytes
+        assert!(put_str(&mut out, &long).is_err());
+        assert_eq!(out, [7], "nothing appended");
+        put_str(&mut out, "ok").unwrap();
+        assert_eq!(out, [7, 2, 0, b'o', b'k']);
+    }
+
+    #[test]
+    fn truncated_text_ends_on_a_character_boundary() {
+        let mut out = Vec::new();
+        // Two-byte characters: byte 65535 is the middle of one.
+        let long = "é".repeat(40_000);
+        put_str_truncated(&mut out, &long);
+        let len = u16::from_le_bytes([out[0], out[1]]) as usize;
+        assert_eq!(len, 65_534, "one byte short: no half character");
+        assert!(std::str::from_utf8(&out[2..]).is_ok());
     }
 }

@@ -14,8 +14,10 @@ pub struct Get {
 }
 
 impl Get {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        put_str(out, &self.name);
+    /// Fails, appending nothing, when the name breaks the rules `decode` checks.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        check_name(&self.name)?;
+        put_str(out, &self.name)
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {

@@ -17,13 +17,29 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        put_str(out, &self.name);
-        put_str(out, &self.path);
-        out.extend_from_slice(&(self.columns.len() as u16).to_le_bytes());
-        for c in &self.columns {
-            put_str(out, c);
+    /// Fails, appending nothing, when the request breaks the limits `decode`
+    /// checks (name rules, `PATH_MAX`, `COLUMNS_MAX`, 65535-byte strings).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        check_name(&self.name)?;
+        if self.path.is_empty() || self.path.len() > PATH_MAX {
+            return Err(FrameError::Malformed(
+                "path is empty or longer than 4096 bytes",
+            ));
         }
+        if self.columns.len() > COLUMNS_MAX {
+            return Err(FrameError::Malformed("more than 4096 columns"));
+        }
+        let start = out.len();
+        let result = (|| {
+            put_str(out, &self.name)?;
+            put_str(out, &self.path)?;
+            out.extend_from_slice(&(self.columns.len() as u16).to_le_bytes());
+            self.columns.iter().try_for_each(|c| put_str(out, c))
+        })();
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {

@@ -162,6 +162,25 @@ impl Request {
         })
     }
 
+    /// Encodes the request's body (the inverse of `decode`). Fails, appending
+    /// nothing, when the request breaks a limit `decode` would refuse.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        match self {
+            Request::Ping(r) => r.encode(out),
+            Request::Create(r) => return r.encode(out),
+            Request::Seal(r) => r.encode(out),
+            Request::Abort(r) => r.encode(out),
+            Request::Get(r) => return r.encode(out),
+            Request::Release(r) => r.encode(out),
+            Request::Delete(r) => return r.encode(out),
+            Request::List(r) => r.encode(out),
+            Request::Stats(r) => r.encode(out),
+            Request::Wait(r) => return r.encode(out),
+            Request::Ingest(r) => return r.encode(out),
+        }
+        Ok(())
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Request::Ping(_) => Kind::Ping,

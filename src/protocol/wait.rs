@@ -21,10 +21,12 @@ pub struct Wait {
 }
 
 impl Wait {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Fails, appending nothing, when the name breaks the rules `decode` checks.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        check_name(&self.name)?;
         out.extend_from_slice(&self.after.to_le_bytes());
         out.extend_from_slice(&self.timeout_ms.to_le_bytes());
-        put_str(out, &self.name);
+        put_str(out, &self.name)
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, FrameError> {

@@ -149,9 +149,12 @@ fn drive(mut stream: UnixStream, op: Op, duration: Duration) -> Result<(Histogra
     let (mut filled, mut parsed) = (0usize, 0usize);
     let mut active = 0usize; // operations started and not finished
     let deadline = Instant::now() + duration;
-    let name = Get {
+    // The same get body every time: encoded once.
+    let mut get_body = Vec::new();
+    Get {
         name: MAIN_NAME.into(),
-    };
+    }
+    .encode(&mut get_body)?;
     loop {
         let open = Instant::now() < deadline;
         while open && active < IN_FLIGHT {
@@ -162,7 +165,7 @@ fn drive(mut stream: UnixStream, op: Op, duration: Duration) -> Result<(Histogra
             };
             write_frame(&mut out, next_id, kind as u16, 0, |o| {
                 if kind == Kind::Get {
-                    name.encode(o)
+                    o.extend_from_slice(&get_body)
                 }
             });
             queue.push_back(Pending {
