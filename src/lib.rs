@@ -7,28 +7,44 @@
 //! arrays that point straight into it.
 //!
 //! # Layout
+//! Listed bottom-up: each module uses only those above it (no cycles).
+//! ```text
+//! util, sys            alloc ─> store ─> protocol (wire; uses store::ObjectKind)
+//! arena, ipc ────────────┴───────┴─> pool (arena + store + the one put) ─> ingest ─> server
+//!                                                       client (protocol, arena, ipc, sys)
+//! ```
+//! - [`util`]: byte-size parsing and formatting, thread placement.
+//! - [`sys`]: raw descriptor passing (SCM_RIGHTS).
+//! - [`alloc`]: the offset allocator over the arena (best fit, aligned, merging).
+//! - [`store`]: the object table: names, versions, leases, LRU eviction,
+//!   capacity. Pure bookkeeping with its own result types; knows nothing of the
+//!   wire.
 //! - [`arena`]: the shared-memory arena: memfd, hugepages and fallbacks, mapping,
 //!   pages allocated ahead.
-//! - [`alloc`]: the offset allocator over the arena (best fit, aligned, merging).
-//! - [`store`]: the object table: names, versions, leases, LRU eviction, capacity.
-//! - [`protocol`]: the wire format: frame header, handshake, one file per request
-//!   kind (encode + decode shared by server and client).
-//! - [`server`]: the thread-per-core compio (io_uring) server: listener, connections,
-//!   request handling, shared state.
 //! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, zero-copy
 //!   opening; `ipc/check.rs` the seal-time check of a file (structure, then
 //!   every column on every core), `ipc/layout.rs` what is checked per array.
-//! - [`ingest`]: Parquet -> arena, done by the server: io_uring reads of the
+//! - [`protocol`]: the wire format: frame header, handshake, one file per request
+//!   kind (encode + decode shared by server and client).
+//! - [`pool`]: the arena and the object table together, and the one put path
+//!   (reserve, write, seal with the table check) that socket clients and the
+//!   server's own writers share.
+//! - [`ingest`]: Parquet -> pool, done by the server: io_uring reads of the
 //!   projected column chunks, a push decoder per row group on every core, the
 //!   IPC file written into the arena while decoding (see docs/INGEST.md).
-//! - [`client`]: the Rust client: zero-copy `RecordBatch`es that hold a lease.
-//! - [`sys`]: raw descriptor passing (SCM_RIGHTS). With `arena`, `client`, `ipc/{mod,check}.rs`,
-//!   `server/shared.rs` and `ingest/{engine,buffer,read}.rs` (io_uring
-//!   submissions, aligned read buffers), the only places with `unsafe`; every
-//!   other module denies it.
-//! - [`util`]: byte-size parsing and formatting.
+//! - [`server`]: the thread-per-core compio (io_uring) server: listener,
+//!   connections, `server/requests/` (one file per request kind, errors turned
+//!   into replies), shared state.
+//! - [`client`]: the Rust client: the handshake, zero-copy `RecordBatch`es that
+//!   hold a lease.
 //!
-//! Binaries: `arrowpoold` (server) and `arrowpool` (CLI) in `src/bin/`.
+//! `unsafe` lives only in `arena`, `sys`, `client`, `ipc/{mod,check}.rs`,
+//! `pool` and `ingest/{engine,buffer,read}.rs` (io_uring submissions, aligned
+//! read buffers); the crate root denies it everywhere else.
+//!
+//! Binaries (feature `cli`, on by default): `arrowpoold` (server) and
+//! `arrowpool` (CLI) in `src/bin/`; with `default-features = false` the library
+//! carries none of their crates (clap, anyhow, indicatif, signal-hook).
 
 // `unsafe` is denied everywhere but in the modules fenced here (and, inside
 // `ingest` and `ipc`, the files those allow it in), so that a new file cannot
