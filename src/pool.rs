@@ -32,7 +32,10 @@ pub struct Pool {
     pub versions_changed: event_listener::Event,
 }
 
-/// Why reserving or sealing failed. The pending object, if any, was aborted.
+/// Why reserving or sealing failed. A reservation whose pages could not be
+/// allocated, and a table the check refused, are aborted; after a store error
+/// (unknown object, a seal longer than the reservation) the object stays as it
+/// was, for its owner to seal correctly or abort.
 #[derive(Debug)]
 pub enum PoolError {
     /// The object table refused (no room, unknown object, a limit...).
@@ -168,8 +171,9 @@ impl Pool {
 
     /// A server-side put: reserves `size` bytes, lets `write` fill them through
     /// the server's own mapping (returning the bytes written and anything else
-    /// it wants to hand back), then seals. On any failure the reservation is
-    /// aborted and the writer's own error comes back as `PutError::Write`.
+    /// it wants to hand back), then seals. Returns the seal, the bytes written
+    /// and the writer's extra. On any failure the reservation is aborted and
+    /// the writer's own error comes back as `PutError::Write`.
     pub fn put<T, E>(
         &self,
         conn: ConnId,
@@ -177,7 +181,7 @@ impl Pool {
         kind: ObjectKind,
         size: u64,
         write: impl FnOnce(&mut [u8]) -> Result<(usize, T), E>,
-    ) -> Result<(SealInfo, T), PutError<E>> {
+    ) -> Result<(SealInfo, usize, T), PutError<E>> {
         let r = self
             .reserve(conn, name, kind, size)
             .map_err(PutError::Pool)?;
@@ -191,7 +195,7 @@ impl Pool {
         let sealed = self
             .seal(conn, r.object_id, written as u64)
             .map_err(PutError::Pool)?;
-        Ok((sealed, extra))
+        Ok((sealed, written, extra))
     }
 
     #[allow(clippy::mut_from_ref)] // exclusive by the pending object's ownership

@@ -39,7 +39,7 @@ use arrowpool::protocol::ingest::IngestReply;
 use arrowpool::protocol::list::ListEntry;
 use arrowpool::protocol::seal::Sealed;
 use arrowpool::protocol::stats::StatsReply;
-use arrowpool::protocol::{wait, Request};
+use arrowpool::protocol::{wait, ErrorCode, Kind, Request};
 use arrowpool::Client;
 use common::{frame, pstr, table, Server};
 
@@ -55,18 +55,19 @@ const WAIT_MS_MAX: u32 = 20;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const NONEXISTENT: &str = "/nonexistent/arrowpool-fuzz/";
 
-const KIND_PING: u16 = 1;
-const KIND_CREATE: u16 = 2;
-const KIND_SEAL: u16 = 3;
-const KIND_ABORT: u16 = 4;
-const KIND_RELEASE: u16 = 6;
-const KIND_WAIT: u16 = 10;
-const KIND_SHUTDOWN: u16 = 0xFFFE;
-const KIND_ERROR: u16 = 0xFFFF;
-const MALFORMED: u16 = 1;
-const UNKNOWN_KIND: u16 = 2;
-const INVALID_OBJECT: u16 = 5;
-const INVALID_DATA: u16 = 7;
+// The library's numbers (the golden fixture checks them against PROTOCOL.md).
+const KIND_PING: u16 = Kind::Ping as u16;
+const KIND_CREATE: u16 = Kind::Create as u16;
+const KIND_SEAL: u16 = Kind::Seal as u16;
+const KIND_ABORT: u16 = Kind::Abort as u16;
+const KIND_RELEASE: u16 = Kind::Release as u16;
+const KIND_WAIT: u16 = Kind::Wait as u16;
+const KIND_SHUTDOWN: u16 = Kind::Shutdown as u16;
+const KIND_ERROR: u16 = Kind::Error as u16;
+const MALFORMED: u16 = ErrorCode::Malformed as u16;
+const UNKNOWN_KIND: u16 = ErrorCode::UnknownKind as u16;
+const INVALID_OBJECT: u16 = ErrorCode::InvalidObject as u16;
+const INVALID_DATA: u16 = ErrorCode::InvalidData as u16;
 
 // ---------------------------------------------------------------------------
 // Configuration and randomness

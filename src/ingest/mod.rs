@@ -312,8 +312,7 @@ impl Job<'_> {
                     while let Some((u, batches)) = queue.pop() {
                         writer.unit_done(u, batches)?;
                     }
-                    let (len, write) = writer.finish()?;
-                    Ok::<_, IngestError>((len, (len, write)))
+                    writer.finish()
                 });
             if put.is_err() {
                 queue.abandon();
@@ -330,7 +329,7 @@ impl Job<'_> {
         // incomplete write.
         let abandoned = queue.is_abandoned();
         match (put, decoded) {
-            (Ok((sealed, (written, write))), Ok(decoded)) => Ok(Done {
+            (Ok((sealed, written, write)), Ok(decoded)) => Ok(Done {
                 sealed,
                 written,
                 decoded,
@@ -387,12 +386,10 @@ impl Job<'_> {
             .map_err(|e| IngestError::Internal(e.to_string()))?;
         let prepare = self.prepare();
         let size = layout.file_len() as u64;
-        let (sealed, (written, write)) = self
+        let (sealed, written, write) = self
             .pool
             .put(self.conn, self.name, ObjectKind::Table, size, |dest| {
-                let (written, write) =
-                    write::write(dest, self.schema, &batches, &layout, self.threads, &prepare)?;
-                Ok::<_, arrow_schema::ArrowError>((written, (written, write)))
+                write::write(dest, self.schema, &batches, &layout, self.threads, &prepare)
             })
             .map_err(|e| match e {
                 PutError::Pool(err) => self.store_error(err),

@@ -102,12 +102,16 @@ fn check_batches(batches: &[RecordBatch], file_bytes: usize) -> Result<(), Check
         }
         check_array(&column.to_data(), &name).map_err(CheckError::Invalid)
     };
+    // Small files (most puts) are checked here, without asking the kernel
+    // anything.
+    if file_bytes < PARALLEL_CHECK_BYTES || units.len() < 2 {
+        return units.iter().try_for_each(check);
+    }
     // The process's cores, not the calling thread's: a server core thread is
     // pinned to one, and helpers spawned from it unpin themselves.
     let threads = rustix::thread::sched_getaffinity(Some(rustix::process::getpid()))
-        .map_or(1, |set| set.count() as usize)
-        .max(1);
-    if file_bytes < PARALLEL_CHECK_BYTES || threads < 2 || units.len() < 2 {
+        .map_or(1, |set| set.count() as usize);
+    if threads < 2 {
         return units.iter().try_for_each(check);
     }
     let next = AtomicUsize::new(0);

@@ -1,5 +1,5 @@
 //! One client connection on a core: handshake, then a loop that reads frames,
-//! hands decoded requests to `handler`, and writes the replies back in order.
+//! hands decoded requests to `requests`, and writes the replies back in order.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -131,8 +131,12 @@ async fn process(
         let body = &inbuf[pos + crate::protocol::HEADER_LEN..pos + header.frame_len()];
         match Request::decode(header.kind, body) {
             Ok(req) => {
-                let ctx = Ctx { shared, conn };
-                handle(&ctx, access, header.request_id, header.flags, req, out).await
+                let ctx = Ctx {
+                    shared,
+                    conn,
+                    access,
+                };
+                handle(&ctx, header.request_id, header.flags, req, out).await
             }
             // A release sent with NO_REPLY gets nothing back, not even an error:
             // its sender does not wait for a reply, so one would put it out of step.

@@ -35,10 +35,11 @@ pub enum Access {
     Write,
 }
 
-/// The connection a request came from.
+/// The connection a request came from, and what its handshake allows.
 pub struct Ctx<'a> {
     pub shared: &'a Arc<Shared>,
     pub conn: ConnId,
+    pub access: Access,
 }
 
 /// A successful reply body, or an error.
@@ -70,14 +71,7 @@ fn writes(kind: Kind) -> bool {
 }
 
 /// Handles one request and appends its reply frame (if any) to `out`.
-pub async fn handle(
-    ctx: &Ctx<'_>,
-    access: Access,
-    request_id: u64,
-    flags: u16,
-    req: Request,
-    out: &mut Vec<u8>,
-) {
+pub async fn handle(ctx: &Ctx<'_>, request_id: u64, flags: u16, req: Request, out: &mut Vec<u8>) {
     let kind = req.kind();
     let no_reply = kind == Kind::Release && flags & FLAG_NO_REPLY != 0;
     let reply = if ctx.shared.shutting_down.load(Ordering::Relaxed)
@@ -87,7 +81,7 @@ pub async fn handle(
             ErrorCode::ShuttingDown,
             "the server is shutting down",
         ))
-    } else if access == Access::Read && writes(kind) {
+    } else if ctx.access == Access::Read && writes(kind) {
         Err(ErrorReply::new(
             ErrorCode::ReadOnly,
             format!(
