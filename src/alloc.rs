@@ -17,6 +17,8 @@ pub const GRANULE_BYTES: u64 = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Allocator {
+    /// The range managed is `[start, start + capacity)`.
+    start: u64,
     capacity: u64,
     by_size: BTreeSet<(u64, u64)>,
     by_offset: BTreeMap<u64, u64>,
@@ -33,8 +35,16 @@ pub fn round_up(n: u64) -> u64 {
 impl Allocator {
     /// An allocator over `[0, capacity)`; `capacity` is rounded down to the granule.
     pub fn new(capacity: u64) -> Self {
-        let capacity = capacity / GRANULE_BYTES * GRANULE_BYTES;
+        Self::over(0, capacity)
+    }
+
+    /// An allocator over `[start, end)`, both rounded to the granule (start up,
+    /// end down). Offsets it hands out are absolute, so alignment is too.
+    pub fn over(start: u64, end: u64) -> Self {
+        let start = round_up(start);
+        let capacity = (end / GRANULE_BYTES * GRANULE_BYTES).saturating_sub(start);
         let mut a = Allocator {
+            start,
             capacity,
             by_size: BTreeSet::new(),
             by_offset: BTreeMap::new(),
@@ -42,7 +52,7 @@ impl Allocator {
             free_bytes: 0,
         };
         if capacity > 0 {
-            a.insert_free(0, capacity);
+            a.insert_free(start, capacity);
         }
         a
     }
@@ -155,7 +165,7 @@ impl Allocator {
             self.by_offset.iter().map(|(&o, &s)| (o, s, true)).collect();
         ranges.extend(self.live.iter().map(|(&o, &s)| (o, s, false)));
         ranges.sort();
-        let mut cursor = 0;
+        let mut cursor = self.start;
         let mut prev_free = false;
         for &(o, s, is_free) in &ranges {
             assert!(o >= cursor, "ranges overlap at offset {o}");
@@ -170,7 +180,7 @@ impl Allocator {
             prev_free = is_free;
             cursor = o + s;
         }
-        assert!(cursor <= self.capacity, "range past capacity");
+        assert!(cursor <= self.start + self.capacity, "range past capacity");
         let free: u64 = self.by_offset.values().sum();
         let live: u64 = self.live.values().sum();
         assert_eq!(free, self.free_bytes, "free byte count drifted");
@@ -203,6 +213,19 @@ mod tests {
         a.alloc(4096, 4096).unwrap();
         let (o, _) = a.alloc(3 << 20, 2 << 20).unwrap();
         assert_eq!(o % (2 << 20), 0);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn a_range_allocator_hands_out_absolute_offsets() {
+        let mut a = Allocator::over(1 << 20, 3 << 20);
+        assert_eq!(a.capacity(), 2 << 20);
+        let (o, s) = a.alloc(4096, 4096).unwrap();
+        assert_eq!((o, s), (1 << 20, 4096));
+        let (o2, _) = a.alloc(4096, 2 << 20).unwrap();
+        assert_eq!(o2, 2 << 20, "alignment is absolute");
+        assert!(a.alloc(2 << 20, 4096).is_none());
+        a.free(o, s);
         a.check_invariants();
     }
 

@@ -16,14 +16,17 @@
 //! - [`util`]: byte-size parsing and formatting, thread placement.
 //! - [`sys`]: raw descriptor passing (SCM_RIGHTS).
 //! - [`alloc`]: the offset allocator over the arena (best fit, aligned, merging).
-//! - [`store`]: the object table: names, versions, leases, LRU eviction,
-//!   capacity. Pure bookkeeping with its own result types; knows nothing of the
-//!   wire.
+//! - [`store`]: the object table: chunks (arena allocations, counted by the
+//!   versions that reference them), versions, names, leases, LRU eviction,
+//!   capacity, the arena's regions. Pure bookkeeping with its own result types;
+//!   knows nothing of the wire.
 //! - [`arena`]: the shared-memory arena: memfd, hugepages and fallbacks, mapping,
 //!   pages allocated ahead.
 //! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, zero-copy
 //!   opening; `ipc/check.rs` the seal-time check of a file (structure, then
-//!   every column on every core), `ipc/layout.rs` what is checked per array.
+//!   every column on every core), `ipc/layout.rs` what is checked per array,
+//!   `ipc/manifest.rs` a table version as an IPC file spanning the arena
+//!   (messages low, chunks between, footer high).
 //! - [`protocol`]: the wire format: frame header, handshake, one file per request
 //!   kind (encode + decode shared by server and client).
 //! - [`pool`]: the arena and the object table together, and the one put path

@@ -3,8 +3,10 @@
 //!
 //! Every put goes through the same three steps, whoever writes the bytes:
 //! ```text
-//! reserve (store.create + pages allocated) ─> the writer fills the range ─> seal (table check + store.seal + notify)
-//!        └──────────── any failure: the pending object is aborted, nothing becomes visible ────────────┘
+//! reserve (store.create + pages allocated) ─> the writer fills the chunk ─> seal
+//!        └──── any failure: the pending chunk is aborted, nothing becomes visible ────┘
+//! seal of a table: check the IPC file ─> its manifest (ipc::manifest) ─> reserve manifest room
+//!                  ─> write messages and footer ─> store.seal_table + notify
 //! ```
 //! A socket client writes through its own mapping between `reserve` and `seal`
 //! (two requests); the server's own writers (ingest) use `put`, which runs all
@@ -16,9 +18,14 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use arrow_schema::ArrowError;
+
 use crate::arena::{Arena, ArenaError};
+use crate::ipc::manifest::{Manifest, ARENA_MAGIC};
 use crate::ipc::CheckError;
-use crate::store::{ConnId, ObjectId, ObjectKind, Reservation, SealInfo, Store, StoreError};
+use crate::store::{
+    ConnId, ObjectId, ObjectKind, Reservation, SealInfo, Store, StoreError, MAGIC_BYTES,
+};
 
 /// The shared state every put and get goes through.
 #[derive(Debug)]
@@ -50,6 +57,12 @@ pub enum PoolError {
         object_id: ObjectId,
         error: CheckError,
     },
+    /// A checked table's manifest could not be made (a bug, not the writer's
+    /// fault); the table was aborted.
+    Manifest {
+        object_id: ObjectId,
+        error: ArrowError,
+    },
 }
 
 impl std::fmt::Display for PoolError {
@@ -63,6 +76,10 @@ impl std::fmt::Display for PoolError {
             PoolError::InvalidTable { object_id, error } => write!(
                 f,
                 "object {object_id} is not a valid Arrow IPC file ({error}); it was aborted"
+            ),
+            PoolError::Manifest { object_id, error } => write!(
+                f,
+                "object {object_id}: cannot lay out its manifest ({error}); it was aborted"
             ),
         }
     }
@@ -95,14 +112,24 @@ impl<E: std::fmt::Display> std::fmt::Display for PutError<E> {
 impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for PutError<E> {}
 
 impl Pool {
-    /// A pool over `arena`; large objects are aligned to its hugepages, if any.
-    pub fn new(arena: Arena) -> Pool {
+    /// A pool over `arena`; large objects are aligned to its hugepages, if
+    /// any. Writes the file magic every table version starts with at offset 0.
+    pub fn new(arena: Arena) -> Result<Pool, ArenaError> {
         let store = Store::new(arena.len(), arena.kind().large_object_align());
-        Pool {
+        let magic = MAGIC_BYTES.min(arena.len());
+        arena.ensure_allocated(0, magic)?;
+        let pool = Pool {
             arena,
             store: Mutex::new(store),
             versions_changed: event_listener::Event::new(),
+        };
+        // SAFETY: the magic's granule belongs to no chunk or manifest (the
+        // store never hands it out) and nobody has a mapping yet: the server
+        // starts listening after the pool exists.
+        if let Some(head) = unsafe { pool.arena.mapping().slice_mut(0, ARENA_MAGIC.len() as u64) } {
+            head.copy_from_slice(ARENA_MAGIC);
         }
+        Ok(pool)
     }
 
     /// Locks the object table. A panic while holding it cannot leave it
@@ -143,30 +170,106 @@ impl Pool {
             }
             .into());
         }
-        let rows = match pending.kind {
-            ObjectKind::Table => match self.check_table(pending.offset, length, id) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    let _ = self.store().abort(conn, id);
-                    return Err(e);
-                }
-            },
-            ObjectKind::Bytes => 0,
+        let sealed = match pending.kind {
+            ObjectKind::Table => {
+                let manifest = match self.check_table(pending.offset, length, id) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = self.store().abort(conn, id);
+                        return Err(e);
+                    }
+                };
+                self.publish_table(conn, id, length, &manifest)?
+            }
+            ObjectKind::Bytes => self.store().seal(conn, id, length, 0)?,
         };
-        let sealed = self.store().seal(conn, id, length, rows)?;
         self.versions_changed.notify(usize::MAX);
         Ok(sealed)
     }
 
-    fn check_table(&self, offset: u64, len: u64, object_id: ObjectId) -> Result<u64, PoolError> {
+    /// Checks the IPC file a pending chunk holds and returns its manifest.
+    fn check_table(
+        &self,
+        offset: u64,
+        len: u64,
+        object_id: ObjectId,
+    ) -> Result<Manifest, PoolError> {
         let bytes = self
             .arena
             .mapping()
             .slice(offset, len)
             .ok_or(PoolError::OutsideArena { offset, len })?;
         crate::ipc::check_file(bytes)
-            .map(|summary| summary.rows)
-            .map_err(|error| PoolError::InvalidTable { object_id, error })
+            .map_err(|error| PoolError::InvalidTable { object_id, error })?;
+        Manifest::from_file(bytes, offset).map_err(|error| PoolError::InvalidTable {
+            object_id,
+            error: CheckError::Invalid(error),
+        })
+    }
+
+    /// Writes `manifest` (whose buffers lie in pending chunk `id`) into the
+    /// manifest regions and publishes the chunk as a table version. On any
+    /// failure the chunk and the manifest room are aborted.
+    fn publish_table(
+        &self,
+        conn: ConnId,
+        id: ObjectId,
+        length: u64,
+        manifest: &Manifest,
+    ) -> Result<SealInfo, PoolError> {
+        let abort = |space: Option<ObjectId>, e: PoolError| {
+            let mut store = self.store();
+            if let Some(space) = space {
+                let _ = store.abort(conn, space);
+            }
+            let _ = store.abort(conn, id);
+            e
+        };
+        let bad = |error| PoolError::Manifest {
+            object_id: id,
+            error,
+        };
+        let (low, high) = manifest.sizes().map_err(|e| abort(None, bad(e)))?;
+        let name = self.store().pending_name(conn, id)?;
+        let space = self
+            .store()
+            .reserve_manifest(conn, &name, low, high)
+            .map_err(|e| abort(None, e.into()))?;
+        let encoded = manifest
+            .encode(space.low_offset, space.high_offset)
+            .map_err(|e| abort(Some(space.id), bad(e)))?;
+        for (at, bytes) in [
+            (space.low_offset, &encoded.low),
+            (space.high_offset, &encoded.high),
+        ] {
+            self.write_manifest(at, bytes)
+                .map_err(|e| abort(Some(space.id), e))?;
+        }
+        self.store()
+            .seal_table(
+                conn,
+                id,
+                length,
+                manifest.rows(),
+                space.id,
+                encoded.file_len,
+            )
+            .map_err(|e| abort(Some(space.id), e.into()))
+    }
+
+    /// Copies manifest bytes into room `reserve_manifest` handed out.
+    fn write_manifest(&self, at: u64, bytes: &[u8]) -> Result<(), PoolError> {
+        let len = bytes.len() as u64;
+        self.arena
+            .ensure_allocated(at, len)
+            .map_err(PoolError::Memory)?;
+        // SAFETY: `[at, at + len)` lies in manifest room reserved by this
+        // connection and not yet part of any version: nobody reads it until
+        // the seal that follows publishes it, and nobody else writes it.
+        let dest = unsafe { self.arena.mapping().slice_mut(at, len) }
+            .ok_or(PoolError::OutsideArena { offset: at, len })?;
+        dest.copy_from_slice(bytes);
+        Ok(())
     }
 
     /// A server-side put: reserves `size` bytes, lets `write` fill them through

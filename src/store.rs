@@ -1,24 +1,42 @@
-//! The object table: names, versions, leases, LRU eviction, capacity.
+//! The object table: chunks, versions, names, leases, LRU eviction, capacity.
 //!
 //! This is the only state the server's cores share. It is pure bookkeeping (no
 //! I/O, no memory access) behind one small API, so that it can be tested against
 //! a model and, later, sharded by object id across cores.
 //!
-//! Lifecycle of an object:
+//! - A **chunk** is an allocation of the arena's data region that a writer
+//!   fills (`create`, then `seal` or `abort`). Sealed chunks are never written
+//!   again. A chunk is counted by the versions that reference it and freed
+//!   when none does.
+//! - A **version** is what a name points to and what a get leases: a table (its
+//!   manifest, see `ipc::manifest`, in the low and high regions, referencing
+//!   chunks) or a blob (one chunk). A version lives while it is its name's
+//!   current version or leased.
+//!
+//! Lifecycle:
 //! ```text
-//! create ──> Pending{owner} ──seal──> Sealed, current for its name ──(new seal / delete / evict)──> Sealed, not current
-//!               │                                                                                      │
-//!             abort / owner disconnects ──> freed                                   last lease released ──> freed
+//! create ──> chunk Pending{owner} ──seal──> chunk Sealed + new version, current for its name
+//!               │                                 │ (new seal / delete / evict: no longer current)
+//!             abort / owner disconnects           │ last lease released
+//!               └──> freed                        └──> version freed ──> chunks no version references freed
 //! ```
-//! A sealed object is never written; a leased object is never freed or evicted.
+//! A leased version is never freed or evicted, nor is any chunk it references.
+//!
+//! The arena is cut in three regions (`Regions`): the low one holds the
+//! manifests' batch messages (after 8 bytes of file magic at offset 0), the high
+//! one their footers, the data region between them the chunks. Every table
+//! version is then an IPC file `[0, footer end)` whose buffers lie above its
+//! messages and below its footer, whatever chunks it references.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use crate::alloc::Allocator;
+use crate::alloc::{round_up, Allocator, GRANULE_BYTES};
 use crate::util::human_bytes;
 
 pub type ConnId = u64;
+/// Chunks, versions and pending manifests share one id space: an id names one
+/// of them, never two, and is never reused.
 pub type ObjectId = u64;
 
 /// What an object holds. Tables are Arrow IPC files; bytes are opaque blobs.
@@ -55,7 +73,8 @@ pub struct SealInfo {
     pub rows: u64,
 }
 
-/// Where the current version of a name lies; the caller now holds a lease on it.
+/// Where the current version of a name lies; the caller now holds a lease on
+/// it (`object_id` is the version's id, which `release` takes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
     pub object_id: ObjectId,
@@ -66,7 +85,7 @@ pub struct Location {
     pub kind: ObjectKind,
 }
 
-/// A pending object's range, for checking its bytes before the seal.
+/// A pending chunk's range, for checking its bytes before the seal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub offset: u64,
@@ -74,7 +93,16 @@ pub struct Pending {
     pub kind: ObjectKind,
 }
 
-/// One named object (`list`).
+/// Room reserved for a table version's manifest (`reserve_manifest`): its
+/// messages go at `low_offset`, its footer at `high_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestSpace {
+    pub id: ObjectId,
+    pub low_offset: u64,
+    pub high_offset: u64,
+}
+
+/// One name and its current version (`list`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
@@ -82,13 +110,14 @@ pub struct Entry {
     pub version: u64,
     pub kind: ObjectKind,
     pub rows: u64,
+    /// Data bytes of the chunks the version references (manifest excluded).
     pub bytes: u64,
     pub leases: u64,
     /// Since the object was last read or written.
     pub idle: std::time::Duration,
 }
 
-/// Unsealed creates one connection may have at once.
+/// Unsealed creates (and manifest reservations) one connection may have at once.
 pub const PENDING_PER_CONN_MAX: usize = 64;
 /// Leases one connection may hold at once.
 pub const LEASES_PER_CONN_MAX: u64 = 1_000_000;
@@ -117,6 +146,7 @@ pub enum StoreError {
         free_bytes: u64,
         held_bytes: u64,
         largest_free_bytes: u64,
+        /// The data region's size: the most any chunk can take.
         arena_bytes: u64,
     },
     /// Unknown id, not owned by the caller, wrong state, or not leased.
@@ -125,6 +155,13 @@ pub enum StoreError {
         reason: &'static str,
     },
     LimitExceeded(&'static str),
+    /// The region that holds manifests has no room for one more (many versions
+    /// of many-batch tables): manifests of unheld versions were evicted first.
+    ManifestSpaceFull {
+        requested_bytes: u64,
+        free_bytes: u64,
+        region_bytes: u64,
+    },
     /// The sealed length is larger than the reservation.
     LengthTooLarge {
         object_id: ObjectId,
@@ -139,7 +176,7 @@ impl std::fmt::Display for StoreError {
             StoreError::NotFound { name } => write!(f, "no object named {name:?} (never put, deleted, or evicted)"),
             StoreError::OutOfMemory { requested_bytes, arena_bytes, .. } if requested_bytes > arena_bytes => write!(
                 f,
-                "object of {} can never fit: the whole arena is {}; restart arrowpoold with a larger --memory",
+                "object of {} can never fit: the arena holds at most {} of data (the rest keeps table manifests); restart arrowpoold with a larger --memory",
                 exact_if_close(*requested_bytes, *arena_bytes),
                 exact_if_close(*arena_bytes, *requested_bytes),
             ),
@@ -155,6 +192,14 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::InvalidObject { object_id, reason } => write!(f, "object {object_id}: {reason}"),
             StoreError::LimitExceeded(what) => write!(f, "limit exceeded: {what}"),
+            StoreError::ManifestSpaceFull { requested_bytes, free_bytes, region_bytes } => write!(
+                f,
+                "no room for a table manifest: {} requested, {} free of the {} the arena keeps for \
+                 manifests (it grows with --memory); delete tables or release leases",
+                human_bytes(*requested_bytes),
+                human_bytes(*free_bytes),
+                human_bytes(*region_bytes)
+            ),
             StoreError::LengthTooLarge { object_id, length, capacity } => {
                 write!(f, "object {object_id}: sealed length {length} exceeds its capacity {capacity}")
             }
@@ -175,24 +220,95 @@ fn exact_if_close(n: u64, other: u64) -> String {
     }
 }
 
+/// Bytes at the start of the arena that hold the file magic every table
+/// version's file starts with (`ipc::manifest::ARENA_MAGIC`).
+pub const MAGIC_BYTES: u64 = GRANULE_BYTES;
+
+/// How the arena is cut: `[0, MAGIC_BYTES)` the magic, `[MAGIC_BYTES,
+/// low_end)` manifests' batch messages, `[low_end, high_start)` chunks,
+/// `[high_start, end)` manifests' footers.
+///
+/// The manifest regions take 1/128 (messages, 256 KiB to 1 GiB) and 1/256
+/// (footers, 256 KiB to 256 MiB) of the arena, at most 1/16 each: a batch
+/// message costs about 64 bytes per column, a footer the schema plus 24 bytes
+/// per batch, so a 16 GiB arena holds the manifests of about a thousand versions
+/// of a 165-column table in 100 batches. Their pages are only touched as
+/// manifests are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub struct Regions {
+    pub low_end: u64,
+    pub high_start: u64,
+    pub end: u64,
+}
+
+impl Regions {
+    pub fn new(capacity: u64, large_align: u64) -> Regions {
+        let end = capacity / GRANULE_BYTES * GRANULE_BYTES;
+        let low = (end / 128).clamp(256 << 10, 1 << 30).min(end / 16);
+        let high = (end / 256).clamp(256 << 10, 256 << 20).min(end / 16);
+        // The data region starts on a large-object boundary (hugepages), unless
+        // the arena is so small that rounding would eat a quarter of it.
+        let mut low_end = round_up(MAGIC_BYTES + low);
+        if low_end.next_multiple_of(large_align) <= end / 4 {
+            low_end = low_end.next_multiple_of(large_align);
+        }
+        let high_start = end.saturating_sub(round_up(high)).max(low_end);
+        Regions {
+            low_end: low_end.min(end),
+            high_start,
+            end,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Data,
+    Low,
+    High,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
     Pending { owner: ConnId },
     Sealed,
 }
 
 #[derive(Debug, Clone)]
-struct Object {
-    name: String,
+struct Chunk {
     kind: ObjectKind,
+    /// The name the writer created it for (`seal` publishes it there).
+    name: String,
     offset: u64,
     /// Bytes reserved in the allocator (granule-rounded).
     alloc_bytes: u64,
     /// Bytes of content (set at seal).
     length: u64,
-    version: u64,
+    state: ChunkState,
+    /// Live versions that reference it; 0 while pending.
+    refs: u32,
+}
+
+/// A manifest's two allocations: (offset, bytes) in the low and high regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ManifestAlloc {
+    low: (u64, u64),
+    high: (u64, u64),
+}
+
+#[derive(Debug, Clone)]
+struct Version {
+    name: String,
+    number: u64,
+    kind: ObjectKind,
     rows: u64,
-    state: State,
+    /// Chunks referenced, each once.
+    chunks: Vec<ObjectId>,
+    manifest: Option<ManifestAlloc>,
+    /// What a reader opens: `[0, footer end)` for tables, the chunk for blobs.
+    offset: u64,
+    length: u64,
+    data_bytes: u64,
     leases: u64,
     /// LRU clock value of the last get or seal.
     last_use: u64,
@@ -204,6 +320,7 @@ struct Conn {
     leases: HashMap<ObjectId, u64>,
     /// Sum of `leases`' counts, kept so that the limit check on every get is O(1).
     lease_count: u64,
+    /// Pending chunks and manifest reservations.
     pending: HashSet<ObjectId>,
 }
 
@@ -216,6 +333,8 @@ pub struct StoreStats {
     pub held_bytes: u64,
     pub pending_bytes: u64,
     pub largest_free_bytes: u64,
+    /// Live versions (current or leased), pending chunks and manifest
+    /// reservations: what writers and readers hold, not how it is stored.
     pub objects: u64,
     pub names: u64,
     pub leases: u64,
@@ -225,18 +344,23 @@ pub struct StoreStats {
     pub gets: u64,
 }
 
-/// What happened to free space during an operation, so the caller can react
-/// (the server notifies waiters on `sealed`).
 #[derive(Debug)]
 pub struct Store {
-    alloc: Allocator,
+    regions: Regions,
+    data: Allocator,
+    low: Allocator,
+    high: Allocator,
     large_align: u64,
-    objects: HashMap<ObjectId, Object>,
+    chunks: HashMap<ObjectId, Chunk>,
+    versions: HashMap<ObjectId, Version>,
+    /// Manifest room reserved by a connection, not yet part of a version.
+    manifests: HashMap<ObjectId, (ConnId, ManifestAlloc)>,
+    /// Name -> its current version.
     names: HashMap<String, ObjectId>,
-    /// Last version handed out per name; survives delete so versions only grow.
+    /// Last version number handed out per name; survives delete so numbers only grow.
     last_version: HashMap<String, u64>,
     conns: HashMap<ConnId, Conn>,
-    next_object_id: ObjectId,
+    next_id: ObjectId,
     clock: u64,
     evictions: u64,
     puts: u64,
@@ -244,17 +368,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// A store over an arena of `capacity` bytes; objects of 2 MiB and more are
+    /// A store over an arena of `capacity` bytes; chunks of 2 MiB and more are
     /// aligned to `large_align`.
     pub fn new(capacity: u64, large_align: u64) -> Store {
+        let large_align = large_align.max(GRANULE_BYTES);
+        let regions = Regions::new(capacity, large_align);
         Store {
-            alloc: Allocator::new(capacity),
-            large_align: large_align.max(crate::alloc::GRANULE_BYTES),
-            objects: HashMap::new(),
+            regions,
+            data: Allocator::over(regions.low_end, regions.high_start),
+            low: Allocator::over(MAGIC_BYTES, regions.low_end),
+            high: Allocator::over(regions.high_start, regions.end),
+            large_align,
+            chunks: HashMap::new(),
+            versions: HashMap::new(),
+            manifests: HashMap::new(),
             names: HashMap::new(),
             last_version: HashMap::new(),
             conns: HashMap::new(),
-            next_object_id: 1,
+            next_id: 1,
             clock: 0,
             evictions: 0,
             puts: 0,
@@ -262,9 +393,27 @@ impl Store {
         }
     }
 
+    pub fn regions(&self) -> Regions {
+        self.regions
+    }
+
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    fn new_id(&mut self) -> ObjectId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn allocator(&mut self, region: Region) -> &mut Allocator {
+        match region {
+            Region::Data => &mut self.data,
+            Region::Low => &mut self.low,
+            Region::High => &mut self.high,
+        }
     }
 
     /// Registers a connection. Operations from unknown connections register it implicitly.
@@ -272,7 +421,17 @@ impl Store {
         self.conns.entry(conn).or_default();
     }
 
-    /// Reserves space for a new version of `name`, evicting unheld LRU objects if needed.
+    fn check_pending_limit(&mut self, conn: ConnId) -> Result<(), StoreError> {
+        if self.conns.entry(conn).or_default().pending.len() >= PENDING_PER_CONN_MAX {
+            return Err(StoreError::LimitExceeded(
+                "64 unsealed creates on one connection; seal or abort them",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reserves a chunk of `size` bytes for `name`, evicting unheld LRU
+    /// versions if needed.
     pub fn create(
         &mut self,
         conn: ConnId,
@@ -280,35 +439,24 @@ impl Store {
         kind: ObjectKind,
         size: u64,
     ) -> Result<Reservation, StoreError> {
-        let pending = self.conns.entry(conn).or_default().pending.len();
-        if pending >= PENDING_PER_CONN_MAX {
-            return Err(StoreError::LimitExceeded(
-                "64 unsealed creates on one connection; seal or abort them",
-            ));
-        }
+        self.check_pending_limit(conn)?;
         let align = if size >= LARGE_OBJECT_BYTES {
             self.large_align
         } else {
-            crate::alloc::GRANULE_BYTES
+            GRANULE_BYTES
         };
-        let (offset, alloc_bytes) = self.alloc_evicting(size.max(1), align, name)?;
-        let id = self.next_object_id;
-        self.next_object_id += 1;
-        let last_use = self.tick();
-        self.objects.insert(
+        let (offset, alloc_bytes) = self.alloc_evicting(Region::Data, size.max(1), align, name)?;
+        let id = self.new_id();
+        self.chunks.insert(
             id,
-            Object {
-                name: name.to_owned(),
+            Chunk {
                 kind,
+                name: name.to_owned(),
                 offset,
                 alloc_bytes,
                 length: 0,
-                version: 0,
-                rows: 0,
-                state: State::Pending { owner: conn },
-                leases: 0,
-                last_use,
-                last_use_at: Instant::now(),
+                state: ChunkState::Pending { owner: conn },
+                refs: 0,
             },
         );
         self.conns.entry(conn).or_default().pending.insert(id);
@@ -319,47 +467,96 @@ impl Store {
         })
     }
 
-    /// Allocates, evicting unheld objects in LRU order if needed. The current
-    /// version of `for_name` (the table being replaced) goes last: evicting it
-    /// makes the name briefly unresolvable, so it is only done when nothing else
-    /// frees enough room.
+    /// Reserves room for the manifest of a new version of `name`: `low` bytes
+    /// for its messages, `high` for its footer. `seal_table` uses it; `abort`
+    /// or the owner's disconnect gives it back.
+    pub fn reserve_manifest(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        low: u64,
+        high: u64,
+    ) -> Result<ManifestSpace, StoreError> {
+        self.check_pending_limit(conn)?;
+        let low = self.alloc_evicting(Region::Low, low.max(1), GRANULE_BYTES, name)?;
+        let high = match self.alloc_evicting(Region::High, high.max(1), GRANULE_BYTES, name) {
+            Ok(h) => h,
+            Err(e) => {
+                self.low.free(low.0, low.1);
+                return Err(e);
+            }
+        };
+        let id = self.new_id();
+        self.manifests
+            .insert(id, (conn, ManifestAlloc { low, high }));
+        self.conns.entry(conn).or_default().pending.insert(id);
+        Ok(ManifestSpace {
+            id,
+            low_offset: low.0,
+            high_offset: high.0,
+        })
+    }
+
+    /// Allocates in `region`, evicting unheld versions in LRU order if needed.
+    /// The current version of `for_name` (the one being replaced) goes last:
+    /// evicting it makes the name briefly unresolvable, so it is only done
+    /// when nothing else frees enough room.
     fn alloc_evicting(
         &mut self,
+        region: Region,
         size: u64,
         align: u64,
         for_name: &str,
     ) -> Result<(u64, u64), StoreError> {
-        if let Some(r) = self.alloc.alloc(size, align) {
+        if let Some(r) = self.allocator(region).alloc(size, align) {
             return Ok(r);
         }
         // Only evict when eviction can possibly make room: never throw away tables
         // for a request that cannot fit anyway.
         let candidates = self.evictable(for_name);
-        let evictable: u64 = candidates
+        let gain: u64 = candidates
             .iter()
-            .map(|&(_, id)| self.objects[&id].alloc_bytes)
+            .map(|&(_, id)| self.freed_by(id, region))
             .sum();
-        if self.alloc.free_bytes() + evictable >= size {
+        if self.allocator(region).free_bytes() + gain >= size {
             for (_, id) in candidates {
+                if self.freed_by(id, region) == 0 {
+                    continue;
+                }
                 self.evict(id);
-                if let Some(r) = self.alloc.alloc(size, align) {
+                if let Some(r) = self.allocator(region).alloc(size, align) {
                     return Ok(r);
                 }
             }
         }
-        Err(self.out_of_memory(size))
+        Err(self.no_room(region, size))
     }
 
-    /// Sealed, current, unleased objects, least recently used first, the current
+    /// Bytes of `region` that freeing version `id` would give back.
+    fn freed_by(&self, id: ObjectId, region: Region) -> u64 {
+        let v = &self.versions[&id];
+        match region {
+            Region::Data => v
+                .chunks
+                .iter()
+                .map(|c| &self.chunks[c])
+                .filter(|c| c.refs == 1)
+                .map(|c| c.alloc_bytes)
+                .sum(),
+            Region::Low => v.manifest.map_or(0, |m| m.low.1),
+            Region::High => v.manifest.map_or(0, |m| m.high.1),
+        }
+    }
+
+    /// Current, unleased versions, least recently used first, the current
     /// version of `last_name` at the end.
     fn evictable(&self, last_name: &str) -> Vec<((bool, u64), ObjectId)> {
         let mut v: Vec<((bool, u64), ObjectId)> = self
             .names
             .iter()
             .filter_map(|(name, id)| {
-                let o = &self.objects[id];
-                (o.leases == 0 && o.state == State::Sealed)
-                    .then_some(((name == last_name, o.last_use), *id))
+                let v = &self.versions[id];
+                (v.leases == 0).then_some(((name == last_name, v.last_use), *id))
             })
             .collect();
         v.sort_unstable();
@@ -367,59 +564,108 @@ impl Store {
     }
 
     fn evict(&mut self, id: ObjectId) {
-        let name = self.objects[&id].name.clone();
+        let name = self.versions[&id].name.clone();
         self.names.remove(&name);
         self.evictions += 1;
-        self.free_object(id);
+        self.free_version(id);
     }
 
-    fn out_of_memory(&self, requested_bytes: u64) -> StoreError {
-        let s = self.stats();
-        StoreError::OutOfMemory {
-            requested_bytes,
-            free_bytes: s.free_bytes,
-            held_bytes: s.held_bytes,
-            largest_free_bytes: s.largest_free_bytes,
-            arena_bytes: s.arena_bytes,
+    fn no_room(&self, region: Region, requested_bytes: u64) -> StoreError {
+        match region {
+            Region::Data => {
+                let s = self.stats();
+                StoreError::OutOfMemory {
+                    requested_bytes,
+                    free_bytes: self.data.free_bytes(),
+                    held_bytes: s.held_bytes,
+                    largest_free_bytes: self.data.largest_free(),
+                    arena_bytes: self.data.capacity(),
+                }
+            }
+            Region::Low | Region::High => {
+                let a = if region == Region::Low {
+                    &self.low
+                } else {
+                    &self.high
+                };
+                StoreError::ManifestSpaceFull {
+                    requested_bytes,
+                    free_bytes: a.free_bytes(),
+                    region_bytes: a.capacity(),
+                }
+            }
         }
     }
 
-    fn free_object(&mut self, id: ObjectId) {
-        let o = self.objects.remove(&id).expect("freeing a known object");
-        assert_eq!(o.leases, 0, "freeing object {id} that is still leased");
-        self.alloc.free(o.offset, o.alloc_bytes);
+    /// Frees a version that is neither current nor leased, and every chunk
+    /// no other version references.
+    fn free_version(&mut self, id: ObjectId) {
+        let v = self.versions.remove(&id).expect("freeing a known version");
+        assert_eq!(v.leases, 0, "freeing version {id} that is still leased");
+        for c in v.chunks {
+            let chunk = self.chunks.get_mut(&c).expect("referenced chunks exist");
+            chunk.refs -= 1;
+            if chunk.refs == 0 {
+                let chunk = self.chunks.remove(&c).expect("just seen");
+                self.data.free(chunk.offset, chunk.alloc_bytes);
+            }
+        }
+        if let Some(m) = v.manifest {
+            self.free_manifest(m);
+        }
     }
 
-    fn pending_owned(&self, conn: ConnId, id: ObjectId) -> Result<&Object, StoreError> {
-        let o = self.objects.get(&id).ok_or(StoreError::InvalidObject {
+    fn free_manifest(&mut self, m: ManifestAlloc) {
+        self.low.free(m.low.0, m.low.1);
+        self.high.free(m.high.0, m.high.1);
+    }
+
+    fn pending_chunk(&self, conn: ConnId, id: ObjectId) -> Result<&Chunk, StoreError> {
+        let unknown = StoreError::InvalidObject {
             object_id: id,
             reason: "unknown object id",
-        })?;
-        match o.state {
-            State::Pending { owner } if owner == conn => Ok(o),
-            State::Pending { .. } => Err(StoreError::InvalidObject {
+        };
+        let Some(c) = self.chunks.get(&id) else {
+            return Err(if self.versions.contains_key(&id) {
+                StoreError::InvalidObject {
+                    object_id: id,
+                    reason: "already sealed",
+                }
+            } else {
+                unknown
+            });
+        };
+        match c.state {
+            ChunkState::Pending { owner } if owner == conn => Ok(c),
+            ChunkState::Pending { .. } => Err(StoreError::InvalidObject {
                 object_id: id,
                 reason: "created by another connection",
             }),
-            State::Sealed => Err(StoreError::InvalidObject {
+            ChunkState::Sealed => Err(StoreError::InvalidObject {
                 object_id: id,
                 reason: "already sealed",
             }),
         }
     }
 
-    /// Where a pending object of `conn` lies, for the server to check its
+    /// Where a pending chunk of `conn` lies, for the server to check its
     /// bytes before sealing.
     pub fn pending(&self, conn: ConnId, id: ObjectId) -> Result<Pending, StoreError> {
-        let o = self.pending_owned(conn, id)?;
+        let c = self.pending_chunk(conn, id)?;
         Ok(Pending {
-            offset: o.offset,
-            capacity: o.alloc_bytes,
-            kind: o.kind,
+            offset: c.offset,
+            capacity: c.alloc_bytes,
+            kind: c.kind,
         })
     }
 
-    /// Publishes a pending object: the name moves to it atomically; the previous
+    /// The name a pending chunk was created for.
+    pub fn pending_name(&self, conn: ConnId, id: ObjectId) -> Result<String, StoreError> {
+        Ok(self.pending_chunk(conn, id)?.name.clone())
+    }
+
+    /// Publishes a pending chunk as a new version of its name, read as the
+    /// chunk itself (blobs): the name moves to it atomically; the previous
     /// version is freed now or at its last release.
     pub fn seal(
         &mut self,
@@ -428,53 +674,128 @@ impl Store {
         length: u64,
         rows: u64,
     ) -> Result<SealInfo, StoreError> {
-        let o = self.pending_owned(conn, id)?;
-        if length > o.alloc_bytes {
+        self.publish(conn, id, length, rows, None)
+    }
+
+    /// Publishes a pending chunk as a new table version whose manifest was
+    /// written into `manifest` (reserved by `conn`): readers open
+    /// `[0, file_len)` of the arena.
+    pub fn seal_table(
+        &mut self,
+        conn: ConnId,
+        id: ObjectId,
+        length: u64,
+        rows: u64,
+        manifest: ObjectId,
+        file_len: u64,
+    ) -> Result<SealInfo, StoreError> {
+        self.publish(conn, id, length, rows, Some((manifest, file_len)))
+    }
+
+    fn publish(
+        &mut self,
+        conn: ConnId,
+        id: ObjectId,
+        length: u64,
+        rows: u64,
+        manifest: Option<(ObjectId, u64)>,
+    ) -> Result<SealInfo, StoreError> {
+        let c = self.pending_chunk(conn, id)?;
+        if length > c.alloc_bytes {
             return Err(StoreError::LengthTooLarge {
                 object_id: id,
                 length,
-                capacity: o.alloc_bytes,
+                capacity: c.alloc_bytes,
             });
         }
-        let (offset, alloc_bytes, name) = (o.offset, o.alloc_bytes, o.name.clone());
+        let (offset, alloc_bytes, name, kind) = (c.offset, c.alloc_bytes, c.name.clone(), c.kind);
+        let manifest = match manifest {
+            None => None,
+            Some((mid, file_len)) => match self.manifests.get(&mid) {
+                Some(&(owner, m)) if owner == conn => Some((mid, m, file_len)),
+                _ => {
+                    return Err(StoreError::InvalidObject {
+                        object_id: mid,
+                        reason: "not a manifest reservation of this connection",
+                    })
+                }
+            },
+        };
         let new_alloc = if alloc_bytes - length <= kept_slack(length) {
             alloc_bytes
         } else {
-            self.alloc.shrink(offset, alloc_bytes, length)
+            self.data.shrink(offset, alloc_bytes, length)
         };
-        let version = {
+        let number = {
             let v = self.last_version.entry(name.clone()).or_insert(0);
             *v += 1;
             *v
         };
         let last_use = self.tick();
-        let o = self.objects.get_mut(&id).expect("checked above");
-        o.alloc_bytes = new_alloc;
-        o.length = length;
-        o.rows = rows;
-        o.version = version;
-        o.state = State::Sealed;
-        o.last_use = last_use;
-        o.last_use_at = Instant::now();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.pending.remove(&id);
-        }
-        if let Some(prev) = self.names.insert(name, id) {
-            if self.objects[&prev].leases == 0 {
-                self.free_object(prev);
+        let chunk = self.chunks.get_mut(&id).expect("checked above");
+        chunk.alloc_bytes = new_alloc;
+        chunk.length = length;
+        chunk.state = ChunkState::Sealed;
+        chunk.refs = 1;
+        let c = self.conns.entry(conn).or_default();
+        c.pending.remove(&id);
+        let (read_offset, read_length, manifest) = match manifest {
+            None => (offset, length, None),
+            Some((mid, m, file_len)) => {
+                c.pending.remove(&mid);
+                self.manifests.remove(&mid);
+                (0, file_len, Some(m))
+            }
+        };
+        let vid = self.new_id();
+        self.versions.insert(
+            vid,
+            Version {
+                name: name.clone(),
+                number,
+                kind,
+                rows,
+                chunks: vec![id],
+                manifest,
+                offset: read_offset,
+                length: read_length,
+                data_bytes: length,
+                leases: 0,
+                last_use,
+                last_use_at: Instant::now(),
+            },
+        );
+        if let Some(prev) = self.names.insert(name, vid) {
+            if self.versions[&prev].leases == 0 {
+                self.free_version(prev);
             }
         }
         self.puts += 1;
-        Ok(SealInfo { version, rows })
+        Ok(SealInfo {
+            version: number,
+            rows,
+        })
     }
 
-    /// Gives up a pending object.
+    /// Gives up a pending chunk or manifest reservation.
     pub fn abort(&mut self, conn: ConnId, id: ObjectId) -> Result<(), StoreError> {
-        self.pending_owned(conn, id)?;
+        if let Some(&(owner, m)) = self.manifests.get(&id) {
+            if owner != conn {
+                return Err(StoreError::InvalidObject {
+                    object_id: id,
+                    reason: "created by another connection",
+                });
+            }
+            self.manifests.remove(&id);
+            self.free_manifest(m);
+        } else {
+            self.pending_chunk(conn, id)?;
+            let c = self.chunks.remove(&id).expect("checked above");
+            self.data.free(c.offset, c.alloc_bytes);
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.pending.remove(&id);
         }
-        self.free_object(id);
         Ok(())
     }
 
@@ -492,27 +813,27 @@ impl Store {
         *c.leases.entry(id).or_insert(0) += 1;
         c.lease_count += 1;
         let last_use = self.tick();
-        let o = self.objects.get_mut(&id).expect("named objects exist");
-        o.leases += 1;
-        o.last_use = last_use;
-        o.last_use_at = Instant::now();
+        let v = self.versions.get_mut(&id).expect("named versions exist");
+        v.leases += 1;
+        v.last_use = last_use;
+        v.last_use_at = Instant::now();
         self.gets += 1;
         Ok(Location {
             object_id: id,
-            version: o.version,
-            offset: o.offset,
-            length: o.length,
-            rows: o.rows,
-            kind: o.kind,
+            version: v.number,
+            offset: v.offset,
+            length: v.length,
+            rows: v.rows,
+            kind: v.kind,
         })
     }
 
-    /// The current version of `name`, without taking a lease.
+    /// The current version number of `name`, without taking a lease.
     pub fn version(&self, name: &str) -> Option<u64> {
-        self.names.get(name).map(|id| self.objects[id].version)
+        self.names.get(name).map(|id| self.versions[id].number)
     }
 
-    /// Drops one lease of `conn` on `id`.
+    /// Drops one lease of `conn` on version `id`.
     pub fn release(&mut self, conn: ConnId, id: ObjectId) -> Result<(), StoreError> {
         let not_leased = StoreError::InvalidObject {
             object_id: id,
@@ -534,19 +855,19 @@ impl Store {
     }
 
     fn drop_leases(&mut self, id: ObjectId, n: u64) {
-        let o = self.objects.get_mut(&id).expect("leased objects exist");
+        let v = self.versions.get_mut(&id).expect("leased versions exist");
         assert!(
-            o.leases >= n,
-            "lease count of object {id} would go negative"
+            v.leases >= n,
+            "lease count of version {id} would go negative"
         );
-        o.leases -= n;
-        let current = self.names.get(&o.name) == Some(&id);
-        if o.leases == 0 && !current {
-            self.free_object(id);
+        v.leases -= n;
+        let current = self.names.get(&v.name) == Some(&id);
+        if v.leases == 0 && !current {
+            self.free_version(id);
         }
     }
 
-    /// Unbinds `name`; its object is freed now or at its last release.
+    /// Unbinds `name`; its version is freed now or at its last release.
     pub fn delete(&mut self, name: &str) -> Result<(), StoreError> {
         let id = self
             .names
@@ -554,13 +875,14 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound {
                 name: name.to_owned(),
             })?;
-        if self.objects[&id].leases == 0 {
-            self.free_object(id);
+        if self.versions[&id].leases == 0 {
+            self.free_version(id);
         }
         Ok(())
     }
 
-    /// Forgets a connection: releases its leases and aborts its pending creates.
+    /// Forgets a connection: releases its leases and aborts its pending
+    /// chunks and manifest reservations.
     pub fn disconnect(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
@@ -569,26 +891,31 @@ impl Store {
             self.drop_leases(id, n);
         }
         for id in c.pending {
-            self.free_object(id);
+            if let Some((_, m)) = self.manifests.remove(&id) {
+                self.free_manifest(m);
+            } else {
+                let c = self.chunks.remove(&id).expect("pending chunks exist");
+                self.data.free(c.offset, c.alloc_bytes);
+            }
         }
     }
 
-    /// Every named object, by name.
+    /// Every name and its current version, by name.
     pub fn list(&self) -> Vec<Entry> {
         let mut v: Vec<Entry> = self
             .names
             .iter()
             .map(|(name, id)| {
-                let o = &self.objects[id];
+                let v = &self.versions[id];
                 Entry {
                     name: name.clone(),
                     object_id: *id,
-                    version: o.version,
-                    kind: o.kind,
-                    rows: o.rows,
-                    bytes: o.length,
-                    leases: o.leases,
-                    idle: o.last_use_at.elapsed(),
+                    version: v.number,
+                    kind: v.kind,
+                    rows: v.rows,
+                    bytes: v.data_bytes,
+                    leases: v.leases,
+                    idle: v.last_use_at.elapsed(),
                 }
             })
             .collect();
@@ -597,26 +924,41 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
+        let mut held = HashSet::new();
         let mut held_bytes = 0;
-        let mut pending_bytes = 0;
         let mut leases = 0;
-        for o in self.objects.values() {
-            if o.leases > 0 {
-                held_bytes += o.alloc_bytes;
+        for v in self.versions.values() {
+            leases += v.leases;
+            if v.leases > 0 {
+                held_bytes += v.manifest.map_or(0, |m| m.low.1 + m.high.1);
+                for c in &v.chunks {
+                    if held.insert(*c) {
+                        held_bytes += self.chunks[c].alloc_bytes;
+                    }
+                }
             }
-            if matches!(o.state, State::Pending { .. }) {
-                pending_bytes += o.alloc_bytes;
-            }
-            leases += o.leases;
         }
+        let (mut pending_chunks, mut pending_count) = (0, 0);
+        for c in self.chunks.values() {
+            if matches!(c.state, ChunkState::Pending { .. }) {
+                pending_chunks += c.alloc_bytes;
+                pending_count += 1;
+            }
+        }
+        let pending_manifests: u64 = self
+            .manifests
+            .values()
+            .map(|(_, m)| m.low.1 + m.high.1)
+            .sum();
+        let free_bytes = self.data.free_bytes() + self.low.free_bytes() + self.high.free_bytes();
         StoreStats {
-            arena_bytes: self.alloc.capacity(),
-            used_bytes: self.alloc.used_bytes(),
-            free_bytes: self.alloc.free_bytes(),
+            arena_bytes: self.regions.end,
+            used_bytes: self.regions.end - free_bytes,
+            free_bytes,
             held_bytes,
-            pending_bytes,
-            largest_free_bytes: self.alloc.largest_free(),
-            objects: self.objects.len() as u64,
+            pending_bytes: pending_chunks + pending_manifests,
+            largest_free_bytes: self.data.largest_free(),
+            objects: (self.versions.len() + pending_count + self.manifests.len()) as u64,
             names: self.names.len() as u64,
             leases,
             connections: self.conns.len() as u64,
@@ -626,23 +968,74 @@ impl Store {
         }
     }
 
+    /// Bytes in use when the store holds nothing: the arena's magic.
+    pub fn empty_used_bytes(&self) -> u64 {
+        self.regions.end.min(MAGIC_BYTES)
+    }
+
     /// Checks every invariant of the table; tests call it after each step.
     pub fn check_invariants(&self) {
-        self.alloc.check_invariants();
-        let live: u64 = self.objects.values().map(|o| o.alloc_bytes).sum();
+        self.data.check_invariants();
+        self.low.check_invariants();
+        self.high.check_invariants();
+        let chunk_bytes: u64 = self.chunks.values().map(|c| c.alloc_bytes).sum();
         assert_eq!(
-            live,
-            self.alloc.used_bytes(),
-            "object bytes != allocator used bytes"
+            chunk_bytes,
+            self.data.used_bytes(),
+            "chunk bytes != data region used bytes"
+        );
+        let manifests = self
+            .versions
+            .values()
+            .filter_map(|v| v.manifest)
+            .chain(self.manifests.values().map(|(_, m)| *m));
+        let (mut low, mut high) = (0, 0);
+        for m in manifests {
+            low += m.low.1;
+            high += m.high.1;
+        }
+        assert_eq!(
+            low,
+            self.low.used_bytes(),
+            "manifest bytes != low region used bytes"
+        );
+        assert_eq!(
+            high,
+            self.high.used_bytes(),
+            "footer bytes != high region used bytes"
         );
         for (name, id) in &self.names {
-            let o = self.objects.get(id).expect("name points to a live object");
-            assert_eq!(&o.name, name);
-            assert_eq!(
-                o.state,
-                State::Sealed,
-                "a name points to an unsealed object"
+            let v = self
+                .versions
+                .get(id)
+                .expect("name points to a live version");
+            assert_eq!(&v.name, name);
+        }
+        let mut refs: HashMap<ObjectId, u32> = HashMap::new();
+        for (id, v) in &self.versions {
+            let current = self.names.get(&v.name) == Some(id);
+            assert!(
+                current || v.leases > 0,
+                "version {id} neither named nor leased but not freed"
             );
+            let unique: HashSet<_> = v.chunks.iter().collect();
+            assert_eq!(
+                unique.len(),
+                v.chunks.len(),
+                "version {id} lists a chunk twice"
+            );
+            for c in &v.chunks {
+                let chunk = self
+                    .chunks
+                    .get(c)
+                    .expect("a version references a freed chunk");
+                assert_eq!(
+                    chunk.state,
+                    ChunkState::Sealed,
+                    "a version references a pending chunk"
+                );
+                *refs.entry(*c).or_default() += 1;
+            }
         }
         let mut lease_sum: HashMap<ObjectId, u64> = HashMap::new();
         let mut pending_seen = HashSet::new();
@@ -654,38 +1047,66 @@ impl Store {
             );
             for (&id, &n) in &c.leases {
                 assert!(n > 0);
-                assert!(self.objects.contains_key(&id), "a lease on a freed object");
+                assert!(
+                    self.versions.contains_key(&id),
+                    "a lease on a freed version"
+                );
                 *lease_sum.entry(id).or_default() += n;
             }
             for id in &c.pending {
                 assert!(pending_seen.insert(*id));
             }
         }
-        for (id, o) in &self.objects {
+        for (id, v) in &self.versions {
             assert_eq!(
-                o.leases,
+                v.leases,
                 lease_sum.get(id).copied().unwrap_or(0),
                 "lease count of {id} drifted"
             );
-            match o.state {
-                State::Pending { owner } => {
+        }
+        for (id, c) in &self.chunks {
+            match c.state {
+                ChunkState::Pending { owner } => {
+                    assert_eq!(c.refs, 0);
                     assert!(
                         self.conns
                             .get(&owner)
-                            .is_some_and(|c| c.pending.contains(id)),
-                        "orphan pending object"
+                            .is_some_and(|conn| conn.pending.contains(id)),
+                        "orphan pending chunk"
                     );
                 }
-                State::Sealed => {
-                    let current = self.names.get(&o.name) == Some(id);
-                    assert!(
-                        current || o.leases > 0,
-                        "object {id} neither named nor leased but not freed"
+                ChunkState::Sealed => {
+                    assert_eq!(
+                        c.refs,
+                        refs.get(id).copied().unwrap_or(0),
+                        "refs of chunk {id} drifted"
                     );
-                    assert!(o.length <= o.alloc_bytes);
+                    assert!(
+                        c.refs > 0,
+                        "sealed chunk {id} referenced by no version but not freed"
+                    );
+                    assert!(c.length <= c.alloc_bytes);
                 }
             }
         }
+        for (id, (owner, _)) in &self.manifests {
+            assert!(
+                self.conns
+                    .get(owner)
+                    .is_some_and(|conn| conn.pending.contains(id)),
+                "orphan manifest reservation"
+            );
+        }
+        assert_eq!(
+            pending_seen.len(),
+            self.manifests.len()
+                + self
+                    .chunks
+                    .values()
+                    .filter(|c| matches!(c.state, ChunkState::Pending { .. }))
+                    .count(),
+            "pending sets and pending objects disagree"
+        );
     }
 }
 

@@ -823,10 +823,22 @@ class Client:
         return conn, got, lease
 
     def get_bytes(self, name: str) -> bytes:
-        """A copy of the bytes of ``name`` (a blob from :meth:`put_bytes`, or the raw
-        Arrow IPC file of a table)."""
+        """A copy of the bytes of ``name``: a blob from :meth:`put_bytes`, or, for a
+        table, the table written as one Arrow IPC file.
+
+        A table version is read from a range of the arena that also spans other
+        tables' data (its manifest references chunks anywhere, see docs/PROTOCOL.md),
+        so a table's bytes are written out afresh rather than copied as they lie."""
         conn, got, lease = self._get(name)
         try:
+            if got.object_kind == proto.ObjectKind.TABLE:
+                buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
+                reader = pa.ipc.open_file(buf)
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_file(sink, reader.schema) as writer:
+                    for i in range(reader.num_record_batches):
+                        writer.write_batch(reader.get_batch(i))
+                return sink.getvalue().to_pybytes()
             assert conn.ro_mmap is not None
             return conn.ro_mmap[got.offset : got.offset + got.length]
         finally:

@@ -4,11 +4,15 @@
 //! Objects are uncompressed Arrow IPC *files* (64-byte aligned buffers when
 //! arrowpool writes them, 8-byte aligned from pyarrow), so the footer gives
 //! random access to batches and columns without reading data. The seal-time
-//! check lives in `check` (the file) and `layout` (each array).
+//! check lives in `check` (the file) and `layout` (each array); `manifest`
+//! turns a sealed file into a table version that readers open as one IPC file
+//! spanning the arena.
 
 mod check;
 #[deny(unsafe_code)]
 mod layout;
+#[deny(unsafe_code)]
+pub mod manifest;
 
 pub use check::{check_file, CheckError, FileSummary};
 

@@ -104,10 +104,11 @@ impl Server {
         let driver = listener::probe_driver(config.require_io_uring, config.force_polling)?;
         let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
             .map_err(StartError::Arena)?;
+        let pool = Pool::new(arena).map_err(StartError::Arena)?;
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();
-        let shared = Arc::new(Shared::new(Pool::new(arena), &config, driver, threads));
+        let shared = Arc::new(Shared::new(pool, &config, driver, threads));
         eprintln!(
             "arrowpoold: arena {} of {}, {} thread(s), io driver {}, socket {}",
             human_bytes(shared.pool.arena.len()),

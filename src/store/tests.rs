@@ -10,6 +10,104 @@ fn put(s: &mut Store, conn: ConnId, name: &str, size: u64) -> Result<SealInfo, S
     s.seal(conn, c.object_id, size, 1)
 }
 
+/// A table put as the pool does it: chunk, manifest room, seal with both.
+fn put_table(s: &mut Store, conn: ConnId, name: &str, size: u64) -> Result<SealInfo, StoreError> {
+    let c = s.create(conn, name, ObjectKind::Table, size)?;
+    let m = match s.reserve_manifest(conn, name, 10_000, 5_000) {
+        Ok(m) => m,
+        Err(e) => {
+            s.abort(conn, c.object_id).unwrap();
+            return Err(e);
+        }
+    };
+    s.seal_table(conn, c.object_id, size, 1, m.id, m.high_offset + 5_000)
+}
+
+#[test]
+fn regions_cut_the_arena_in_order() {
+    for (cap, align) in [
+        (64 * MB, 2 * MB),
+        (16 * MB, 4096),
+        (1 << 40, 2 * MB),
+        (MB, 2 * MB),
+    ] {
+        let r = Regions::new(cap, align);
+        assert!(
+            MAGIC_BYTES < r.low_end && r.low_end < r.high_start && r.high_start < r.end,
+            "{r:?}"
+        );
+        assert_eq!(r.end, cap);
+        assert!(
+            r.high_start - r.low_end >= cap / 2,
+            "data gets most of {cap}: {r:?}"
+        );
+        if cap >= 64 * MB {
+            assert_eq!(r.low_end % align, 0, "large chunks can be aligned: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn a_table_version_reads_from_offset_zero_and_frees_its_manifest() {
+    let mut s = Store::new(64 * MB, 2 * MB);
+    let empty = s.stats().used_bytes;
+    assert_eq!(empty, s.empty_used_bytes());
+    let c = s.create(1, "t", ObjectKind::Table, 10 * MB).unwrap();
+    let m = s.reserve_manifest(1, "t", 10_000, 5_000).unwrap();
+    let r = s.regions();
+    assert!(m.low_offset >= MAGIC_BYTES && m.low_offset < r.low_end);
+    assert!(m.high_offset >= r.high_start);
+    assert!(c.offset >= r.low_end && c.offset + c.capacity <= r.high_start);
+    // Only the owner may use the reservation.
+    assert!(s.seal_table(2, c.object_id, MB, 1, m.id, 1).is_err());
+    let other = s.reserve_manifest(2, "t", 1, 1).unwrap();
+    assert!(matches!(
+        s.seal_table(1, c.object_id, MB, 1, other.id, 1),
+        Err(StoreError::InvalidObject { .. })
+    ));
+    s.disconnect(2);
+    s.seal_table(1, c.object_id, 10 * MB, 7, m.id, m.high_offset + 5_000)
+        .unwrap();
+    let l = s.get(3, "t").unwrap();
+    assert_eq!((l.offset, l.length, l.rows), (0, m.high_offset + 5_000, 7));
+    assert_ne!(
+        l.object_id, c.object_id,
+        "the lease names the version, not its chunk"
+    );
+    assert_eq!(s.list()[0].bytes, 10 * MB);
+    s.check_invariants();
+    put_table(&mut s, 1, "t", MB).unwrap();
+    s.check_invariants();
+    s.release(3, l.object_id).unwrap();
+    s.delete("t").unwrap();
+    s.check_invariants();
+    assert_eq!(s.stats().used_bytes, empty);
+}
+
+#[test]
+fn a_full_manifest_region_evicts_unheld_versions_then_says_so() {
+    let mut s = Store::new(64 * MB, 2 * MB);
+    let low = s.regions().low_end - MAGIC_BYTES;
+    // Versions whose manifests take a third of the low region each.
+    let big = |s: &mut Store, name: &str| {
+        let c = s.create(1, name, ObjectKind::Table, MB)?;
+        let m = s.reserve_manifest(1, name, low / 3, 1).inspect_err(|_| {
+            let _ = s.abort(1, c.object_id);
+        })?;
+        s.seal_table(1, c.object_id, MB, 1, m.id, m.high_offset + 1)
+    };
+    big(&mut s, "a").unwrap();
+    big(&mut s, "b").unwrap();
+    big(&mut s, "c").unwrap();
+    assert_eq!(s.stats().evictions, 1, "a was evicted for c's manifest");
+    let _ha = s.get(2, "b").unwrap();
+    let _hc = s.get(2, "c").unwrap();
+    let e = big(&mut s, "d").unwrap_err();
+    assert!(matches!(e, StoreError::ManifestSpaceFull { .. }), "{e:?}");
+    assert!(e.to_string().contains("manifest"), "{e}");
+    s.check_invariants();
+}
+
 #[test]
 fn seal_moves_name_and_old_version_lives_while_leased() {
     let mut s = Store::new(64 * MB, 2 * MB);
@@ -160,6 +258,7 @@ fn pending_limit_per_connection() {
 #[derive(Debug, Clone)]
 enum Op {
     Put { conn: u64, name: u8, size_mb: u64 },
+    PutTable { conn: u64, name: u8, size_mb: u64 },
     Create { conn: u64, name: u8, size_mb: u64 },
     Seal { conn: u64, pick: usize },
     Abort { conn: u64, pick: usize },
@@ -174,6 +273,11 @@ fn op() -> impl Strategy<Value = Op> {
     let name = 0u8..5;
     prop_oneof![
         (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Put {
+            conn,
+            name,
+            size_mb
+        }),
+        (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::PutTable {
             conn,
             name,
             size_mb
@@ -195,8 +299,8 @@ fn op() -> impl Strategy<Value = Op> {
 /// The reference model: what a user can observe, kept with plain maps.
 #[derive(Default)]
 struct Model {
-    /// name -> (current version, object id)
-    names: BTreeMap<String, (u64, ObjectId)>,
+    /// name -> (current version, its id once a get has shown it)
+    names: BTreeMap<String, (u64, Option<ObjectId>)>,
     last_version: BTreeMap<String, u64>,
     /// conn -> object ids leased (one entry per get)
     leases: BTreeMap<u64, Vec<ObjectId>>,
@@ -205,8 +309,8 @@ struct Model {
 }
 
 impl Model {
-    fn held(&self, id: ObjectId) -> bool {
-        self.leases.values().any(|v| v.contains(&id))
+    fn held(&self, id: Option<ObjectId>) -> bool {
+        id.is_some_and(|id| self.leases.values().any(|v| v.contains(&id)))
     }
 }
 
@@ -219,6 +323,20 @@ proptest! {
         for op in ops {
             let evictions_before = s.stats().evictions;
             match op {
+                Op::PutTable { conn, name, size_mb } => {
+                    let name = format!("n{name}");
+                    match put_table(&mut s, conn, &name, size_mb * MB) {
+                        Ok(sealed) => {
+                            let v = m.last_version.entry(name.clone()).or_insert(0);
+                            *v += 1;
+                            prop_assert_eq!(sealed.version, *v);
+                            m.names.insert(name, (*v, None));
+                        }
+                        Err(StoreError::OutOfMemory { .. }) => {}
+                        Err(StoreError::LimitExceeded(_)) => {}
+                        Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                    }
+                }
                 Op::Put { conn, name, size_mb } | Op::Create { conn, name, size_mb } => {
                     let name = format!("n{name}");
                     let seal_now = matches!(op, Op::Put { .. });
@@ -229,7 +347,7 @@ proptest! {
                                 let v = m.last_version.entry(name.clone()).or_insert(0);
                                 *v += 1;
                                 prop_assert_eq!(sealed.version, *v);
-                                m.names.insert(name, (*v, c.object_id));
+                                m.names.insert(name, (*v, None));
                             } else {
                                 m.pending.entry(conn).or_default().push((c.object_id, name, size_mb * MB));
                             }
@@ -247,7 +365,7 @@ proptest! {
                         let v = m.last_version.entry(name.clone()).or_insert(0);
                         *v += 1;
                         prop_assert_eq!(sealed.version, *v);
-                        m.names.insert(name, (*v, id));
+                        m.names.insert(name, (*v, None));
                     } else {
                         prop_assert!(s.seal(conn, 10_000, 1, 0).is_err());
                     }
@@ -263,11 +381,12 @@ proptest! {
                 }
                 Op::Get { conn, name } => {
                     let name = format!("n{name}");
-                    match (s.get(conn, &name), m.names.get(&name)) {
-                        (Ok(l), Some(&(v, id))) => {
-                            prop_assert_eq!(l.version, v);
-                            prop_assert_eq!(l.object_id, id);
-                            m.leases.entry(conn).or_default().push(id);
+                    match (s.get(conn, &name), m.names.get_mut(&name)) {
+                        (Ok(l), Some((v, id))) => {
+                            prop_assert_eq!(l.version, *v);
+                            // One version, one id, whoever asks.
+                            prop_assert_eq!(l.object_id, *id.get_or_insert(l.object_id));
+                            m.leases.entry(conn).or_default().push(l.object_id);
                         }
                         (Err(StoreError::NotFound { .. }), None) => {}
                         (r, e) => prop_assert!(false, "get {name}: store {r:?}, model {e:?}"),
@@ -309,7 +428,7 @@ proptest! {
         for conn in 0..4 { s.disconnect(conn); }
         for name in m.names.keys() { s.delete(name).unwrap(); }
         s.check_invariants();
-        prop_assert_eq!(s.stats().used_bytes, 0);
+        prop_assert_eq!(s.stats().used_bytes, s.empty_used_bytes());
     }
 }
 
@@ -318,14 +437,17 @@ proptest! {
 #[test]
 fn out_of_memory_shows_exact_bytes_when_rounding_hides_the_difference() {
     let mut s = Store::new(64 * MB, 4096);
-    put(&mut s, 1, "held", 16 * MB).unwrap();
+    let data = s.regions().high_start - s.regions().low_end;
+    put(&mut s, 1, "held", data - 48 * MB).unwrap();
     s.get(2, "held").unwrap(); // not evictable
     let e = put(&mut s, 1, "a", 48 * MB + 8_700)
         .unwrap_err()
         .to_string();
     assert!(e.contains("(50340348 bytes) requested"), "{e}");
     assert!(e.contains("(50331648 bytes) free"), "{e}");
-    let small = Store::new(48 * MB, 4096).out_of_memory(MB).to_string();
+    let small = Store::new(48 * MB, 4096)
+        .no_room(Region::Data, MB)
+        .to_string();
     assert!(!small.contains("bytes)"), "no exact bytes needed: {small}");
 }
 
@@ -345,7 +467,8 @@ fn large_objects_align_to_the_arenas_pages_only() {
         let mut s = Store::new(16 * MB, align);
         put(&mut s, 1, "small", 4096).unwrap();
         s.get(2, "small").unwrap(); // held: not evicted to make room
-        let size = 16 * MB - 4096 - 9000;
+        let data = s.regions().high_start - s.regions().low_end;
+        let size = data - 4096 - 9000;
         assert_eq!(put(&mut s, 1, "large", size).is_ok(), fits, "align {align}");
         s.check_invariants();
     }
@@ -367,10 +490,14 @@ fn alternating_versions_reuse_each_others_ranges() {
         s.seal(1, c.object_id, written, 1).unwrap();
         offsets.push(c.offset);
     }
-    assert_eq!(offsets, [0, reserve, 0, reserve, 0, reserve]);
+    let base = s.regions().low_end;
+    assert_eq!(
+        offsets,
+        [0, reserve, 0, reserve, 0, reserve].map(|o| base + o)
+    );
     // A reservation far above what was written still gives the rest back.
     let c = s.create(1, "loose", ObjectKind::Table, 16 * MB).unwrap();
     s.seal(1, c.object_id, MB, 1).unwrap();
-    assert_eq!(s.stats().used_bytes, reserve + MB);
+    assert_eq!(s.stats().used_bytes, s.empty_used_bytes() + reserve + MB);
     s.check_invariants();
 }

@@ -346,8 +346,8 @@ fn admin_cases() -> Vec<FrameCase> {
     let entry = json!({"name": "sales", "object_id": 7, "version": 3, "kind": "table",
         "rows": 10_000_000, "bytes": SALES_BYTES, "leases": 2, "idle_ms": 1520});
     let stats = json!({"memory_kind": "hugetlb", "io_driver": "io_uring", "threads": 2,
-        "arena_bytes": 2147483648u64, "used_bytes": 0, "free_bytes": 2147483648u64,
-        "held_bytes": 0, "pending_bytes": 0, "largest_free_bytes": 2147483648u64,
+        "arena_bytes": 2147483648u64, "used_bytes": 4096, "free_bytes": 2147479552u64,
+        "held_bytes": 0, "pending_bytes": 0, "largest_free_bytes": 2120220672u64,
         "objects": 0, "names": 0, "leases": 0, "connections": 1, "evictions": 0,
         "puts": 0, "gets": 0});
     vec![

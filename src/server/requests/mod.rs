@@ -130,7 +130,9 @@ pub fn write_error(out: &mut Vec<u8>, request_id: u64, e: &ErrorReply) {
 pub fn store_error(e: StoreError) -> ErrorReply {
     let code = match &e {
         StoreError::NotFound { .. } => ErrorCode::NotFound,
-        StoreError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
+        StoreError::OutOfMemory { .. } | StoreError::ManifestSpaceFull { .. } => {
+            ErrorCode::OutOfMemory
+        }
         StoreError::InvalidObject { .. } | StoreError::LengthTooLarge { .. } => {
             ErrorCode::InvalidObject
         }
@@ -144,7 +146,7 @@ pub fn pool_error(e: PoolError) -> ErrorReply {
     let code = match &e {
         PoolError::Store(e) => return store_error(e.clone()),
         PoolError::Memory(_) => ErrorCode::OutOfMemory,
-        PoolError::OutsideArena { .. } => ErrorCode::Internal,
+        PoolError::OutsideArena { .. } | PoolError::Manifest { .. } => ErrorCode::Internal,
         PoolError::InvalidTable { .. } => ErrorCode::InvalidData,
     };
     ErrorReply::new(code, e.to_string())

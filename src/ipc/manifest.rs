@@ -1,0 +1,468 @@
+//! Table versions as manifests: an Arrow IPC *file* that spans the arena.
+//!
+//! A version's bytes live in chunks (arena allocations) that other versions may
+//! share. What a reader opens is not a chunk but the range `[0, file_len)` of
+//! the arena, read as one IPC file:
+//! ```text
+//! arena offset 0                                                         arena end
+//! │ARROW1··│ batch messages (low region) │ chunks: buffers ... │ footers (high region) │
+//!  magic     └ message k, its body ─────────────> buffers of k      └ footer of v, trailer
+//!            starts right after it and reaches       anywhere in      (blocks point at the
+//!            up to its last buffer                   the chunks       messages of v)
+//! ```
+//! - The first 8 bytes of the arena hold the file magic, once for all versions.
+//! - Each record batch (and dictionary batch) message of the version lies in the
+//!   low region; its body is "the rest of the arena" up to its last buffer, so
+//!   the buffer offsets in the message (relative to the body, as IPC defines
+//!   them) can reach any chunk above it. Bodies of different messages overlap:
+//!   readers of the IPC file format never read a body as a whole, only the
+//!   buffers the message names.
+//! - The footer (schema, dictionary and record batch blocks) lies in the high
+//!   region, above every chunk, followed by the usual trailer; the version's
+//!   file ends there.
+//!
+//! So a stock IPC file reader (pyarrow's `ipc.open_file`, arrow-rs's
+//! `FileDecoder`) reads a version zero-copy from `arena[0 .. file_len]` with no
+//! code of ours, and a get costs what opening a one-chunk file costs. The
+//! schema message a file usually carries after its leading magic is absent:
+//! file readers take the schema from the footer.
+//!
+//! This module turns a checked IPC file lying in a chunk into a `Manifest`
+//! (nodes and absolute buffer ranges of every batch) and encodes manifests.
+
+use std::sync::Arc;
+
+use arrow_ipc::{Block, MessageHeader, MetadataVersion};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use flatbuffers::FlatBufferBuilder;
+
+use super::{block_range, footer};
+
+/// The magic at arena offset 0 (and in every footer's trailer), padded to 8.
+pub const ARENA_MAGIC: &[u8; 8] = b"ARROW1\0\0";
+/// IPC messages start with this marker, then their metadata length.
+const CONTINUATION: u32 = 0xFFFF_FFFF;
+
+/// One field node of a batch, as IPC records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub length: i64,
+    pub null_count: i64,
+}
+
+/// A buffer at an absolute arena offset. Empty buffers have no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferRef {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// A record batch (or a dictionary's values): what its message says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLayout {
+    pub rows: i64,
+    pub nodes: Vec<Node>,
+    pub buffers: Vec<BufferRef>,
+    /// Data buffers of each view column, in order (`variadicBufferCounts`).
+    pub variadic: Vec<i64>,
+}
+
+impl BatchLayout {
+    /// `[start, end)` over the non-empty buffers, if any.
+    pub fn extent(&self) -> Option<(u64, u64)> {
+        let mut it = self.buffers.iter().filter(|b| b.length > 0);
+        let first = it.next()?;
+        let init = (first.offset, first.offset + first.length);
+        Some(it.fold(init, |(lo, hi), b| {
+            (lo.min(b.offset), hi.max(b.offset + b.length))
+        }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DictionaryLayout {
+    /// The id this dictionary has in `Manifest::schema`.
+    pub id: i64,
+    pub is_delta: bool,
+    pub batch: BatchLayout,
+}
+
+/// A table version: its schema and where every buffer of every batch lies.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Dictionary fields carry the ids their dictionaries use.
+    pub schema: SchemaRef,
+    pub dictionaries: Vec<DictionaryLayout>,
+    pub batches: Vec<BatchLayout>,
+}
+
+/// A manifest encoded for two places: `low` (the messages) goes to the low
+/// region at the offset it was encoded for, `high` (footer and trailer) to the
+/// high region. Readers open `[0, file_len)`.
+#[derive(Debug)]
+pub struct Encoded {
+    pub low: Vec<u8>,
+    pub high: Vec<u8>,
+    pub file_len: u64,
+}
+
+impl Manifest {
+    /// The manifest of the IPC file `bytes`, which lies at arena offset
+    /// `base`. The file must have passed `check_file`; anything that does not
+    /// add up is still an error, never a panic.
+    pub fn from_file(bytes: &[u8], base: u64) -> Result<Manifest, ArrowError> {
+        let footer = footer(bytes)?;
+        let fb_schema = footer
+            .schema()
+            .ok_or_else(|| ArrowError::ParseError("IPC footer has no schema".into()))?;
+        let schema = Arc::new(arrow_ipc::convert::try_fb_to_schema(fb_schema)?);
+        let mut dictionaries = Vec::new();
+        for block in footer.dictionaries().into_iter().flatten() {
+            let message = Message::at(bytes, block)?;
+            let dict = message.header_as_dictionary_batch().ok_or_else(|| {
+                ArrowError::ParseError("dictionary block without a dictionary batch".into())
+            })?;
+            let data = dict
+                .data()
+                .ok_or_else(|| ArrowError::ParseError("dictionary batch without data".into()))?;
+            dictionaries.push(DictionaryLayout {
+                id: dict.id(),
+                is_delta: dict.isDelta(),
+                batch: message.layout(data, base)?,
+            });
+        }
+        let mut batches = Vec::new();
+        for block in footer.recordBatches().into_iter().flatten() {
+            let message = Message::at(bytes, block)?;
+            let batch = message.header_as_record_batch().ok_or_else(|| {
+                ArrowError::ParseError("record batch block without a record batch".into())
+            })?;
+            batches.push(message.layout(batch, base)?);
+        }
+        Ok(Manifest {
+            schema,
+            dictionaries,
+            batches,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.rows.max(0) as u64).sum()
+    }
+
+    /// `[start, end)` over every buffer of the manifest, if it has any.
+    pub fn extent(&self) -> Option<(u64, u64)> {
+        self.dictionaries
+            .iter()
+            .map(|d| &d.batch)
+            .chain(&self.batches)
+            .filter_map(BatchLayout::extent)
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    }
+
+    /// The bytes `encode` will produce for the low and the high region, to
+    /// reserve room before encoding.
+    pub fn sizes(&self) -> Result<(u64, u64), ArrowError> {
+        let high_at = self.extent().map_or(0, |(_, end)| end);
+        let e = self.encode(0, high_at)?;
+        Ok((e.low.len() as u64, e.high.len() as u64))
+    }
+
+    /// Encodes the manifest with its messages at arena offset `low_at` and its
+    /// footer at `high_at`. Sizes do not depend on the offsets (every field is
+    /// written, structs have fixed sizes), so `sizes` tells how much room to
+    /// reserve. Fails if a buffer lies below its message's body or the footer
+    /// below a buffer: the store's regions keep that from happening.
+    pub fn encode(&self, low_at: u64, high_at: u64) -> Result<Encoded, ArrowError> {
+        let ids = new_dictionary_ids(&self.schema);
+        let mut low = Vec::new();
+        let mut dictionary_blocks = Vec::new();
+        for (new_id, old_id) in ids.iter().enumerate() {
+            for d in self.dictionaries.iter().filter(|d| d.id == *old_id) {
+                let at = low_at + low.len() as u64;
+                let block =
+                    encode_message(&mut low, at, &d.batch, Some((new_id as i64, d.is_delta)))?;
+                dictionary_blocks.push(block);
+            }
+        }
+        let mut batch_blocks = Vec::with_capacity(self.batches.len());
+        for b in &self.batches {
+            let at = low_at + low.len() as u64;
+            batch_blocks.push(encode_message(&mut low, at, b, None)?);
+        }
+        if let Some((_, end)) = self.extent() {
+            if end > high_at {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "footer at {high_at} would lie below a buffer ending at {end}"
+                )));
+            }
+        }
+        let high = encode_footer(&self.schema, &dictionary_blocks, &batch_blocks)?;
+        let file_len = high_at + high.len() as u64;
+        Ok(Encoded {
+            low,
+            high,
+            file_len,
+        })
+    }
+}
+
+/// The dictionary ids of `schema`'s dictionary fields, in the order arrow-rs's
+/// schema encoder numbers them (0, 1, 2...: depth first, a dictionary's value
+/// type before the dictionary itself). The encoded footer uses position `i` for
+/// the field whose dictionary had id `ids[i]`.
+fn new_dictionary_ids(schema: &Schema) -> Vec<i64> {
+    fn field(f: &Field, out: &mut Vec<i64>) {
+        data_type(f.data_type(), out);
+        if let DataType::Dictionary(_, _) = f.data_type() {
+            #[expect(deprecated)] // the id the file's schema gave this field
+            out.push(f.dict_id().unwrap_or(-1));
+        }
+    }
+    fn data_type(t: &DataType, out: &mut Vec<i64>) {
+        use DataType::*;
+        match t {
+            Dictionary(_, v) => data_type(v, out),
+            List(f)
+            | LargeList(f)
+            | ListView(f)
+            | LargeListView(f)
+            | FixedSizeList(f, _)
+            | Map(f, _) => field(f, out),
+            Struct(fs) => fs.iter().for_each(|f| field(f, out)),
+            Union(fs, _) => fs.iter().for_each(|(_, f)| field(f, out)),
+            RunEndEncoded(a, b) => {
+                field(a, out);
+                field(b, out);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    schema.fields().iter().for_each(|f| field(f, &mut out));
+    out
+}
+
+/// A message of an IPC file lying in `bytes`, at a block of its footer.
+struct Message<'a> {
+    fb: arrow_ipc::Message<'a>,
+    /// Offset of the body in `bytes`, and its length.
+    body_start: usize,
+    body_len: usize,
+}
+
+impl<'a> Message<'a> {
+    fn at(bytes: &'a [u8], block: &Block) -> Result<Message<'a>, ArrowError> {
+        let (start, end, meta) = block_range(bytes, block)?;
+        let m = &bytes[start..start + meta];
+        // `block_range` ensures meta >= 8. Legacy files lack the continuation marker.
+        let fb = if m[..4] == CONTINUATION.to_le_bytes() {
+            &m[8..]
+        } else {
+            &m[4..]
+        };
+        let fb = arrow_ipc::root_as_message(fb)
+            .map_err(|e| ArrowError::ParseError(format!("invalid IPC message: {e}")))?;
+        Ok(Message {
+            fb,
+            body_start: start + meta,
+            body_len: end - start - meta,
+        })
+    }
+
+    fn header_as_record_batch(&self) -> Option<arrow_ipc::RecordBatch<'a>> {
+        self.fb.header_as_record_batch()
+    }
+
+    fn header_as_dictionary_batch(&self) -> Option<arrow_ipc::DictionaryBatch<'a>> {
+        self.fb.header_as_dictionary_batch()
+    }
+
+    fn layout(
+        &self,
+        batch: arrow_ipc::RecordBatch<'_>,
+        base: u64,
+    ) -> Result<BatchLayout, ArrowError> {
+        if batch.compression().is_some() {
+            return Err(ArrowError::ParseError(
+                "compressed IPC bodies are not supported (write uncompressed files)".into(),
+            ));
+        }
+        let nodes = batch
+            .nodes()
+            .map(|v| {
+                v.iter()
+                    .map(|n| Node {
+                        length: n.length(),
+                        null_count: n.null_count(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut buffers = Vec::new();
+        for b in batch.buffers().into_iter().flatten() {
+            let (offset, length) = (b.offset(), b.length());
+            let in_body = usize::try_from(offset)
+                .ok()
+                .zip(usize::try_from(length).ok())
+                .and_then(|(o, l)| o.checked_add(l))
+                .is_some_and(|end| end <= self.body_len);
+            if !in_body {
+                return Err(ArrowError::ParseError(format!(
+                    "buffer at {offset} (+{length}) lies outside its message body of {} bytes",
+                    self.body_len
+                )));
+            }
+            buffers.push(if length == 0 {
+                BufferRef {
+                    offset: 0,
+                    length: 0,
+                }
+            } else {
+                BufferRef {
+                    offset: base + (self.body_start as u64) + offset as u64,
+                    length: length as u64,
+                }
+            });
+        }
+        let variadic = batch
+            .variadicBufferCounts()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        Ok(BatchLayout {
+            rows: batch.length(),
+            nodes,
+            buffers,
+            variadic,
+        })
+    }
+}
+
+fn pad8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// Appends the encapsulated message of `b` (a record batch, or a dictionary
+/// batch `(id, is_delta)`) to `out`, encoded for arena offset `at`, where it
+/// will be written; returns its footer block.
+fn encode_message(
+    out: &mut Vec<u8>,
+    at: u64,
+    b: &BatchLayout,
+    dictionary: Option<(i64, bool)>,
+) -> Result<Block, ArrowError> {
+    // The metadata's size does not depend on the offsets in it, so the body's
+    // start is known once the metadata is encoded with any offsets.
+    let probe = message_fb(b, 0, dictionary)?;
+    let meta_len = 8 + pad8(probe.len());
+    let body_start = at + meta_len as u64;
+    let fb = message_fb(b, body_start, dictionary)?;
+    if fb.len() != probe.len() {
+        return Err(ArrowError::ComputeError(
+            "message metadata size changed with its offsets".into(),
+        ));
+    }
+    // Readers want block lengths in multiples of 8 (pyarrow: "Unaligned block");
+    // the padding lies below the footer, inside the file.
+    let body_len = pad8(b.extent().map_or(0, |(_, end)| (end - body_start) as usize)) as u64;
+    out.extend_from_slice(&CONTINUATION.to_le_bytes());
+    out.extend_from_slice(&((meta_len - 8) as i32).to_le_bytes());
+    out.extend_from_slice(&fb);
+    out.resize(out.len() + pad8(fb.len()) - fb.len(), 0);
+    Ok(Block::new(at as i64, meta_len as i32, body_len as i64))
+}
+
+fn message_fb(
+    b: &BatchLayout,
+    body_start: u64,
+    dictionary: Option<(i64, bool)>,
+) -> Result<Vec<u8>, ArrowError> {
+    let mut fbb = FlatBufferBuilder::new();
+    fbb.force_defaults(true);
+    let nodes: Vec<arrow_ipc::FieldNode> = b
+        .nodes
+        .iter()
+        .map(|n| arrow_ipc::FieldNode::new(n.length, n.null_count))
+        .collect();
+    let mut buffers = Vec::with_capacity(b.buffers.len());
+    let mut body_end = body_start;
+    for r in &b.buffers {
+        if r.length == 0 {
+            buffers.push(arrow_ipc::Buffer::new(0, 0));
+            continue;
+        }
+        let rel = r.offset.checked_sub(body_start).ok_or_else(|| {
+            ArrowError::InvalidArgumentError(format!(
+                "buffer at {} lies below its message body at {body_start}",
+                r.offset
+            ))
+        })?;
+        body_end = body_end.max(r.offset + r.length);
+        buffers.push(arrow_ipc::Buffer::new(rel as i64, r.length as i64));
+    }
+    let fb_nodes = fbb.create_vector(&nodes);
+    let fb_buffers = fbb.create_vector(&buffers);
+    let fb_variadic = (!b.variadic.is_empty()).then(|| fbb.create_vector(&b.variadic));
+    let mut rb = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
+    rb.add_length(b.rows);
+    rb.add_nodes(fb_nodes);
+    rb.add_buffers(fb_buffers);
+    if let Some(v) = fb_variadic {
+        rb.add_variadicBufferCounts(v);
+    }
+    let rb = rb.finish();
+    let (header_type, header) = match dictionary {
+        None => (MessageHeader::RecordBatch, rb.as_union_value()),
+        Some((id, is_delta)) => {
+            let mut db = arrow_ipc::DictionaryBatchBuilder::new(&mut fbb);
+            db.add_id(id);
+            db.add_data(rb);
+            db.add_isDelta(is_delta);
+            (MessageHeader::DictionaryBatch, db.finish().as_union_value())
+        }
+    };
+    let mut mb = arrow_ipc::MessageBuilder::new(&mut fbb);
+    mb.add_version(MetadataVersion::V5);
+    mb.add_header_type(header_type);
+    mb.add_header(header);
+    mb.add_bodyLength(pad8((body_end - body_start) as usize) as i64);
+    let m = mb.finish();
+    fbb.finish(m, None);
+    Ok(fbb.finished_data().to_vec())
+}
+
+/// The footer flatbuffer (padded to 8), its length and the trailing magic.
+fn encode_footer(
+    schema: &Schema,
+    dictionaries: &[Block],
+    batches: &[Block],
+) -> Result<Vec<u8>, ArrowError> {
+    let mut fbb = FlatBufferBuilder::new();
+    fbb.force_defaults(true);
+    let mut tracker = arrow_ipc::writer::DictionaryTracker::new(false);
+    let fb_schema = arrow_ipc::convert::IpcSchemaEncoder::new()
+        .with_dictionary_tracker(&mut tracker)
+        .schema_to_fb_offset(&mut fbb, schema);
+    let fb_dictionaries = fbb.create_vector(dictionaries);
+    let fb_batches = fbb.create_vector(batches);
+    let mut fb = arrow_ipc::FooterBuilder::new(&mut fbb);
+    fb.add_version(MetadataVersion::V5);
+    fb.add_schema(fb_schema);
+    fb.add_dictionaries(fb_dictionaries);
+    fb.add_recordBatches(fb_batches);
+    let root = fb.finish();
+    fbb.finish(root, None);
+    let data = fbb.finished_data();
+    let padded = pad8(data.len());
+    let mut out = Vec::with_capacity(padded + 10);
+    out.extend_from_slice(data);
+    out.resize(padded, 0);
+    let len = i32::try_from(padded)
+        .map_err(|_| ArrowError::InvalidArgumentError("footer over 2 GiB".into()))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&ARENA_MAGIC[..6]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
