@@ -167,8 +167,26 @@ pub struct Table {
 pub struct PutInfo {
     pub version: u64,
     pub rows: u64,
-    /// Bytes of the IPC file in the arena.
+    /// Bytes this put wrote into the arena: the whole IPC file, or only the
+    /// new columns' files when others were reused (0 if all were).
     pub bytes: u64,
+}
+
+/// A column's non-empty buffers as (arena offset, length), when all lie in the
+/// arena; `None` for a column that must be written.
+type InArena = Option<Vec<(u64, u64)>>;
+
+/// Options of `Client::put_with`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Publish only if the name is still at this version.
+    pub if_version: Option<u64>,
+}
+
+/// The encapsulated IPC schema message of `schema` (what a draft carries).
+fn schema_message(schema: &Schema) -> Result<Vec<u8>> {
+    let w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+    Ok(w.get_ref().clone())
 }
 
 /// Keeps a lease: released when the last buffer built on it is dropped.
@@ -415,9 +433,251 @@ impl Client {
         result
     }
 
-    /// Puts a table as the new version of `name`: reserves space, writes the
-    /// Arrow IPC file straight into the shared arena (the one copy), seals.
+    /// Puts a table as the new version of `name`. Columns whose buffers
+    /// already lie in the arena (arrays of a table from `get`, unchanged) are
+    /// referenced, not copied: only the other columns are written, straight
+    /// into the shared arena (the one copy). See `put_with`.
     pub fn put(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
+        self.put_with(name, schema, batches, PutOptions::default())
+    }
+
+    /// `put` with options: `if_version` publishes only if `name` is still at
+    /// that version (else `ErrorCode::VersionConflict`, nothing published).
+    ///
+    /// A column of a batch is reused when every non-empty buffer of its array
+    /// (children included, dictionary values excluded) lies in the arena and
+    /// the server finds a live version with exactly that column; new columns
+    /// are written as IPC files, one per set of batches with the same new
+    /// columns. If the server finds no such column (the array was sliced or
+    /// rebuilt over the same memory), the put falls back to writing the whole
+    /// table.
+    pub fn put_with(
+        &self,
+        name: &str,
+        schema: &Schema,
+        batches: &[RecordBatch],
+        options: PutOptions,
+    ) -> Result<PutInfo> {
+        let sources: Vec<Vec<InArena>> = batches
+            .iter()
+            .map(|b| {
+                b.columns()
+                    .iter()
+                    .map(|c| self.arena_buffers(&c.to_data()))
+                    .collect()
+            })
+            .collect();
+        let reuses = sources.iter().flatten().any(Option::is_some);
+        if !reuses && options.if_version.is_none() {
+            return self.put_whole(name, schema, batches);
+        }
+        match self.publish_parts(name, schema, batches, &sources, options) {
+            Err(e) if reuses && e.code() == Some(ErrorCode::InvalidData) => {
+                let none = vec![vec![None; schema.fields().len()]; batches.len()];
+                self.publish_parts(name, schema, batches, &none, options)
+            }
+            r => r,
+        }
+    }
+
+    /// The arena offsets and lengths of every non-empty buffer of `data`
+    /// (children included, dictionary values excluded), if all lie in the
+    /// arena and none is sliced by an array offset.
+    fn arena_buffers(&self, data: &arrow_data::ArrayData) -> Option<Vec<(u64, u64)>> {
+        fn walk(data: &arrow_data::ArrayData, map: &Mapping, out: &mut Vec<(u64, u64)>) -> bool {
+            if data.offset() != 0 {
+                return false;
+            }
+            let base = map.as_ptr() as usize;
+            let mut add = |ptr: *const u8, len: usize| -> bool {
+                if len == 0 {
+                    return true;
+                }
+                let at = ptr as usize;
+                let inside = at >= base && at + len <= base + map.len();
+                if inside {
+                    out.push(((at - base) as u64, len as u64));
+                }
+                inside
+            };
+            if let Some(n) = data.nulls() {
+                let b = n.buffer();
+                if !add(b.as_ptr(), b.len()) {
+                    return false;
+                }
+            }
+            for b in data.buffers() {
+                if !add(b.as_ptr(), b.len()) {
+                    return false;
+                }
+            }
+            if matches!(data.data_type(), arrow_schema::DataType::Dictionary(_, _)) {
+                return true;
+            }
+            data.child_data().iter().all(|c| walk(c, map, out))
+        }
+        let mut out = Vec::new();
+        (walk(data, &self.inner.read_only, &mut out) && !out.is_empty()).then_some(out)
+    }
+
+    /// The publish path: new columns as IPC files in pending chunks, a draft
+    /// naming every column's source, then `publish`.
+    fn publish_parts(
+        &self,
+        name: &str,
+        schema: &Schema,
+        batches: &[RecordBatch],
+        sources: &[Vec<InArena>],
+        options: PutOptions,
+    ) -> Result<PutInfo> {
+        use crate::protocol::draft::{Draft, DraftBatch, Source};
+        // Batches with the same new columns share a file.
+        let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new(); // (new columns, batches)
+        for (b, cols) in sources.iter().enumerate() {
+            let new: Vec<usize> = (0..cols.len()).filter(|&c| cols[c].is_none()).collect();
+            if new.is_empty() {
+                continue;
+            }
+            match groups.iter_mut().find(|(g, _)| *g == new) {
+                Some((_, bs)) => bs.push(b),
+                None => groups.push((new, vec![b])),
+            }
+        }
+        let mut pending: Vec<u64> = Vec::new();
+        let result = (|| {
+            let mut chunks = Vec::with_capacity(groups.len());
+            let mut written = 0u64;
+            for (cols, bs) in &groups {
+                let sub = Arc::new(schema.project(cols)?);
+                let parts = bs
+                    .iter()
+                    .map(|&b| batches[b].project(cols))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let bound = crate::ipc::file_size_bound(&sub, &parts) as u64;
+                let (id, len) =
+                    self.write_pending(name, ObjectKind::Table, bound, &mut pending, |dest| {
+                        Ok(crate::ipc::write_file(dest, &sub, &parts)?)
+                    })?;
+                written += len;
+                chunks.push((id, len));
+            }
+            let mut draft_batches = Vec::with_capacity(batches.len());
+            for (b, batch) in batches.iter().enumerate() {
+                let columns = (0..batch.num_columns())
+                    .map(|c| match &sources[b][c] {
+                        Some(buffers) => Source::Existing {
+                            buffers: buffers.clone(),
+                        },
+                        None => {
+                            let g = groups
+                                .iter()
+                                .position(|(_, bs)| bs.contains(&b))
+                                .expect("a batch with new columns has a group");
+                            let (cols, bs) = &groups[g];
+                            Source::New {
+                                chunk: g as u32,
+                                batch: bs.iter().position(|&x| x == b).expect("in its group")
+                                    as u32,
+                                column: cols.iter().position(|&x| x == c).expect("a new column")
+                                    as u32,
+                            }
+                        }
+                    })
+                    .collect();
+                draft_batches.push(DraftBatch {
+                    rows: batch.num_rows() as u64,
+                    columns,
+                });
+            }
+            let draft = Draft {
+                schema: schema_message(schema)?,
+                chunks,
+                batches: draft_batches,
+            };
+            let mut bytes = Vec::new();
+            draft.encode(&mut bytes);
+            let (draft_id, draft_len) = self.write_pending(
+                name,
+                ObjectKind::Bytes,
+                bytes.len() as u64,
+                &mut pending,
+                |dest| {
+                    let n = bytes.len();
+                    dest.get_mut(..n)
+                        .ok_or_else(|| {
+                            ClientError::Protocol(
+                                "the server granted too few bytes for a draft".into(),
+                            )
+                        })?
+                        .copy_from_slice(&bytes);
+                    Ok(n)
+                },
+            )?;
+            let publish = crate::protocol::publish::Publish {
+                if_version: options.if_version,
+                draft_id,
+                draft_len,
+                name: name.to_owned(),
+            };
+            let body = self.request(Kind::Publish, |o| publish.encode(o))?;
+            let sealed = Self::decode(body, Sealed::decode)?;
+            Ok(PutInfo {
+                version: sealed.version,
+                rows: sealed.rows,
+                bytes: written,
+            })
+        })();
+        if result.is_err() {
+            // The server aborts what a refused publish named; anything it did
+            // not get to see is aborted here (an unknown id is just an error).
+            for id in pending {
+                let abort = Abort { object_id: id };
+                let _ = self.request(Kind::Abort, |o| {
+                    abort.encode(o);
+                    Ok(())
+                });
+            }
+        }
+        result
+    }
+
+    /// Creates a pending chunk and fills it, without sealing; returns its id
+    /// and the bytes written, and records the id in `pending`.
+    fn write_pending(
+        &self,
+        name: &str,
+        kind: ObjectKind,
+        size: u64,
+        pending: &mut Vec<u64>,
+        write: impl FnOnce(&mut [u8]) -> Result<usize>,
+    ) -> Result<(u64, u64)> {
+        let writable = self.inner.writable.as_ref().ok_or(ClientError::ReadOnly)?;
+        let body = self.request(Kind::Create, |o| {
+            Create {
+                object_kind: kind,
+                size,
+                name: name.to_owned(),
+            }
+            .encode(o)
+        })?;
+        let created = Self::decode(body, Created::decode)?;
+        pending.push(created.object_id);
+        writable.populate_write_once(created.offset, created.capacity);
+        // SAFETY: the server reserved [offset, offset+capacity) for this pending
+        // chunk on our connection; no one else writes or reads it before it is
+        // published or aborted.
+        let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }.ok_or(
+            ClientError::OutOfBounds {
+                offset: created.offset,
+                length: created.capacity,
+            },
+        )?;
+        let written = write(dest)?;
+        Ok((created.object_id, written as u64))
+    }
+
+    /// The whole table as one IPC file in one chunk, sealed.
+    fn put_whole(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
         let bound = crate::ipc::file_size_bound(schema, batches) as u64;
         let (sealed, bytes) = self.put_object(name, ObjectKind::Table, bound, |dest| {
             Ok(crate::ipc::write_file(dest, schema, batches)?)

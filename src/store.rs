@@ -31,7 +31,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use crate::alloc::{round_up, Allocator, GRANULE_BYTES};
+use crate::ipc::manifest::{ColumnLayout, Manifest};
 use crate::util::human_bytes;
 
 pub type ConnId = u64;
@@ -91,6 +94,36 @@ pub struct Pending {
     pub offset: u64,
     pub capacity: u64,
     pub kind: ObjectKind,
+}
+
+/// A new version to publish (`publish`).
+#[derive(Debug)]
+pub struct NewVersion<'a> {
+    pub name: &'a str,
+    /// Publish only if the name's current version is this one.
+    pub if_version: Option<u64>,
+    pub rows: u64,
+    /// The writer's pending chunks that become part of the version, with the
+    /// bytes written in each.
+    pub new_chunks: &'a [(ObjectId, u64)],
+    /// Sealed chunks of other versions it references too.
+    pub shared: &'a [ObjectId],
+    /// Its manifest room (`reserve_manifest`) and file length; `None` for a
+    /// blob (one new chunk, read as it is).
+    pub manifest: Option<(ObjectId, u64)>,
+    pub layout: Option<Arc<Manifest>>,
+}
+
+/// A column `find_column` found.
+#[derive(Debug, Clone)]
+pub struct FoundColumn {
+    pub version: ObjectId,
+    pub layout: Arc<Manifest>,
+    pub column: ColumnLayout,
+    /// Its index in `layout`'s schema.
+    pub index: usize,
+    /// The version's chunks that hold its buffers.
+    pub chunks: Vec<ObjectId>,
 }
 
 /// Room reserved for a table version's manifest (`reserve_manifest`): its
@@ -155,6 +188,12 @@ pub enum StoreError {
         reason: &'static str,
     },
     LimitExceeded(&'static str),
+    /// `if_version` did not match the name's current version.
+    VersionConflict {
+        name: String,
+        expected: u64,
+        current: Option<u64>,
+    },
     /// The region that holds manifests has no room for one more (many versions
     /// of many-batch tables): manifests of unheld versions were evicted first.
     ManifestSpaceFull {
@@ -192,6 +231,10 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::InvalidObject { object_id, reason } => write!(f, "object {object_id}: {reason}"),
             StoreError::LimitExceeded(what) => write!(f, "limit exceeded: {what}"),
+            StoreError::VersionConflict { name, expected, current } => match current {
+                Some(c) => write!(f, "{name:?} is at version {c}, not {expected}: another writer published first; get it again and redo the change"),
+                None => write!(f, "{name:?} has no current version (deleted or evicted), not {expected}"),
+            },
             StoreError::ManifestSpaceFull { requested_bytes, free_bytes, region_bytes } => write!(
                 f,
                 "no room for a table manifest: {} requested, {} free of the {} the arena keeps for \
@@ -305,6 +348,8 @@ struct Version {
     /// Chunks referenced, each once.
     chunks: Vec<ObjectId>,
     manifest: Option<ManifestAlloc>,
+    /// The manifest and its columns, for later versions to share them.
+    layout: Option<(Arc<Manifest>, Vec<Vec<ColumnLayout>>)>,
     /// What a reader opens: `[0, footer end)` for tables, the chunk for blobs.
     offset: u64,
     length: u64,
@@ -357,6 +402,9 @@ pub struct Store {
     manifests: HashMap<ObjectId, (ConnId, ManifestAlloc)>,
     /// Name -> its current version.
     names: HashMap<String, ObjectId>,
+    /// Lowest buffer offset of a column -> (version, batch, column) of the
+    /// table versions that have it (`find_column`).
+    columns: HashMap<u64, Vec<(ObjectId, u32, u32)>>,
     /// Last version number handed out per name; survives delete so numbers only grow.
     last_version: HashMap<String, u64>,
     conns: HashMap<ConnId, Conn>,
@@ -383,6 +431,7 @@ impl Store {
             versions: HashMap::new(),
             manifests: HashMap::new(),
             names: HashMap::new(),
+            columns: HashMap::new(),
             last_version: HashMap::new(),
             conns: HashMap::new(),
             next_id: 1,
@@ -602,6 +651,16 @@ impl Store {
     fn free_version(&mut self, id: ObjectId) {
         let v = self.versions.remove(&id).expect("freeing a known version");
         assert_eq!(v.leases, 0, "freeing version {id} that is still leased");
+        for batch in v.layout.iter().flat_map(|(_, columns)| columns) {
+            for key in batch.iter().filter_map(ColumnLayout::key) {
+                if let Some(list) = self.columns.get_mut(&key) {
+                    list.retain(|&(vid, _, _)| vid != id);
+                    if list.is_empty() {
+                        self.columns.remove(&key);
+                    }
+                }
+            }
+        }
         for c in v.chunks {
             let chunk = self.chunks.get_mut(&c).expect("referenced chunks exist");
             chunk.refs -= 1;
@@ -674,12 +733,26 @@ impl Store {
         length: u64,
         rows: u64,
     ) -> Result<SealInfo, StoreError> {
-        self.publish(conn, id, length, rows, None)
+        let name = self.pending_name(conn, id)?;
+        self.publish(
+            conn,
+            NewVersion {
+                name: &name,
+                if_version: None,
+                rows,
+                new_chunks: &[(id, length)],
+                shared: &[],
+                manifest: None,
+                layout: None,
+            },
+        )
     }
 
     /// Publishes a pending chunk as a new table version whose manifest was
     /// written into `manifest` (reserved by `conn`): readers open
-    /// `[0, file_len)` of the arena.
+    /// `[0, file_len)` of the arena. `layout` lets later versions find and
+    /// share its columns.
+    #[allow(clippy::too_many_arguments)]
     pub fn seal_table(
         &mut self,
         conn: ConnId,
@@ -688,28 +761,72 @@ impl Store {
         rows: u64,
         manifest: ObjectId,
         file_len: u64,
+        layout: Option<Arc<Manifest>>,
     ) -> Result<SealInfo, StoreError> {
-        self.publish(conn, id, length, rows, Some((manifest, file_len)))
+        let name = self.pending_name(conn, id)?;
+        self.publish(
+            conn,
+            NewVersion {
+                name: &name,
+                if_version: None,
+                rows,
+                new_chunks: &[(id, length)],
+                shared: &[],
+                manifest: Some((manifest, file_len)),
+                layout,
+            },
+        )
     }
 
-    fn publish(
-        &mut self,
-        conn: ConnId,
-        id: ObjectId,
-        length: u64,
-        rows: u64,
-        manifest: Option<(ObjectId, u64)>,
-    ) -> Result<SealInfo, StoreError> {
-        let c = self.pending_chunk(conn, id)?;
-        if length > c.alloc_bytes {
-            return Err(StoreError::LengthTooLarge {
-                object_id: id,
-                length,
-                capacity: c.alloc_bytes,
+    /// Publishes a new version of `v.name`: the writer's pending chunks in
+    /// `new_chunks` are sealed with their lengths, the sealed chunks in
+    /// `shared` gain a reference, and the name moves atomically. Checks
+    /// everything before changing anything: a refusal leaves the store as it
+    /// was (the writer's chunks still pending).
+    pub fn publish(&mut self, conn: ConnId, v: NewVersion<'_>) -> Result<SealInfo, StoreError> {
+        let current = self.version(v.name);
+        if let Some(expected) = v.if_version {
+            if current != Some(expected) {
+                return Err(StoreError::VersionConflict {
+                    name: v.name.to_owned(),
+                    expected,
+                    current,
+                });
+            }
+        }
+        let mut kind = ObjectKind::Table;
+        for &(id, length) in v.new_chunks {
+            let c = self.pending_chunk(conn, id)?;
+            if length > c.alloc_bytes {
+                return Err(StoreError::LengthTooLarge {
+                    object_id: id,
+                    length,
+                    capacity: c.alloc_bytes,
+                });
+            }
+            kind = c.kind;
+        }
+        for id in v.shared {
+            match self.chunks.get(id) {
+                Some(c) if c.state == ChunkState::Sealed => {}
+                _ => {
+                    return Err(StoreError::InvalidObject {
+                        object_id: *id,
+                        reason: "a shared chunk is no longer sealed and referenced (its versions were freed meanwhile)",
+                    })
+                }
+            }
+        }
+        let mut ids: Vec<ObjectId> = v.new_chunks.iter().map(|&(id, _)| id).collect();
+        ids.extend_from_slice(v.shared);
+        let distinct: HashSet<ObjectId> = ids.iter().copied().collect();
+        if distinct.len() != ids.len() {
+            return Err(StoreError::InvalidObject {
+                object_id: ids[0],
+                reason: "a chunk is named twice in one version",
             });
         }
-        let (offset, alloc_bytes, name, kind) = (c.offset, c.alloc_bytes, c.name.clone(), c.kind);
-        let manifest = match manifest {
+        let manifest = match v.manifest {
             None => None,
             Some((mid, file_len)) => match self.manifests.get(&mid) {
                 Some(&(owner, m)) if owner == conn => Some((mid, m, file_len)),
@@ -721,51 +838,88 @@ impl Store {
                 }
             },
         };
-        let new_alloc = if alloc_bytes - length <= kept_slack(length) {
-            alloc_bytes
-        } else {
-            self.data.shrink(offset, alloc_bytes, length)
-        };
+        if manifest.is_none() && (v.new_chunks.len() != 1 || !v.shared.is_empty()) {
+            return Err(StoreError::InvalidObject {
+                object_id: ids.first().copied().unwrap_or(0),
+                reason: "a version without a manifest is exactly one new chunk",
+            });
+        }
+        // Checked: from here on nothing fails.
+        let mut data_bytes = 0;
+        for &(id, length) in v.new_chunks {
+            let c = &self.chunks[&id];
+            let (offset, alloc_bytes) = (c.offset, c.alloc_bytes);
+            let new_alloc = if alloc_bytes - length <= kept_slack(length) {
+                alloc_bytes
+            } else {
+                self.data.shrink(offset, alloc_bytes, length)
+            };
+            let chunk = self.chunks.get_mut(&id).expect("checked above");
+            chunk.alloc_bytes = new_alloc;
+            chunk.length = length;
+            chunk.state = ChunkState::Sealed;
+            chunk.refs = 1;
+            data_bytes += length;
+            self.conns.entry(conn).or_default().pending.remove(&id);
+        }
+        for id in v.shared {
+            let c = self.chunks.get_mut(id).expect("checked above");
+            c.refs += 1;
+            data_bytes += c.length;
+        }
         let number = {
-            let v = self.last_version.entry(name.clone()).or_insert(0);
-            *v += 1;
-            *v
+            let n = self.last_version.entry(v.name.to_owned()).or_insert(0);
+            *n += 1;
+            *n
         };
-        let last_use = self.tick();
-        let chunk = self.chunks.get_mut(&id).expect("checked above");
-        chunk.alloc_bytes = new_alloc;
-        chunk.length = length;
-        chunk.state = ChunkState::Sealed;
-        chunk.refs = 1;
-        let c = self.conns.entry(conn).or_default();
-        c.pending.remove(&id);
         let (read_offset, read_length, manifest) = match manifest {
-            None => (offset, length, None),
+            None => {
+                let c = &self.chunks[&v.new_chunks[0].0];
+                (c.offset, c.length, None)
+            }
             Some((mid, m, file_len)) => {
-                c.pending.remove(&mid);
+                self.conns.entry(conn).or_default().pending.remove(&mid);
                 self.manifests.remove(&mid);
                 (0, file_len, Some(m))
             }
         };
+        let last_use = self.tick();
         let vid = self.new_id();
+        let columns = v
+            .layout
+            .as_ref()
+            .and_then(|l| l.batch_columns().ok().flatten());
+        if let Some(columns) = &columns {
+            for (b, batch) in columns.iter().enumerate() {
+                for (c, column) in batch.iter().enumerate() {
+                    if let Some(key) = column.key() {
+                        self.columns
+                            .entry(key)
+                            .or_default()
+                            .push((vid, b as u32, c as u32));
+                    }
+                }
+            }
+        }
         self.versions.insert(
             vid,
             Version {
-                name: name.clone(),
+                name: v.name.to_owned(),
                 number,
                 kind,
-                rows,
-                chunks: vec![id],
+                rows: v.rows,
+                chunks: ids,
                 manifest,
                 offset: read_offset,
                 length: read_length,
-                data_bytes: length,
+                data_bytes,
+                layout: v.layout.zip(columns),
                 leases: 0,
                 last_use,
                 last_use_at: Instant::now(),
             },
         );
-        if let Some(prev) = self.names.insert(name, vid) {
+        if let Some(prev) = self.names.insert(v.name.to_owned(), vid) {
             if self.versions[&prev].leases == 0 {
                 self.free_version(prev);
             }
@@ -773,8 +927,44 @@ impl Store {
         self.puts += 1;
         Ok(SealInfo {
             version: number,
-            rows,
+            rows: v.rows,
         })
+    }
+
+    /// A column of a live table version whose non-empty buffers are exactly
+    /// `buffers` (sorted by offset), with the chunks of that version that hold
+    /// them: how a writer's "these buffers are already in the arena" becomes
+    /// a reference.
+    pub fn find_column(&self, buffers: &[(u64, u64)]) -> Option<FoundColumn> {
+        let key = buffers.first()?.0;
+        for &(vid, b, c) in self.columns.get(&key)? {
+            let v = &self.versions[&vid];
+            let Some((layout, columns)) = &v.layout else {
+                continue;
+            };
+            let column = &columns[b as usize][c as usize];
+            if column.buffer_set() != buffers {
+                continue;
+            }
+            let mut chunks = Vec::new();
+            for &(offset, length) in buffers {
+                let holder = v.chunks.iter().copied().find(|id| {
+                    let ch = &self.chunks[id];
+                    offset >= ch.offset && offset + length <= ch.offset + ch.length.max(1)
+                })?;
+                if !chunks.contains(&holder) {
+                    chunks.push(holder);
+                }
+            }
+            return Some(FoundColumn {
+                version: vid,
+                layout: layout.clone(),
+                column: column.clone(),
+                index: c as usize,
+                chunks,
+            });
+        }
+        None
     }
 
     /// Gives up a pending chunk or manifest reservation.
@@ -826,6 +1016,14 @@ impl Store {
             rows: v.rows,
             kind: v.kind,
         })
+    }
+
+    /// The chunks the current version of `name` references.
+    pub fn chunks_of(&self, name: &str) -> Vec<ObjectId> {
+        self.names
+            .get(name)
+            .map(|id| self.versions[id].chunks.clone())
+            .unwrap_or_default()
     }
 
     /// The current version number of `name`, without taking a lease.

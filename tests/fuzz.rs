@@ -729,7 +729,7 @@ fn check_ok_body(ctx: &Ctx, req: &Request, body: &[u8]) -> Result<(), String> {
             }
         }
         Request::Create(c) => check_create(ctx, c.size, body)?,
-        Request::Seal(_) => {
+        Request::Seal(_) | Request::Publish(_) => {
             let s = Sealed::decode(body).map_err(|e| e.to_string())?;
             if s.version == 0 {
                 return Err("seal reply with version 0 (versions start at 1)".into());

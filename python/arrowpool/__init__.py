@@ -27,6 +27,7 @@ from .errors import (
     ServerUnavailable,
     Timeout,
     UnknownKind,
+    VersionConflict,
 )
 
 __version__ = "0.1.0"
@@ -49,5 +50,6 @@ __all__ = [
     "ServerUnavailable",
     "Timeout",
     "UnknownKind",
+    "VersionConflict",
     "connect",
 ]

@@ -62,6 +62,7 @@ class Kind(enum.IntEnum):
     STATS = 9
     WAIT = 10
     INGEST = 11
+    PUBLISH = 12
     #: Server -> client, request id 0, empty body: the server is stopping.
     SHUTDOWN = 0xFFFE
     #: Server -> client: the request failed; body is ``code u16, message str``.
@@ -476,8 +477,32 @@ class Ingest:
         return value
 
 
+class Publish:
+    """kind 12: ``flags u8, if_version u64, draft_id u64, draft_len u64, name str``
+    -> ``version u64, rows u64`` (a new version from a draft; see docs/PROTOCOL.md)."""
+
+    KIND = Kind.PUBLISH
+    REPLY = struct.Struct("<QQ")
+    FLAG_IF_VERSION = 1
+
+    @classmethod
+    def encode(cls, name: str, draft_id: int, draft_len: int, if_version: int | None = None) -> bytes:
+        flags = cls.FLAG_IF_VERSION if if_version is not None else 0
+        return struct.pack("<BQQQ", flags, if_version or 0, draft_id, draft_len) + encode_str(
+            name, "name"
+        )
+
+    @classmethod
+    def decode_reply(cls, body: bytes) -> Sealed:
+        if len(body) != cls.REPLY.size:
+            raise ProtocolError(f"publish: reply must be {cls.REPLY.size} bytes, got {len(body)}")
+        return Sealed(*cls.REPLY.unpack(body))
+
+
 #: Request classes by kind number.
 REQUESTS = {
     cls.KIND: cls
-    for cls in (Ping, Create, Seal, Abort, Get, Release, Delete, List, Stats, Wait, Ingest)
+    for cls in (
+        Ping, Create, Seal, Abort, Get, Release, Delete, List, Stats, Wait, Ingest, Publish
+    )
 }

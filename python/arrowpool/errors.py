@@ -21,6 +21,7 @@ in :attr:`ArrowpoolError.code`; match on the class, not on the text.
      +-- ServerUnavailable  10   cannot connect, server stopping, connection lost
      +-- InternalError      11   a server-side failure
      +-- ReadOnly           12   a write request on a connection made with write=False
+     +-- VersionConflict    13   put(..., if_version=N) found another version: nothing put
 """
 
 from __future__ import annotations
@@ -142,6 +143,14 @@ class ReadOnly(ArrowpoolError, PermissionError):
     __str__ = ArrowpoolError.__str__
 
 
+class VersionConflict(ArrowpoolError):
+    """``put(..., if_version=N)`` found the name at another version: another writer
+    published in between, and nothing was put (code 13). Get the table again and
+    redo the change."""
+
+    code = 13
+
+
 _BY_CODE: dict[int, type[ArrowpoolError]] = {
     cls.code: cls
     for cls in (
@@ -157,6 +166,7 @@ _BY_CODE: dict[int, type[ArrowpoolError]] = {
         ServerUnavailable,
         InternalError,
         ReadOnly,
+        VersionConflict,
     )
 }
 

@@ -79,6 +79,7 @@ def expected_reply(case: dict):
     value = {
         proto.Kind.CREATE: lambda: proto.Created(**fields),
         proto.Kind.SEAL: lambda: proto.Sealed(**fields),
+        proto.Kind.PUBLISH: lambda: proto.Sealed(**fields),
         proto.Kind.GET: lambda: proto.Got(**fields),
         proto.Kind.WAIT: lambda: fields["version"],
     }.get(request_class(case).KIND)

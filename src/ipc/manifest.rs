@@ -466,3 +466,153 @@ fn encode_footer(
 
 #[cfg(test)]
 mod tests;
+
+/// Where one top-level column's nodes and buffers lie in its batch's lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnLayout {
+    pub nodes: Vec<Node>,
+    pub buffers: Vec<BufferRef>,
+    pub variadic: Vec<i64>,
+}
+
+impl ColumnLayout {
+    /// The lowest offset among the column's non-empty buffers: how a column
+    /// is looked up when a writer names its buffers.
+    pub fn key(&self) -> Option<u64> {
+        self.buffers
+            .iter()
+            .filter(|b| b.length > 0)
+            .map(|b| b.offset)
+            .min()
+    }
+
+    /// Its non-empty buffers as a sorted list, to compare with what a writer
+    /// names (writers list buffers in their own order and leave out empty ones).
+    pub fn buffer_set(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .buffers
+            .iter()
+            .filter(|b| b.length > 0)
+            .map(|b| (b.offset, b.length))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// IPC field nodes and fixed buffers of a type, its children included, and
+/// how many view fields it has (each adds a variadic count and that many
+/// buffers). Dictionary values are not counted: they travel in dictionary
+/// batches. `None` for types with dictionaries below the top level, which
+/// versions cannot take column by column yet.
+fn type_span(t: &DataType, top: bool) -> Option<(usize, usize, usize)> {
+    use DataType::*;
+    let children = |fs: &mut dyn Iterator<Item = &Field>| -> Option<(usize, usize, usize)> {
+        let (mut n, mut b, mut v) = (0, 0, 0);
+        for f in fs {
+            let (n2, b2, v2) = type_span(f.data_type(), false)?;
+            (n, b, v) = (n + n2, b + b2, v + v2);
+        }
+        Some((n, b, v))
+    };
+    let (own_buffers, (n, b, v)) = match t {
+        Null => (0, (0, 0, 0)),
+        Utf8 | Binary | LargeUtf8 | LargeBinary => (3, (0, 0, 0)),
+        Utf8View | BinaryView => (2, (0, 0, 1)),
+        List(f) | LargeList(f) | Map(f, _) => (2, children(&mut std::iter::once(f.as_ref()))?),
+        ListView(f) | LargeListView(f) => (3, children(&mut std::iter::once(f.as_ref()))?),
+        FixedSizeList(f, _) => (1, children(&mut std::iter::once(f.as_ref()))?),
+        Struct(fs) => (1, children(&mut fs.iter().map(|f| f.as_ref()))?),
+        RunEndEncoded(a, b) => (0, children(&mut [a.as_ref(), b.as_ref()].into_iter())?),
+        Union(fs, mode) => {
+            let own = if *mode == arrow_schema::UnionMode::Dense {
+                2
+            } else {
+                1
+            };
+            (own, children(&mut fs.iter().map(|(_, f)| f.as_ref()))?)
+        }
+        Dictionary(_, _) if !top => return None,
+        Dictionary(_, _) => (2, (0, 0, 0)),
+        _ => (2, (0, 0, 0)),
+    };
+    Some((1 + n, own_buffers + b, v))
+}
+
+impl BatchLayout {
+    /// Splits the batch into its top-level columns, given the schema it was
+    /// written with. Errors if the counts do not add up (a bug or a schema
+    /// that is not the batch's), `Ok(None)` if a column has nested dictionaries.
+    pub fn columns(&self, schema: &Schema) -> Result<Option<Vec<ColumnLayout>>, ArrowError> {
+        let mut out = Vec::with_capacity(schema.fields().len());
+        let (mut n, mut b, mut v) = (0usize, 0usize, 0usize);
+        let short =
+            || ArrowError::ParseError("batch has fewer nodes or buffers than its schema".into());
+        for f in schema.fields() {
+            let Some((nodes, fixed, views)) = type_span(f.data_type(), true) else {
+                return Ok(None);
+            };
+            let variadic = self.variadic.get(v..v + views).ok_or_else(short)?.to_vec();
+            let extra: usize = variadic.iter().map(|&c| c.max(0) as usize).sum();
+            let buffers = self
+                .buffers
+                .get(b..b + fixed + extra)
+                .ok_or_else(short)?
+                .to_vec();
+            out.push(ColumnLayout {
+                nodes: self.nodes.get(n..n + nodes).ok_or_else(short)?.to_vec(),
+                buffers,
+                variadic,
+            });
+            n += nodes;
+            b += fixed + extra;
+            v += views;
+        }
+        if (n, b, v) != (self.nodes.len(), self.buffers.len(), self.variadic.len()) {
+            return Err(ArrowError::ParseError(
+                "batch has more nodes or buffers than its schema".into(),
+            ));
+        }
+        Ok(Some(out))
+    }
+
+    /// A batch of `rows` rows made of `columns`, in order.
+    pub fn from_columns(rows: i64, columns: &[&ColumnLayout]) -> BatchLayout {
+        let mut b = BatchLayout {
+            rows,
+            nodes: Vec::new(),
+            buffers: Vec::new(),
+            variadic: Vec::new(),
+        };
+        for c in columns {
+            b.nodes.extend_from_slice(&c.nodes);
+            b.buffers.extend_from_slice(&c.buffers);
+            b.variadic.extend_from_slice(&c.variadic);
+        }
+        b
+    }
+}
+
+impl Manifest {
+    /// Column `c` of every batch, or `None` where a column has nested dictionaries.
+    pub fn batch_columns(&self) -> Result<Option<Vec<Vec<ColumnLayout>>>, ArrowError> {
+        let mut out = Vec::with_capacity(self.batches.len());
+        for b in &self.batches {
+            match b.columns(&self.schema)? {
+                Some(c) => out.push(c),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The dictionaries of top-level column `c` (a dictionary field), in order.
+    pub fn column_dictionaries(&self, c: usize) -> Vec<&DictionaryLayout> {
+        #[expect(deprecated)] // ids as the file's schema gave them
+        let id = self.schema.field(c).dict_id();
+        match id {
+            Some(id) => self.dictionaries.iter().filter(|d| d.id == id).collect(),
+            None => Vec::new(),
+        }
+    }
+}

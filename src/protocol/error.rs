@@ -34,6 +34,9 @@ pub enum ErrorCode {
     /// A write request (create, seal, abort, delete, ingest) on a connection
     /// whose handshake did not ask for write access.
     ReadOnly = 12,
+    /// A put with `if_version` found the name at another version (a writer
+    /// published in between): nothing was published.
+    VersionConflict = 13,
 }
 
 impl ErrorCode {
@@ -50,6 +53,7 @@ impl ErrorCode {
             9 => ErrorCode::LimitExceeded,
             10 => ErrorCode::ShuttingDown,
             12 => ErrorCode::ReadOnly,
+            13 => ErrorCode::VersionConflict,
             _ => ErrorCode::Internal,
         }
     }

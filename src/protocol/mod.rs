@@ -8,6 +8,7 @@
 pub mod abort;
 pub mod create;
 pub mod delete;
+pub mod draft;
 pub mod error;
 pub mod frame;
 pub mod get;
@@ -15,6 +16,7 @@ pub mod handshake;
 pub mod ingest;
 pub mod list;
 pub mod ping;
+pub mod publish;
 pub mod release;
 pub mod seal;
 pub mod stats;
@@ -49,6 +51,7 @@ pub enum Kind {
     Stats = 9,
     Wait = 10,
     Ingest = 11,
+    Publish = 12,
     /// Server -> client, request id 0: the server is shutting down.
     Shutdown = 0xFFFE,
     /// Server -> client: the request failed; body is an [`ErrorReply`].
@@ -70,6 +73,7 @@ impl Kind {
             9 => Kind::Stats,
             10 => Kind::Wait,
             11 => Kind::Ingest,
+            12 => Kind::Publish,
             _ => return None,
         })
     }
@@ -88,6 +92,7 @@ impl Kind {
             Kind::Stats => "stats",
             Kind::Wait => "wait",
             Kind::Ingest => "ingest",
+            Kind::Publish => "publish",
             Kind::Shutdown => "shutdown",
             Kind::Error => "error",
         }
@@ -140,6 +145,7 @@ pub enum Request {
     Stats(stats::Stats),
     Wait(wait::Wait),
     Ingest(ingest::Ingest),
+    Publish(publish::Publish),
 }
 
 impl Request {
@@ -158,6 +164,7 @@ impl Request {
             Kind::Stats => Request::Stats(stats::Stats::decode(body)?),
             Kind::Wait => Request::Wait(wait::Wait::decode(body)?),
             Kind::Ingest => Request::Ingest(ingest::Ingest::decode(body)?),
+            Kind::Publish => Request::Publish(publish::Publish::decode(body)?),
             Kind::Shutdown | Kind::Error => return Err(FrameError::UnknownKind(kind as u16)),
         })
     }
@@ -177,6 +184,7 @@ impl Request {
             Request::Stats(r) => r.encode(out),
             Request::Wait(r) => return r.encode(out),
             Request::Ingest(r) => return r.encode(out),
+            Request::Publish(r) => return r.encode(out),
         }
         Ok(())
     }
@@ -194,6 +202,7 @@ impl Request {
             Request::Stats(_) => Kind::Stats,
             Request::Wait(_) => Kind::Wait,
             Request::Ingest(_) => Kind::Ingest,
+            Request::Publish(_) => Kind::Publish,
         }
     }
 }

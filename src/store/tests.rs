@@ -20,7 +20,15 @@ fn put_table(s: &mut Store, conn: ConnId, name: &str, size: u64) -> Result<SealI
             return Err(e);
         }
     };
-    s.seal_table(conn, c.object_id, size, 1, m.id, m.high_offset + 5_000)
+    s.seal_table(
+        conn,
+        c.object_id,
+        size,
+        1,
+        m.id,
+        m.high_offset + 5_000,
+        None,
+    )
 }
 
 #[test]
@@ -59,15 +67,23 @@ fn a_table_version_reads_from_offset_zero_and_frees_its_manifest() {
     assert!(m.high_offset >= r.high_start);
     assert!(c.offset >= r.low_end && c.offset + c.capacity <= r.high_start);
     // Only the owner may use the reservation.
-    assert!(s.seal_table(2, c.object_id, MB, 1, m.id, 1).is_err());
+    assert!(s.seal_table(2, c.object_id, MB, 1, m.id, 1, None).is_err());
     let other = s.reserve_manifest(2, "t", 1, 1).unwrap();
     assert!(matches!(
-        s.seal_table(1, c.object_id, MB, 1, other.id, 1),
+        s.seal_table(1, c.object_id, MB, 1, other.id, 1, None),
         Err(StoreError::InvalidObject { .. })
     ));
     s.disconnect(2);
-    s.seal_table(1, c.object_id, 10 * MB, 7, m.id, m.high_offset + 5_000)
-        .unwrap();
+    s.seal_table(
+        1,
+        c.object_id,
+        10 * MB,
+        7,
+        m.id,
+        m.high_offset + 5_000,
+        None,
+    )
+    .unwrap();
     let l = s.get(3, "t").unwrap();
     assert_eq!((l.offset, l.length, l.rows), (0, m.high_offset + 5_000, 7));
     assert_ne!(
@@ -94,7 +110,7 @@ fn a_full_manifest_region_evicts_unheld_versions_then_says_so() {
         let m = s.reserve_manifest(1, name, low / 3, 1).inspect_err(|_| {
             let _ = s.abort(1, c.object_id);
         })?;
-        s.seal_table(1, c.object_id, MB, 1, m.id, m.high_offset + 1)
+        s.seal_table(1, c.object_id, MB, 1, m.id, m.high_offset + 1, None)
     };
     big(&mut s, "a").unwrap();
     big(&mut s, "b").unwrap();
@@ -257,15 +273,51 @@ fn pending_limit_per_connection() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { conn: u64, name: u8, size_mb: u64 },
-    PutTable { conn: u64, name: u8, size_mb: u64 },
-    Create { conn: u64, name: u8, size_mb: u64 },
-    Seal { conn: u64, pick: usize },
-    Abort { conn: u64, pick: usize },
-    Get { conn: u64, name: u8 },
-    Release { conn: u64, pick: usize },
-    Delete { name: u8 },
-    Disconnect { conn: u64 },
+    Put {
+        conn: u64,
+        name: u8,
+        size_mb: u64,
+    },
+    PutTable {
+        conn: u64,
+        name: u8,
+        size_mb: u64,
+    },
+    /// A new version of `name` sharing the chunks of `from`'s current version
+    /// plus one new chunk (a replaced column), as `publish` makes.
+    Derive {
+        conn: u64,
+        from: u8,
+        name: u8,
+        size_mb: u64,
+    },
+    Create {
+        conn: u64,
+        name: u8,
+        size_mb: u64,
+    },
+    Seal {
+        conn: u64,
+        pick: usize,
+    },
+    Abort {
+        conn: u64,
+        pick: usize,
+    },
+    Get {
+        conn: u64,
+        name: u8,
+    },
+    Release {
+        conn: u64,
+        pick: usize,
+    },
+    Delete {
+        name: u8,
+    },
+    Disconnect {
+        conn: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -282,6 +334,14 @@ fn op() -> impl Strategy<Value = Op> {
             name,
             size_mb
         }),
+        (conn.clone(), name.clone(), name.clone(), 1u64..8).prop_map(
+            |(conn, from, name, size_mb)| Op::Derive {
+                conn,
+                from,
+                name,
+                size_mb
+            }
+        ),
         (conn.clone(), name.clone(), 1u64..24).prop_map(|(conn, name, size_mb)| Op::Create {
             conn,
             name,
@@ -323,6 +383,48 @@ proptest! {
         for op in ops {
             let evictions_before = s.stats().evictions;
             match op {
+                Op::Derive { conn, from, name, size_mb } => {
+                    let (from, name) = (format!("n{from}"), format!("n{name}"));
+                    let shared = s.chunks_of(&from);
+                    let derived = (|| {
+                        let c = s.create(conn, &name, ObjectKind::Table, size_mb * MB)?;
+                        let m = match s.reserve_manifest(conn, &name, 10_000, 5_000) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                s.abort(conn, c.object_id).unwrap();
+                                return Err(e);
+                            }
+                        };
+                        // Making room may have evicted `from`: its chunks are then gone.
+                        let shared: Vec<ObjectId> =
+                            if s.chunks_of(&from) == shared { shared.clone() } else { Vec::new() };
+                        let r = s.publish(conn, NewVersion {
+                            name: &name,
+                            if_version: None,
+                            rows: 1,
+                            new_chunks: &[(c.object_id, size_mb * MB)],
+                            shared: &shared,
+                            manifest: Some((m.id, m.high_offset + 5_000)),
+                            layout: None,
+                        });
+                        if r.is_err() {
+                            s.abort(conn, m.id).unwrap();
+                            s.abort(conn, c.object_id).unwrap();
+                        }
+                        r
+                    })();
+                    match derived {
+                        Ok(sealed) => {
+                            let v = m.last_version.entry(name.clone()).or_insert(0);
+                            *v += 1;
+                            prop_assert_eq!(sealed.version, *v);
+                            m.names.insert(name, (*v, None));
+                        }
+                        Err(StoreError::OutOfMemory { .. }) => {}
+                        Err(StoreError::LimitExceeded(_)) => {}
+                        Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                    }
+                }
                 Op::PutTable { conn, name, size_mb } => {
                     let name = format!("n{name}");
                     match put_table(&mut s, conn, &name, size_mb * MB) {

@@ -271,6 +271,7 @@ fn frame_cases() -> Vec<FrameCase> {
     cases.extend(read_cases());
     cases.extend(admin_cases());
     cases.extend(ingest_cases());
+    cases.extend(publish_cases());
     cases.extend(error_cases());
     cases
 }
@@ -379,6 +380,29 @@ fn ingest_cases() -> Vec<FrameCase> {
             json!({"name": "trips", "path": "/data/trips", "columns": []}),
         ),
         reply("ingest reply", "ingest", ID_ALL_BYTES, reply_body),
+    ]
+}
+
+fn publish_cases() -> Vec<FrameCase> {
+    vec![
+        request(
+            "publish a draft",
+            "publish",
+            14,
+            json!({"if_version": null, "draft_id": 9, "draft_len": 1200, "name": "sales"}),
+        ),
+        request(
+            "publish only over version 3",
+            "publish",
+            ID_ALL_BYTES,
+            json!({"if_version": 3, "draft_id": 9, "draft_len": 1200, "name": "sales"}),
+        ),
+        reply(
+            "publish reply",
+            "publish",
+            14,
+            json!({"version": 4, "rows": 10_000_000}),
+        ),
     ]
 }
 

@@ -8,6 +8,7 @@ use arrowpool::protocol::get::{Get, Located};
 use arrowpool::protocol::handshake::{ClientHello, ServerHello};
 use arrowpool::protocol::ingest::{Ingest, IngestReply};
 use arrowpool::protocol::list::ListEntry;
+use arrowpool::protocol::publish::Publish;
 use arrowpool::protocol::seal::{Seal, Sealed};
 use arrowpool::protocol::stats::StatsReply;
 use arrowpool::protocol::wait::{Version, Wait};
@@ -278,6 +279,12 @@ pub fn case_request(case: &FrameCase) -> Request {
             name: text(f, "name"),
         }),
         Kind::Ingest => Request::Ingest(case_ingest(f)),
+        Kind::Publish => Request::Publish(Publish {
+            if_version: f["if_version"].as_u64(),
+            draft_id: num(f, "draft_id"),
+            draft_len: num(f, "draft_len"),
+            name: text(f, "name"),
+        }),
         Kind::Shutdown | Kind::Error => unreachable!("not request kinds"),
     }
 }
@@ -310,7 +317,7 @@ pub fn case_reply(case: &FrameCase) -> Reply {
                 capacity: num(f, "capacity"),
             })
         }
-        Kind::Seal => {
+        Kind::Seal | Kind::Publish => {
             let f = fields(case);
             Reply::Sealed(Sealed {
                 version: num(f, "version"),
@@ -386,7 +393,7 @@ pub fn decode_reply(kind: Kind, body: &[u8]) -> Result<Reply, String> {
             return Err(format!("{} reply must be empty", kind.name()))
         }
         Kind::Create => Reply::Created(Created::decode(body).map_err(err)?),
-        Kind::Seal => Reply::Sealed(Sealed::decode(body).map_err(err)?),
+        Kind::Seal | Kind::Publish => Reply::Sealed(Sealed::decode(body).map_err(err)?),
         Kind::Get => Reply::Located(Located::decode(body).map_err(err)?),
         Kind::Wait => Reply::Version(Version::decode(body).map_err(err)?),
         Kind::List => Reply::List(serde_json::from_slice(body).map_err(json_err)?),

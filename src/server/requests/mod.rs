@@ -11,6 +11,7 @@ mod get;
 mod ingest;
 mod list;
 mod ping;
+mod publish;
 mod release;
 mod seal;
 mod stats;
@@ -66,7 +67,7 @@ fn json<T: serde::Serialize>(v: &T) -> Reply {
 fn writes(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Create | Kind::Seal | Kind::Abort | Kind::Delete | Kind::Ingest
+        Kind::Create | Kind::Seal | Kind::Abort | Kind::Delete | Kind::Ingest | Kind::Publish
     )
 }
 
@@ -118,6 +119,7 @@ async fn dispatch(ctx: &Ctx<'_>, req: Request) -> Reply {
         Request::Stats(_) => stats::apply(ctx),
         Request::Wait(r) => wait::apply(ctx, r).await,
         Request::Ingest(r) => ingest::apply(ctx, r).await,
+        Request::Publish(r) => publish::apply(ctx, r).await,
     }
 }
 
@@ -137,6 +139,7 @@ pub fn store_error(e: StoreError) -> ErrorReply {
             ErrorCode::InvalidObject
         }
         StoreError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+        StoreError::VersionConflict { .. } => ErrorCode::VersionConflict,
     };
     ErrorReply::new(code, e.to_string())
 }
@@ -147,7 +150,7 @@ pub fn pool_error(e: PoolError) -> ErrorReply {
         PoolError::Store(e) => return store_error(e.clone()),
         PoolError::Memory(_) => ErrorCode::OutOfMemory,
         PoolError::OutsideArena { .. } | PoolError::Manifest { .. } => ErrorCode::Internal,
-        PoolError::InvalidTable { .. } => ErrorCode::InvalidData,
+        PoolError::InvalidTable { .. } | PoolError::InvalidDraft(_) => ErrorCode::InvalidData,
     };
     ErrorReply::new(code, e.to_string())
 }

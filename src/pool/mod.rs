@@ -16,7 +16,9 @@
 //! nothing of the wire: its errors are typed, and the server turns them into
 //! error replies.
 
-use std::sync::{Mutex, MutexGuard};
+mod publish;
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arrow_schema::ArrowError;
 
@@ -57,6 +59,10 @@ pub enum PoolError {
         object_id: ObjectId,
         error: CheckError,
     },
+    /// A `publish` draft that does not add up (unknown columns, types or
+    /// lengths that disagree, a malformed draft); everything it named was
+    /// aborted.
+    InvalidDraft(String),
     /// A checked table's manifest could not be made (a bug, not the writer's
     /// fault); the table was aborted.
     Manifest {
@@ -77,6 +83,7 @@ impl std::fmt::Display for PoolError {
                 f,
                 "object {object_id} is not a valid Arrow IPC file ({error}); it was aborted"
             ),
+            PoolError::InvalidDraft(m) => write!(f, "publish refused: {m}; nothing was published"),
             PoolError::Manifest { object_id, error } => write!(
                 f,
                 "object {object_id}: cannot lay out its manifest ({error}); it was aborted"
@@ -179,7 +186,7 @@ impl Pool {
                         return Err(e);
                     }
                 };
-                self.publish_table(conn, id, length, &manifest)?
+                self.publish_table(conn, id, length, Arc::new(manifest))?
             }
             ObjectKind::Bytes => self.store().seal(conn, id, length, 0)?,
         };
@@ -215,7 +222,7 @@ impl Pool {
         conn: ConnId,
         id: ObjectId,
         length: u64,
-        manifest: &Manifest,
+        manifest: Arc<Manifest>,
     ) -> Result<SealInfo, PoolError> {
         let abort = |space: Option<ObjectId>, e: PoolError| {
             let mut store = self.store();
@@ -253,6 +260,7 @@ impl Pool {
                 manifest.rows(),
                 space.id,
                 encoded.file_len,
+                Some(manifest),
             )
             .map_err(|e| abort(Some(space.id), e.into()))
     }
