@@ -28,6 +28,7 @@ import itertools
 import mmap
 import os
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -38,6 +39,7 @@ import pyarrow as pa
 from . import _protocol as proto
 from .errors import (
     ArrowpoolError,
+    InvalidData,
     LimitExceeded,
     ProtocolError,
     ServerUnavailable,
@@ -542,6 +544,110 @@ def _ipc_file_size(table: pa.Table) -> int:
     return sink.size()
 
 
+def _arena_buffers(arr: pa.Array, lo: int, hi: int) -> list[tuple[int, int]] | None:
+    """The (arena offset, length) of every non-empty buffer of ``arr`` (children
+    included, dictionary values excluded), if all lie in ``[lo, hi)`` and the array
+    is not sliced; else None."""
+    if arr.offset != 0:
+        return None
+    out = []
+    for b in arr.buffers():
+        if b is None or b.size == 0:
+            continue
+        address = b.address
+        if address < lo or address + b.size > hi:
+            return None
+        out.append((address - lo, b.size))
+    return out or None
+
+
+class _Plan:
+    """How a put is made of new and existing columns: the batches (each a list of
+    arrays), which cells are already in the arena, and the new columns grouped into
+    one IPC file per set of batches with the same new columns."""
+
+    def __init__(self, schema: pa.Schema, batches: list[list[pa.Array]], existing: list[list[Any]]):
+        self.schema = schema
+        self.batches = batches
+        self.existing = existing
+        self.reuses = any(e is not None for row in existing for e in row)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for b, row in enumerate(existing):
+            new = tuple(c for c, e in enumerate(row) if e is None)
+            if new:
+                groups.setdefault(new, []).append(b)
+        self.groups = list(groups.items())
+        self.files = []
+        for cols, bs in self.groups:
+            fields = [schema.field(c) for c in cols]
+            sub = pa.schema(fields)
+            self.files.append(
+                pa.Table.from_batches(
+                    [pa.record_batch([batches[b][c] for c in cols], schema=sub) for b in bs], schema=sub
+                )
+            )
+
+    @classmethod
+    def all_new(cls, table: pa.Table) -> "_Plan":
+        batches = [list(b.columns) for b in table.to_batches()]
+        return cls(table.schema, batches, [[None] * len(row) for row in batches])
+
+    def draft(self, chunks: list[tuple[int, int]]) -> bytes:
+        """The draft (docs/PROTOCOL.md) once the new files lie in ``chunks``."""
+        where: dict[tuple[int, int], tuple[int, int, int]] = {}
+        for g, (cols, bs) in enumerate(self.groups):
+            for i, b in enumerate(bs):
+                for j, c in enumerate(cols):
+                    where[(b, c)] = (g, i, j)
+        schema = self.schema.serialize().to_pybytes()
+        parts = [b"APDRAFT1", struct.pack("<I", len(schema)), schema, struct.pack("<I", len(chunks))]
+        parts += [struct.pack("<QQ", cid, length) for cid, length in chunks]
+        parts.append(struct.pack("<I", len(self.batches)))
+        for b, row in enumerate(self.batches):
+            parts.append(struct.pack("<Q", len(row[0]) if row else 0))
+            for c, buffers in enumerate(self.existing[b]):
+                if buffers is None:
+                    parts.append(struct.pack("<BIII", 0, *where[(b, c)]))
+                else:
+                    parts.append(struct.pack("<BH", 1, len(buffers)))
+                    parts += [struct.pack("<QQ", o, n) for o, n in buffers]
+        return b"".join(parts)
+
+
+def _reuse_plan(conn: _Connection, table: pa.Table) -> _Plan | None:
+    """A plan that references the columns of ``table`` already in this connection's
+    arena mapping, or None if none is (then a put writes one IPC file as before)."""
+    lo, hi = conn.ro_address, conn.ro_address + conn.arena_len
+    columns = table.columns
+    if not columns or table.num_rows == 0:
+        return None
+    layouts = [[len(c) for c in col.chunks] for col in columns]
+    in_arena = [
+        any(_arena_buffers(chunk, lo, hi) is not None for chunk in col.chunks) for col in columns
+    ]
+    if not any(in_arena):
+        return None
+    # Batches follow the chunks of the first column found in the arena; columns
+    # chunked otherwise are cut to match (they are written anew).
+    layout = layouts[in_arena.index(True)]
+    batches: list[list[pa.Array]] = [[] for _ in layout]
+    existing: list[list[Any]] = [[] for _ in layout]
+    for col, col_layout in zip(columns, layouts):
+        if col_layout == layout:
+            pieces = list(col.chunks)
+            found = [_arena_buffers(p, lo, hi) for p in pieces]
+        else:
+            pieces, start = [], 0
+            for n in layout:
+                pieces.append(col.slice(start, n).combine_chunks())
+                start += n
+            found = [None] * len(pieces)
+        for b, (piece, buffers) in enumerate(zip(pieces, found)):
+            batches[b].append(piece)
+            existing[b].append(buffers)
+    return _Plan(table.schema, batches, existing)
+
+
 class Client:
     """A connection to ``arrowpoold``. Create it with :func:`arrowpool.connect`.
 
@@ -698,18 +804,96 @@ class Client:
 
     # --- put --------------------------------------------------------------------
 
-    def put(self, name: str, data: Any) -> int:
+    def put(self, name: str, data: Any, if_version: int | None = None) -> int:
         """Publishes ``data`` (pyarrow Table or RecordBatch, pandas DataFrame) as the
         new version of ``name`` and returns that version number.
 
-        The Arrow IPC file is written straight into the shared arena (one copy of the
-        data); readers see the old version or the new one, never a mix.
+        Data is written straight into the shared arena (one copy); readers see the old
+        version or the new one, never a mix. Columns that already lie in the arena are
+        not copied at all: a table from :meth:`get` after ``set_column``,
+        ``append_column``, ``drop_columns``, ``select``, ``rename_columns``, or
+        ``pa.concat_tables([old, new_rows])``, or a frame from :meth:`get_pandas`
+        with some columns replaced, writes only its new columns or rows; the new
+        version shares the rest with the old one (docs/PROTOCOL.md, "publish").
+
+        ``if_version``: publish only if ``name`` is still at that version, else raise
+        :class:`VersionConflict` and publish nothing, so that two callbacks updating
+        one table cannot silently lose one update.
         """
         if not self.write:
             raise ArrowpoolError("this client was connected with write=False; put needs write=True")
         table = _as_table(data)
         _check_metadata(table.schema)
-        return self._put_table(name, table, _ipc_file_size(table))
+        conn = self._connection()
+        plan = _reuse_plan(conn, table)
+        if plan is None and if_version is None:
+            return self._put_table(name, table, _ipc_file_size(table))
+        if plan is None:
+            plan = _Plan.all_new(table)
+        try:
+            return self._publish(conn, name, plan, if_version)
+        except InvalidData:
+            if not plan.reuses:
+                raise
+            # A column looked shared but is not one the server has (rebuilt over
+            # the same memory, say): write everything.
+            return self._publish(conn, name, _Plan.all_new(table), if_version)
+
+    def append(self, name: str, rows: Any, if_version: int | None = None) -> int:
+        """Appends ``rows`` (same schema) to table ``name``: the new version shares
+        every existing batch and writes only the new rows. Returns the version."""
+        version, current = self.get_with_version(name)
+        new = _as_table(rows)
+        if new.schema != current.schema:
+            new = new.cast(current.schema)
+        table = pa.concat_tables([current, new])
+        return self.put(name, table, if_version=version if if_version is None else if_version)
+
+    def replace_columns(self, name: str, columns: dict[str, Any], if_version: int | None = None) -> int:
+        """Replaces (or adds, for new names) columns of table ``name``; the new
+        version writes only those columns. ``columns`` maps names to arrays of the
+        table's length (pyarrow arrays or chunked arrays, numpy arrays, lists).
+        Returns the version."""
+        version, table = self.get_with_version(name)
+        for col, values in columns.items():
+            if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+                values = pa.array(values)
+            i = table.schema.get_field_index(col)
+            field = pa.field(col, values.type)
+            table = table.set_column(i, field, values) if i >= 0 else table.append_column(field, values)
+        return self.put(name, table, if_version=version if if_version is None else if_version)
+
+    def _publish(self, conn: _Connection, name: str, plan: "_Plan", if_version: int | None) -> int:
+        pending: list[int] = []
+        chunks: list[tuple[int, int]] = []
+        try:
+            for group in plan.files:
+                size = _ipc_file_size(group)
+                created = proto.Create.decode_reply(
+                    _on(conn, proto.Kind.CREATE, proto.Create.encode(proto.ObjectKind.TABLE, size, name))
+                )
+                pending.append(created.object_id)
+                written = self._write_table(conn, created, group)
+                chunks.append((created.object_id, written))
+            draft = plan.draft(chunks)
+            created = proto.Create.decode_reply(
+                _on(conn, proto.Kind.CREATE, proto.Create.encode(proto.ObjectKind.BYTES, len(draft), name))
+            )
+            pending.append(created.object_id)
+            self._check_range(conn, created.offset, created.capacity)
+            if created.capacity < len(draft):
+                raise ProtocolError(f"server granted {created.capacity} bytes for a {len(draft)}-byte draft")
+            assert conn.rw_mmap is not None
+            conn.rw_mmap[created.offset : created.offset + len(draft)] = draft
+        except BaseException:
+            for object_id in pending:
+                self._abort(conn, object_id)
+            raise
+        # A refused publish aborts everything it named on the server's side.
+        sealed = proto.Publish.decode_reply(
+            _on(conn, proto.Kind.PUBLISH, proto.Publish.encode(name, created.object_id, len(draft), if_version))
+        )
+        return sealed.version
 
     def _put_table(self, name: str, table: pa.Table, size: int) -> int:
         for attempt in (0, 1):

@@ -159,6 +159,35 @@ impl Pool {
         result
     }
 
+    /// Whether two dictionary sources hold the same values, byte for byte
+    /// (compared in the arena; dictionaries over 64 MiB count as different).
+    fn same_dictionaries(&self, a: &[DictionaryLayout], b: &[DictionaryLayout]) -> bool {
+        const MAX: u64 = 64 << 20;
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut budget = MAX;
+        let map = self.arena.mapping();
+        a.iter().zip(b).all(|(x, y)| {
+            let (x, y) = (&x.batch, &y.batch);
+            x.rows == y.rows
+                && x.nodes == y.nodes
+                && x.variadic == y.variadic
+                && x.buffers.len() == y.buffers.len()
+                && x.buffers.iter().zip(&y.buffers).all(|(p, q)| {
+                    if p.length != q.length || p.length > budget {
+                        return false;
+                    }
+                    budget -= p.length;
+                    p.length == 0
+                        || matches!(
+                            (map.slice(p.offset, p.length), map.slice(q.offset, q.length)),
+                            (Some(l), Some(r)) if l == r
+                        )
+                })
+        })
+    }
+
     /// The version's manifest from the draft's sources, and the sealed
     /// chunks it shares. One lock for all lookups: the versions found cannot
     /// go away between two of them.
@@ -265,6 +294,9 @@ impl Pool {
                             dict_sources.insert(c, (src, dicts));
                         }
                         Some((first, _)) if *first == src => {}
+                        // Another source whose dictionary holds the same values
+                        // (rows appended with the same categories) reads the same.
+                        Some((_, first)) if self.same_dictionaries(first, &dicts) => {}
                         Some(_) => {
                             return Err(invalid(format!(
                                 "dictionary column {} takes its dictionary from two sources; an IPC file holds one dictionary per column (unify the dictionaries, or put the whole table)",
