@@ -145,6 +145,20 @@ pub struct UpdateFacts {
     pub reader_checks: u64,
     pub versions_seen: u64,
     pub inconsistencies: Vec<String>,
+    /// Arena growth of one update while the old version was held.
+    #[serde(default)]
+    pub grown_bytes: u64,
+    /// Bytes that update wrote (the new columns' files).
+    #[serde(default)]
+    pub written_bytes: u64,
+    /// Buffer bytes of the two new columns.
+    #[serde(default)]
+    pub new_column_bytes: u64,
+    #[serde(default)]
+    pub append_rows: u64,
+    /// Bytes the last append wrote (the new rows' file).
+    #[serde(default)]
+    pub append_written_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -403,6 +403,22 @@ fn add_comparisons(r: &mut Run) {
             gate: Gate::Tolerance(0.6),
             note: UPDATE,
         },
+        Pair {
+            key: "update_vs_full_put",
+            label: "replace 2 columns: shared vs whole put",
+            baseline: ("update_full_put", "put of the whole table"),
+            candidate: ("update_shared", "put sharing 10 columns"),
+            gate: Gate::Informational,
+            note: "the issue's target: the shared put at most 0.25x the whole put",
+        },
+        Pair {
+            key: "append",
+            label: "append 1% rows",
+            baseline: ("append_memcpy", "memcpy of the rows"),
+            candidate: ("append", "get + put sharing the table"),
+            gate: Gate::Informational,
+            note: "the issue's target: at most 2x the memcpy + 1 ms",
+        },
     ];
     for p in rows {
         if let (Some(bs), Some(cs)) = (r.p50_s(p.baseline.0), r.p50_s(p.candidate.0)) {

@@ -1,5 +1,12 @@
 //! Partial update: a callback replaces two columns and publishes the result as
-//! a new version while readers keep reading.
+//! a new version while readers keep reading; then appends 1% rows.
+//!
+//! The new version shares every untouched column with the old one (the client
+//! finds them in the arena), so an update writes two columns, not the table.
+//! Measured against rewriting the Parquet file and against a full put of the
+//! same change (arrays outside the arena, so every column is written), with the
+//! arena's growth while the old version is still held; the append against a
+//! memcpy of the new rows.
 //!
 //! Each update adds 1 to both replaced columns (new arrays computed from the
 //! ones the get returned; the other columns are the get's arrays, zero-copy)
@@ -22,6 +29,7 @@ use crate::parquet_io;
 use crate::results::UpdateFacts;
 
 const UPDATE_NAME: &str = "updated";
+const FULL_NAME: &str = "updated-full";
 const READERS: usize = 2;
 /// Inconsistencies kept verbatim (the count is always exact).
 const MESSAGES_MAX: usize = 10;
@@ -102,6 +110,45 @@ pub fn run(r: &mut Run) -> Result<()> {
     let pair = sampler.sample_pair(("parquet_rewrite", rewrite), ("update", &mut update));
     let _ = std::fs::remove_file(&tmp);
     let (rewrite, alone) = pair?;
+    // The same change put whole: the batches are the generated ones, not the
+    // arena's, so every column is written.
+    let full = || {
+        let start = Instant::now();
+        let batches = table
+            .batches
+            .iter()
+            .map(|b| replace_columns(b, fi, ii))
+            .collect::<Result<Vec<_>>>()?;
+        retry_interrupted(|| client.put(FULL_NAME, &table.schema, &batches))?;
+        Ok(start.elapsed())
+    };
+    // Two warm-up puts: the two versions that alternate then lie in pages that
+    // exist, as they do for the shared puts (first touches are not the subject).
+    for _ in 0..2 {
+        full()?;
+    }
+    let pair = sampler.sample_pair(("update_full_put", full), ("update_shared", &mut update));
+    client.delete(FULL_NAME).ok();
+    let (full_put, shared) = pair?;
+    r.keep(&full_put);
+    r.keep(&shared);
+    // Growth of the arena by one update while the old version is held.
+    let held = client.get(UPDATE_NAME)?;
+    let before = client.stats()?.used_bytes;
+    let changed = held
+        .batches
+        .iter()
+        .map(|b| replace_columns(b, fi, ii))
+        .collect::<Result<Vec<_>>>()?;
+    let written = retry_interrupted(|| client.put(UPDATE_NAME, &held.schema, &changed))?.bytes;
+    let grown = client.stats()?.used_bytes.saturating_sub(before);
+    let new_column_bytes: u64 = changed
+        .iter()
+        .map(|b| {
+            (b.column(fi).get_buffer_memory_size() + b.column(ii).get_buffer_memory_size()) as u64
+        })
+        .sum();
+    drop((held, changed));
     let (timing, readers) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..READERS)
             .map(|_| {
@@ -128,12 +175,18 @@ pub fn run(r: &mut Run) -> Result<()> {
     let timing = timing?;
     r.keep(&timing);
     let last = client.get(UPDATE_NAME)?.version;
+    let append = append_rows(r, &client)?;
     client.delete(UPDATE_NAME)?;
 
     let mut facts = UpdateFacts {
         columns: TWO_COLUMNS.iter().map(|c| c.to_string()).collect(),
         versions_published: last - base.version,
         reader_threads: READERS,
+        grown_bytes: grown,
+        written_bytes: written,
+        new_column_bytes,
+        append_rows: append.0,
+        append_written_bytes: append.1,
         ..Default::default()
     };
     let mut versions = Vec::new();
@@ -161,6 +214,56 @@ pub fn run(r: &mut Run) -> Result<()> {
     r.raw.update = Some(facts);
 
     Ok(())
+}
+
+/// Appends 1% of the table's rows (fresh arrays) to the current version of
+/// UPDATE_NAME, timed against a memcpy of those rows' buffers. Returns the
+/// rows appended and the bytes the last append wrote.
+fn append_rows(r: &mut Run, client: &Client) -> Result<(u64, u64)> {
+    let rows = (r.table.rows() / 100).max(1);
+    let first = &r.table.batches[0];
+    // A compact copy: the new rows lie in this process, not in the arena.
+    let extra = arrow_select::concat::concat_batches(
+        &first.schema(),
+        [&first.slice(0, rows.min(first.num_rows()))],
+    )?;
+    let bytes: usize = extra
+        .columns()
+        .iter()
+        .map(|c| c.get_buffer_memory_size())
+        .sum();
+    let mut dest = vec![0u8; bytes];
+    let memcpy = || {
+        let start = Instant::now();
+        let mut at = 0;
+        for c in extra.columns() {
+            let d = c.to_data();
+            for b in d.buffers().iter().chain(d.nulls().map(|n| n.buffer())) {
+                dest[at..at + b.len()].copy_from_slice(b.as_slice());
+                at += b.len();
+            }
+        }
+        std::hint::black_box(&dest);
+        Ok(start.elapsed())
+    };
+    let mut written = 0;
+    // Each append starts from the table as it was (its first `base` batches),
+    // so every sample appends 1% to the same 100%.
+    let base = client.get(UPDATE_NAME)?.batches.len();
+    let append = || {
+        let start = Instant::now();
+        let current = client.get(UPDATE_NAME)?;
+        let mut batches = current.batches[..base.min(current.batches.len())].to_vec();
+        batches.push(extra.clone());
+        written = retry_interrupted(|| client.put(UPDATE_NAME, &current.schema, &batches))?.bytes;
+        Ok(start.elapsed())
+    };
+    let (m, a) = r
+        .sampler
+        .sample_pair(("append_memcpy", memcpy), ("append", append))?;
+    r.keep(&m);
+    r.keep(&a);
+    Ok((rows as u64, written))
 }
 
 /// The batch with columns `fi` (Float64) and `ii` (Int64) plus one; every
