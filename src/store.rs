@@ -145,6 +145,8 @@ pub struct Entry {
     pub rows: u64,
     /// Data bytes of the chunks the version references (manifest excluded).
     pub bytes: u64,
+    /// Of `bytes`, those in chunks other live versions reference too.
+    pub shared_bytes: u64,
     pub leases: u64,
     /// Since the object was last read or written.
     pub idle: std::time::Duration,
@@ -1112,6 +1114,13 @@ impl Store {
                     kind: v.kind,
                     rows: v.rows,
                     bytes: v.data_bytes,
+                    shared_bytes: v
+                        .chunks
+                        .iter()
+                        .map(|c| &self.chunks[c])
+                        .filter(|c| c.refs > 1)
+                        .map(|c| c.length)
+                        .sum(),
                     leases: v.leases,
                     idle: v.last_use_at.elapsed(),
                 }

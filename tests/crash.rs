@@ -41,6 +41,27 @@ fn child_process() {
                 c.put("w", &schema, &batches).unwrap();
             }
         }
+        "update" => {
+            // Replace one column and append a batch, over and over: every put
+            // shares the rest of the table with the version before.
+            let (schema, _) = table(400_000, 4, 7);
+            println!("READY");
+            std::io::stdout().flush().unwrap();
+            for round in 0u64.. {
+                let got = c.get("u").unwrap();
+                let mut batches: Vec<_> = got.batches[..4].to_vec();
+                let ids = arrow_array::Int64Array::from_iter_values(
+                    (0..batches[0].num_rows() as i64).map(|i| i + round as i64),
+                );
+                let mut cols = batches[0].columns().to_vec();
+                cols[0] = std::sync::Arc::new(ids);
+                batches[0] = arrow_array::RecordBatch::try_new(schema.clone(), cols).unwrap();
+                if round % 2 == 1 {
+                    batches.push(table(1000, 1, round as i64).1.remove(0));
+                }
+                c.put("u", &schema, &batches).unwrap();
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -123,4 +144,46 @@ fn writer_killed_mid_put_leaves_no_half_table() {
         }
         Err(e) => assert_eq!(e.code(), Some(arrowpool::protocol::ErrorCode::NotFound)),
     }
+}
+
+#[test]
+fn writer_killed_mid_update_leaves_the_previous_version_and_no_chunk() {
+    let server = Server::start("256M");
+    let c = server.client();
+    let (schema, batches) = table(400_000, 4, 7);
+    c.put("u", &schema, &batches).unwrap();
+    let mut child = spawn_child(&server, "update");
+    // Let it publish a few shared versions, then kill it at a random point.
+    let start = std::time::Instant::now();
+    while c.get("u").unwrap().version < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "child never updated"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(7));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.wait_until("child's pending chunks aborted", |s| {
+        s.pending_bytes == 0 && s.leases == 0
+    });
+    // The current version is complete: column 0 of batch 0 is ids + round,
+    // every other column is the original's.
+    let t = c.get("u").unwrap();
+    assert!(
+        t.batches.len() == 4 || t.batches.len() == 5,
+        "{}",
+        t.batches.len()
+    );
+    for b in 1..4 {
+        assert_eq!(t.batches[b], batches[b], "batch {b} is the original's");
+    }
+    assert_eq!(t.batches[0].columns()[1..], batches[0].columns()[1..]);
+    let s = c.stats().unwrap();
+    assert_eq!(s.objects, 1, "only the current version remains: {s:?}");
+    // Deleting it frees every chunk, shared or not.
+    drop(t);
+    c.delete("u").unwrap();
+    server.wait_until("arena empty", |s| s.used_bytes == 4096 && s.objects == 0);
 }

@@ -67,6 +67,9 @@ fn replacing_a_column_writes_only_that_column() {
         "arena grew {grown} bytes"
     );
 
+    // `list`: the new version holds its new column alone, shares the rest.
+    let e = &c.list().unwrap()[0];
+    assert_eq!(e.bytes - e.shared_bytes, info.bytes, "{e:?}");
     let new = c.get("t").unwrap();
     assert_eq!(new.batches.len(), 4);
     for (b, (old_b, new_b)) in got.batches.iter().zip(&new.batches).enumerate() {

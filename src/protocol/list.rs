@@ -27,6 +27,9 @@ pub struct ListEntry {
     pub kind: String,
     pub rows: u64,
     pub bytes: u64,
+    /// Of `bytes`, those in chunks that other live versions reference too.
+    #[serde(default)]
+    pub shared_bytes: u64,
     pub leases: u64,
     /// Milliseconds since the object was last read or written.
     pub idle_ms: u64,

@@ -345,7 +345,7 @@ fn read_cases() -> Vec<FrameCase> {
 /// The JSON bodies are the examples of PROTOCOL.md section 4.
 fn admin_cases() -> Vec<FrameCase> {
     let entry = json!({"name": "sales", "object_id": 7, "version": 3, "kind": "table",
-        "rows": 10_000_000, "bytes": SALES_BYTES, "leases": 2, "idle_ms": 1520});
+        "rows": 10_000_000, "bytes": SALES_BYTES, "shared_bytes": 0, "leases": 2, "idle_ms": 1520});
     let stats = json!({"memory_kind": "hugetlb", "io_driver": "io_uring", "threads": 2,
         "arena_bytes": 2147483648u64, "used_bytes": 4096, "free_bytes": 2147479552u64,
         "held_bytes": 0, "pending_bytes": 0, "largest_free_bytes": 2120220672u64,

@@ -17,6 +17,7 @@ pub fn apply(ctx: &Ctx<'_>) -> Reply {
             kind: e.kind.as_str().into(),
             rows: e.rows,
             bytes: e.bytes,
+            shared_bytes: e.shared_bytes,
             leases: e.leases,
             idle_ms: e.idle.as_millis() as u64,
         })
