@@ -723,13 +723,22 @@ impl Client {
 
     /// Takes a lease on the current version of `name` and wraps its bytes in an
     /// Arrow buffer that releases the lease when dropped.
-    fn lease(&self, name: &str) -> Result<(Located, Buffer)> {
-        let body = self.request(Kind::Get, |o| {
-            Get {
-                name: name.to_owned(),
-            }
-            .encode(o)
-        })?;
+    fn lease(&self, name: &str, version: Option<u64>) -> Result<(Located, Buffer)> {
+        let body = match version {
+            None => self.request(Kind::Get, |o| {
+                Get {
+                    name: name.to_owned(),
+                }
+                .encode(o)
+            })?,
+            Some(version) => self.request(Kind::GetVersion, |o| {
+                crate::protocol::get::GetVersion {
+                    version,
+                    name: name.to_owned(),
+                }
+                .encode(o)
+            })?,
+        };
         let located = Self::decode(body, Located::decode)?;
         let lease = Arc::new(Lease {
             inner: self.inner.clone(),
@@ -754,16 +763,29 @@ impl Client {
 
     /// Gets the current version of `name`, zero-copy.
     pub fn get(&self, name: &str) -> Result<Table> {
-        self.get_projected(name, None)
+        self.get_projected(name, None, None)
+    }
+
+    /// Gets version `version` of `name`, zero-copy, if the server keeps it: the
+    /// current version or one of the `--keep-versions` latest (a version that
+    /// only some reader's lease keeps alive is not found by number). Else
+    /// `ErrorCode::NotFound`, naming the versions kept.
+    pub fn get_version(&self, name: &str, version: u64) -> Result<Table> {
+        self.get_projected(name, None, Some(version))
     }
 
     /// Gets only the named columns, zero-copy; other columns are never touched.
     pub fn get_columns(&self, name: &str, columns: &[&str]) -> Result<Table> {
-        self.get_projected(name, Some(columns))
+        self.get_projected(name, Some(columns), None)
     }
 
-    fn get_projected(&self, name: &str, columns: Option<&[&str]>) -> Result<Table> {
-        let (located, buffer) = self.lease(name)?;
+    fn get_projected(
+        &self,
+        name: &str,
+        columns: Option<&[&str]>,
+        version: Option<u64>,
+    ) -> Result<Table> {
+        let (located, buffer) = self.lease(name, version)?;
         if located.object_kind != ObjectKind::Table {
             return Err(ClientError::Protocol(format!(
                 "{name:?} holds bytes, not a table; use get_bytes"
@@ -792,7 +814,7 @@ impl Client {
 
     /// Gets a bytes object, zero-copy: the buffer holds the lease.
     pub fn get_bytes(&self, name: &str) -> Result<Buffer> {
-        let (located, buffer) = self.lease(name)?;
+        let (located, buffer) = self.lease(name, None)?;
         if located.object_kind != ObjectKind::Bytes {
             return Err(ClientError::Protocol(format!(
                 "{name:?} holds a table; use get"

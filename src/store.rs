@@ -28,7 +28,7 @@
 //! version is then an IPC file `[0, footer end)` whose buffers lie above its
 //! messages and below its footer, whatever chunks it references.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use std::sync::Arc;
@@ -147,6 +147,8 @@ pub struct Entry {
     pub bytes: u64,
     /// Of `bytes`, those in chunks other live versions reference too.
     pub shared_bytes: u64,
+    /// Older versions still readable by number, oldest first.
+    pub retained: Vec<u64>,
     pub leases: u64,
     /// Since the object was last read or written.
     pub idle: std::time::Duration,
@@ -190,6 +192,13 @@ pub enum StoreError {
         reason: &'static str,
     },
     LimitExceeded(&'static str),
+    /// `get_version` of a version that is not current or retained.
+    VersionNotKept {
+        name: String,
+        version: u64,
+        /// The versions that are (retained, then current).
+        kept: Vec<u64>,
+    },
     /// `if_version` did not match the name's current version.
     VersionConflict {
         name: String,
@@ -233,6 +242,15 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::InvalidObject { object_id, reason } => write!(f, "object {object_id}: {reason}"),
             StoreError::LimitExceeded(what) => write!(f, "limit exceeded: {what}"),
+            StoreError::VersionNotKept { name, version, kept } if kept.is_empty() => write!(
+                f,
+                "no version {version} of {name:?}: no object has this name (never put, deleted, or evicted)"
+            ),
+            StoreError::VersionNotKept { name, version, kept } => write!(
+                f,
+                "version {version} of {name:?} is not kept (kept: {kept:?}); arrowpoold keeps \
+                 --keep-versions versions per name, and older ones while a reader holds them"
+            ),
             StoreError::VersionConflict { name, expected, current } => match current {
                 Some(c) => write!(f, "{name:?} is at version {c}, not {expected}: another writer published first; get it again and redo the change"),
                 None => write!(f, "{name:?} has no current version (deleted or evicted), not {expected}"),
@@ -404,6 +422,11 @@ pub struct Store {
     manifests: HashMap<ObjectId, (ConnId, ManifestAlloc)>,
     /// Name -> its current version.
     names: HashMap<String, ObjectId>,
+    /// Name -> older versions kept readable by number (`--keep-versions`),
+    /// oldest first.
+    retained: HashMap<String, VecDeque<ObjectId>>,
+    /// Versions kept per name, the current one included (at least 1).
+    keep_versions: usize,
     /// Lowest buffer offset of a column -> (version, batch, column) of the
     /// table versions that have it (`find_column`).
     columns: HashMap<u64, Vec<(ObjectId, u32, u32)>>,
@@ -433,6 +456,8 @@ impl Store {
             versions: HashMap::new(),
             manifests: HashMap::new(),
             names: HashMap::new(),
+            retained: HashMap::new(),
+            keep_versions: 1,
             columns: HashMap::new(),
             last_version: HashMap::new(),
             conns: HashMap::new(),
@@ -442,6 +467,14 @@ impl Store {
             puts: 0,
             gets: 0,
         }
+    }
+
+    /// Keeps the `n` latest versions of every name readable by number (the
+    /// current one included; at least 1). Older ones go when a new version
+    /// comes, at their last release if leased; eviction takes retained versions
+    /// before current ones.
+    pub fn set_keep_versions(&mut self, n: usize) {
+        self.keep_versions = n.max(1);
     }
 
     pub fn regions(&self) -> Regions {
@@ -599,15 +632,23 @@ impl Store {
         }
     }
 
-    /// Current, unleased versions, least recently used first, the current
-    /// version of `last_name` at the end.
-    fn evictable(&self, last_name: &str) -> Vec<((bool, u64), ObjectId)> {
-        let mut v: Vec<((bool, u64), ObjectId)> = self
-            .names
+    /// Unleased versions to evict, in order: retained older versions first,
+    /// then current ones, least recently used first, the current version of
+    /// `last_name` at the end.
+    fn evictable(&self, last_name: &str) -> Vec<((bool, bool, u64), ObjectId)> {
+        let current = self.names.iter().map(|(name, id)| (name, *id, true));
+        let retained = self
+            .retained
             .iter()
-            .filter_map(|(name, id)| {
-                let v = &self.versions[id];
-                (v.leases == 0).then_some(((name == last_name, v.last_use), *id))
+            .flat_map(|(name, ids)| ids.iter().map(move |id| (name, *id, false)));
+        let mut v: Vec<((bool, bool, u64), ObjectId)> = current
+            .chain(retained)
+            .filter_map(|(name, id, is_current)| {
+                let v = &self.versions[&id];
+                (v.leases == 0).then_some((
+                    (is_current && name == last_name, is_current, v.last_use),
+                    id,
+                ))
             })
             .collect();
         v.sort_unstable();
@@ -616,8 +657,22 @@ impl Store {
 
     fn evict(&mut self, id: ObjectId) {
         let name = self.versions[&id].name.clone();
-        self.names.remove(&name);
-        self.evictions += 1;
+        if self.names.get(&name) == Some(&id) {
+            // The name goes, and its older versions with it (now, or at their
+            // last release): a name is never readable by number only.
+            self.names.remove(&name);
+            self.evictions += 1;
+            for old in self.retained.remove(&name).into_iter().flatten() {
+                if self.versions[&old].leases == 0 {
+                    self.free_version(old);
+                }
+            }
+        } else if let Some(list) = self.retained.get_mut(&name) {
+            list.retain(|&r| r != id);
+            if list.is_empty() {
+                self.retained.remove(&name);
+            }
+        }
         self.free_version(id);
     }
 
@@ -922,15 +977,39 @@ impl Store {
             },
         );
         if let Some(prev) = self.names.insert(v.name.to_owned(), vid) {
-            if self.versions[&prev].leases == 0 {
-                self.free_version(prev);
-            }
+            self.retire(v.name, prev);
         }
         self.puts += 1;
         Ok(SealInfo {
             version: number,
             rows: v.rows,
         })
+    }
+
+    /// `prev` is no longer `name`'s current version: kept among the retained
+    /// ones, or freed (now, or at its last release); retained versions beyond
+    /// the limit go the same way.
+    fn retire(&mut self, name: &str, prev: ObjectId) {
+        let mut out = Vec::new();
+        if self.keep_versions > 1 {
+            let list = self.retained.entry(name.to_owned()).or_default();
+            list.push_back(prev);
+            while list.len() > self.keep_versions - 1 {
+                out.extend(list.pop_front());
+            }
+        } else {
+            out.push(prev);
+        }
+        for id in out {
+            if self.versions[&id].leases == 0 {
+                self.free_version(id);
+            }
+        }
+    }
+
+    fn is_retained(&self, id: ObjectId) -> bool {
+        let v = &self.versions[&id];
+        self.retained.get(&v.name).is_some_and(|l| l.contains(&id))
     }
 
     /// A column of a live table version whose non-empty buffers are exactly
@@ -996,6 +1075,41 @@ impl Store {
         let id = *self.names.get(name).ok_or_else(|| StoreError::NotFound {
             name: name.to_owned(),
         })?;
+        self.lease(conn, id)
+    }
+
+    /// Version `number` of `name` if it is current or retained
+    /// (`set_keep_versions`), with a lease for `conn`.
+    pub fn get_version(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        number: u64,
+    ) -> Result<Location, StoreError> {
+        let candidates = self
+            .names
+            .get(name)
+            .into_iter()
+            .chain(self.retained.get(name).into_iter().flatten());
+        let id = candidates
+            .copied()
+            .find(|id| self.versions[id].number == number)
+            .ok_or_else(|| StoreError::VersionNotKept {
+                name: name.to_owned(),
+                version: number,
+                kept: self
+                    .retained
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .chain(self.names.get(name))
+                    .map(|id| self.versions[id].number)
+                    .collect(),
+            })?;
+        self.lease(conn, id)
+    }
+
+    fn lease(&mut self, conn: ConnId, id: ObjectId) -> Result<Location, StoreError> {
         let c = self.conns.entry(conn).or_default();
         if c.lease_count >= LEASES_PER_CONN_MAX {
             return Err(StoreError::LimitExceeded(
@@ -1062,7 +1176,7 @@ impl Store {
         );
         v.leases -= n;
         let current = self.names.get(&v.name) == Some(&id);
-        if v.leases == 0 && !current {
+        if v.leases == 0 && !current && !self.is_retained(id) {
             self.free_version(id);
         }
     }
@@ -1075,8 +1189,12 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound {
                 name: name.to_owned(),
             })?;
-        if self.versions[&id].leases == 0 {
-            self.free_version(id);
+        let mut gone = vec![id];
+        gone.extend(self.retained.remove(name).into_iter().flatten());
+        for id in gone {
+            if self.versions[&id].leases == 0 {
+                self.free_version(id);
+            }
         }
         Ok(())
     }
@@ -1121,6 +1239,13 @@ impl Store {
                         .filter(|c| c.refs > 1)
                         .map(|c| c.length)
                         .sum(),
+                    retained: self
+                        .retained
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .map(|r| self.versions[r].number)
+                        .collect(),
                     leases: v.leases,
                     idle: v.last_use_at.elapsed(),
                 }
@@ -1218,12 +1343,31 @@ impl Store {
                 .expect("name points to a live version");
             assert_eq!(&v.name, name);
         }
+        for (name, ids) in &self.retained {
+            assert!(
+                !ids.is_empty() && ids.len() < self.keep_versions,
+                "retained list of {name}"
+            );
+            assert!(
+                self.names.contains_key(name),
+                "{name} has retained versions but no current one"
+            );
+            for id in ids {
+                let v = self.versions.get(id).expect("retained versions are live");
+                assert_eq!(&v.name, name);
+                assert_ne!(
+                    self.names.get(name),
+                    Some(id),
+                    "a retained version is not current"
+                );
+            }
+        }
         let mut refs: HashMap<ObjectId, u32> = HashMap::new();
         for (id, v) in &self.versions {
             let current = self.names.get(&v.name) == Some(id);
             assert!(
-                current || v.leases > 0,
-                "version {id} neither named nor leased but not freed"
+                current || v.leases > 0 || self.is_retained(*id),
+                "version {id} neither named, retained nor leased but not freed"
             );
             let unique: HashSet<_> = v.chunks.iter().collect();
             assert_eq!(

@@ -176,7 +176,11 @@ fn writer_killed_mid_update_leaves_the_previous_version_and_no_chunk() {
         "{}",
         t.batches.len()
     );
-    assert_eq!(t.batches[1..4], batches[1..4], "batches 1-3 are the original's");
+    assert_eq!(
+        t.batches[1..4],
+        batches[1..4],
+        "batches 1-3 are the original's"
+    );
     assert_eq!(t.batches[0].columns()[1..], batches[0].columns()[1..]);
     let s = c.stats().unwrap();
     assert_eq!(s.objects, 1, "only the current version remains: {s:?}");

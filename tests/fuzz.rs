@@ -735,7 +735,7 @@ fn check_ok_body(ctx: &Ctx, req: &Request, body: &[u8]) -> Result<(), String> {
                 return Err("seal reply with version 0 (versions start at 1)".into());
             }
         }
-        Request::Get(_) => check_get(ctx, body)?,
+        Request::Get(_) | Request::GetVersion(_) => check_get(ctx, body)?,
         Request::List(_) => {
             check_list(&serde_json::from_slice::<Vec<ListEntry>>(body).map_err(json_err)?)?
         }

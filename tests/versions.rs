@@ -320,3 +320,23 @@ fn publish_raw(server: &Server, name: &str, draft: &[u8]) -> Result<(), (u16, St
     let e = ErrorReply::decode(&reply).unwrap();
     Err((e.code as u16, e.message))
 }
+
+#[test]
+fn kept_versions_are_read_by_number() {
+    let server = Server::start_with(&["--memory", "256M", "--keep-versions", "3"]);
+    let c = server.client();
+    let (schema, batches) = table(10_000, 1, 1);
+    for seed in 0..4 {
+        let (_, b) = table(10_000, 1, seed);
+        c.put("t", &schema, &b).unwrap();
+    }
+    let list = c.list().unwrap();
+    assert_eq!(list[0].retained, vec![2, 3]);
+    let v2 = c.get_version("t", 2).unwrap();
+    assert_eq!((v2.version, &v2.batches), (2, &table(10_000, 1, 1).1));
+    assert_eq!(c.get_version("t", 4).unwrap().version, 4);
+    let e = c.get_version("t", 1).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("not kept"), "{e}");
+    let _ = batches;
+}

@@ -63,6 +63,7 @@ class Kind(enum.IntEnum):
     WAIT = 10
     INGEST = 11
     PUBLISH = 12
+    GET_VERSION = 13
     #: Server -> client, request id 0, empty body: the server is stopping.
     SHUTDOWN = 0xFFFE
     #: Server -> client: the request failed; body is ``code u16, message str``.
@@ -477,6 +478,21 @@ class Ingest:
         return value
 
 
+class GetVersion:
+    """kind 13: ``version u64, name str`` -> as get's (a kept version by number)."""
+
+    KIND = Kind.GET_VERSION
+    REPLY = Get.REPLY
+
+    @staticmethod
+    def encode(version: int, name: str) -> bytes:
+        return struct.pack("<Q", version) + encode_str(name, "name")
+
+    @classmethod
+    def decode_reply(cls, body: bytes) -> Got:
+        return Get.decode_reply(body)
+
+
 class Publish:
     """kind 12: ``flags u8, if_version u64, draft_id u64, draft_len u64, name str``
     -> ``version u64, rows u64`` (a new version from a draft; see docs/PROTOCOL.md)."""
@@ -503,6 +519,7 @@ class Publish:
 REQUESTS = {
     cls.KIND: cls
     for cls in (
-        Ping, Create, Seal, Abort, Get, Release, Delete, List, Stats, Wait, Ingest, Publish
+        Ping, Create, Seal, Abort, Get, Release, Delete, List, Stats, Wait, Ingest, Publish,
+        GetVersion,
     )
 }

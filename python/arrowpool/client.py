@@ -995,8 +995,11 @@ class Client:
 
     # --- get --------------------------------------------------------------------
 
-    def _get(self, name: str) -> tuple[_Connection, proto.Got, _Lease]:
-        conn, body = self._request(proto.Kind.GET, proto.Get.encode(name))
+    def _get(self, name: str, version: int | None = None) -> tuple[_Connection, proto.Got, _Lease]:
+        if version is None:
+            conn, body = self._request(proto.Kind.GET, proto.Get.encode(name))
+        else:
+            conn, body = self._request(proto.Kind.GET_VERSION, proto.GetVersion.encode(version, name))
         got = proto.Get.decode_reply(body)
         lease = conn.new_lease(got.object_id)
         try:
@@ -1034,7 +1037,9 @@ class Client:
         lease.release()
         return got.version
 
-    def get(self, name: str, columns: Iterable[str | int] | None = None) -> pa.Table:
+    def get(
+        self, name: str, columns: Iterable[str | int] | None = None, version: int | None = None
+    ) -> pa.Table:
         """The current version of table ``name``, zero-copy.
 
         Every buffer of the returned table points into the shared arena (read-only
@@ -1042,14 +1047,17 @@ class Client:
         indices) selects columns, still without copying. The server keeps this version
         in place until the last array of the table is garbage-collected, even if a
         newer version is put meanwhile.
+
+        ``version`` reads that version instead of the current one, if the server keeps
+        it (``arrowpoold --keep-versions K`` keeps the K latest); else :class:`NotFound`.
         """
-        return self.get_with_version(name, columns)[1]
+        return self.get_with_version(name, columns, version)[1]
 
     def get_with_version(
-        self, name: str, columns: Iterable[str | int] | None = None
+        self, name: str, columns: Iterable[str | int] | None = None, version: int | None = None
     ) -> tuple[int, pa.Table]:
         """Like :meth:`get`, also returning the version number of the table read."""
-        conn, got, lease = self._get(name)
+        conn, got, lease = self._get(name, version)
         try:
             if got.object_kind != proto.ObjectKind.TABLE:
                 raise TypeError(f"{name!r} holds bytes, not a table: use get_bytes()")
@@ -1078,8 +1086,10 @@ class Client:
         name: str,
         columns: Iterable[str | int] | None = None,
         dtype_backend: str = "numpy",
+        version: int | None = None,
     ):
-        """The table ``name`` as a pandas DataFrame, copying as little as pandas allows.
+        """The table ``name`` (or its kept ``version``, as in :meth:`get`) as a pandas
+        DataFrame, copying as little as pandas allows.
 
         ``dtype_backend="numpy"`` (default) calls ``to_pandas(split_blocks=True,
         self_destruct=False, zero_copy_only=False)``:
@@ -1101,7 +1111,7 @@ class Client:
         """
         import pandas as pd
 
-        table = self.get(name, columns)
+        table = self.get(name, columns, version)
         if dtype_backend == "pyarrow":
             return table.to_pandas(types_mapper=pd.ArrowDtype, self_destruct=False)
         if dtype_backend == "numpy":

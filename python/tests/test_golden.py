@@ -81,6 +81,7 @@ def expected_reply(case: dict):
         proto.Kind.SEAL: lambda: proto.Sealed(**fields),
         proto.Kind.PUBLISH: lambda: proto.Sealed(**fields),
         proto.Kind.GET: lambda: proto.Got(**fields),
+        proto.Kind.GET_VERSION: lambda: proto.Got(**fields),
         proto.Kind.WAIT: lambda: fields["version"],
     }.get(request_class(case).KIND)
     return value() if value else None

@@ -141,3 +141,28 @@ def test_old_versions_stay_readable_and_memory_comes_back(client, name, stored):
     gc.collect()
     stats = client.stats()
     assert stats["pending_bytes"] == 0
+
+
+def test_kept_versions_by_number(tmp_path, name):
+    from conftest import Server
+
+    srv = Server(tmp_path, extra=("--keep-versions", "3"))
+    try:
+        with srv.connect() as c:
+            for seed in range(4):
+                c.put(name, table(batches=1, seed=seed))
+            assert c.list()[0]["retained"] == [2, 3]
+            assert c.get(name, version=2).equals(table(batches=1, seed=1))
+            with pytest.raises(arrowpool.NotFound, match="not kept"):
+                c.get(name, version=1)
+            _, current = c.get_with_version(name, version=4)
+            assert current.equals(table(batches=1, seed=3))
+            # Unchanged columns are shared between the kept versions.
+            v3 = c.get(name, version=3)
+            changed = v3.set_column(0, "a", pa.array(np.zeros(ROWS)))
+            before = c.stats()["used_bytes"]
+            c.put(name, changed)
+            assert c.stats()["used_bytes"] - before < ROWS * 8 * 1.1 + 64 * 1024
+            assert c.list()[0]["retained"] == [3, 4]
+    finally:
+        srv.stop()

@@ -61,6 +61,11 @@ struct Args {
     /// File mode of the socket, octal. Anyone who can connect can read and write every object.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Versions of each name kept readable by number (get with a version), the
+    /// current one included. Older versions share their unchanged columns with
+    /// newer ones; eviction takes them before current versions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    keep_versions: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         force_polling: args.io_driver == IoDriverChoice::Polling,
         max_connections: args.max_connections,
         socket_mode: args.socket_mode,
+        keep_versions: args.keep_versions as usize,
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -31,6 +31,39 @@ impl Get {
     }
 }
 
+/// `get_version` (kind 13): a retained version by number.
+///
+/// ```text
+/// request:  | version u64 | name str |
+/// reply:    as get's
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct GetVersion {
+    pub version: u64,
+    pub name: String,
+}
+
+impl GetVersion {
+    /// Fails, appending nothing, when the name breaks the rules `decode` checks.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        check_name(&self.name)?;
+        out.extend_from_slice(&self.version.to_le_bytes());
+        put_str(out, &self.name)
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        let mut r = BodyReader::new(body);
+        let version = r.u64("version")?;
+        let name = r.str("name")?;
+        r.finish()?;
+        check_name(name)?;
+        Ok(GetVersion {
+            version,
+            name: name.to_owned(),
+        })
+    }
+}
+
 /// Where a sealed object lies in the arena.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Located {

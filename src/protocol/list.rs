@@ -30,6 +30,9 @@ pub struct ListEntry {
     /// Of `bytes`, those in chunks that other live versions reference too.
     #[serde(default)]
     pub shared_bytes: u64,
+    /// Older versions still readable by number (`--keep-versions`), oldest first.
+    #[serde(default)]
+    pub retained: Vec<u64>,
     pub leases: u64,
     /// Milliseconds since the object was last read or written.
     pub idle_ms: u64,

@@ -52,6 +52,7 @@ pub enum Kind {
     Wait = 10,
     Ingest = 11,
     Publish = 12,
+    GetVersion = 13,
     /// Server -> client, request id 0: the server is shutting down.
     Shutdown = 0xFFFE,
     /// Server -> client: the request failed; body is an [`ErrorReply`].
@@ -74,6 +75,7 @@ impl Kind {
             10 => Kind::Wait,
             11 => Kind::Ingest,
             12 => Kind::Publish,
+            13 => Kind::GetVersion,
             _ => return None,
         })
     }
@@ -93,6 +95,7 @@ impl Kind {
             Kind::Wait => "wait",
             Kind::Ingest => "ingest",
             Kind::Publish => "publish",
+            Kind::GetVersion => "get_version",
             Kind::Shutdown => "shutdown",
             Kind::Error => "error",
         }
@@ -146,6 +149,7 @@ pub enum Request {
     Wait(wait::Wait),
     Ingest(ingest::Ingest),
     Publish(publish::Publish),
+    GetVersion(get::GetVersion),
 }
 
 impl Request {
@@ -165,6 +169,7 @@ impl Request {
             Kind::Wait => Request::Wait(wait::Wait::decode(body)?),
             Kind::Ingest => Request::Ingest(ingest::Ingest::decode(body)?),
             Kind::Publish => Request::Publish(publish::Publish::decode(body)?),
+            Kind::GetVersion => Request::GetVersion(get::GetVersion::decode(body)?),
             Kind::Shutdown | Kind::Error => return Err(FrameError::UnknownKind(kind as u16)),
         })
     }
@@ -185,6 +190,7 @@ impl Request {
             Request::Wait(r) => return r.encode(out),
             Request::Ingest(r) => return r.encode(out),
             Request::Publish(r) => return r.encode(out),
+            Request::GetVersion(r) => return r.encode(out),
         }
         Ok(())
     }
@@ -203,6 +209,7 @@ impl Request {
             Request::Wait(_) => Kind::Wait,
             Request::Ingest(_) => Kind::Ingest,
             Request::Publish(_) => Kind::Publish,
+            Request::GetVersion(_) => Kind::GetVersion,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Config {
     pub max_connections: usize,
     /// File mode of the socket (default 0o600: only the owner may connect).
     pub socket_mode: u32,
+    /// Versions kept readable per name, the current one included (at least 1).
+    pub keep_versions: usize,
 }
 
 /// Why the server could not start.
@@ -105,6 +107,7 @@ impl Server {
         let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
             .map_err(StartError::Arena)?;
         let pool = Pool::new(arena).map_err(StartError::Arena)?;
+        pool.store().set_keep_versions(config.keep_versions);
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();

@@ -345,7 +345,8 @@ fn read_cases() -> Vec<FrameCase> {
 /// The JSON bodies are the examples of PROTOCOL.md section 4.
 fn admin_cases() -> Vec<FrameCase> {
     let entry = json!({"name": "sales", "object_id": 7, "version": 3, "kind": "table",
-        "rows": 10_000_000, "bytes": SALES_BYTES, "shared_bytes": 0, "leases": 2, "idle_ms": 1520});
+        "rows": 10_000_000, "bytes": SALES_BYTES, "shared_bytes": 0, "retained": [], "leases": 2,
+        "idle_ms": 1520});
     let stats = json!({"memory_kind": "hugetlb", "io_driver": "io_uring", "threads": 2,
         "arena_bytes": 2147483648u64, "used_bytes": 4096, "free_bytes": 2147479552u64,
         "held_bytes": 0, "pending_bytes": 0, "largest_free_bytes": 2120220672u64,
@@ -396,6 +397,19 @@ fn publish_cases() -> Vec<FrameCase> {
             "publish",
             ID_ALL_BYTES,
             json!({"if_version": 3, "draft_id": 9, "draft_len": 1200, "name": "sales"}),
+        ),
+        request(
+            "get version 3",
+            "get_version",
+            15,
+            json!({"version": 3, "name": "sales"}),
+        ),
+        reply(
+            "get_version reply",
+            "get_version",
+            15,
+            json!({"object_id": 7, "version": 3, "offset": 0, "length": SALES_OFFSET + 4096,
+                   "rows": 10_000_000, "object_kind": 0}),
         ),
         reply(
             "publish reply",

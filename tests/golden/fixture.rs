@@ -4,7 +4,7 @@
 
 use arrowpool::protocol::create::{Create, Created};
 use arrowpool::protocol::frame::write_frame;
-use arrowpool::protocol::get::{Get, Located};
+use arrowpool::protocol::get::{Get, GetVersion, Located};
 use arrowpool::protocol::handshake::{ClientHello, ServerHello};
 use arrowpool::protocol::ingest::{Ingest, IngestReply};
 use arrowpool::protocol::list::ListEntry;
@@ -279,6 +279,10 @@ pub fn case_request(case: &FrameCase) -> Request {
             name: text(f, "name"),
         }),
         Kind::Ingest => Request::Ingest(case_ingest(f)),
+        Kind::GetVersion => Request::GetVersion(GetVersion {
+            version: num(f, "version"),
+            name: text(f, "name"),
+        }),
         Kind::Publish => Request::Publish(Publish {
             if_version: f["if_version"].as_u64(),
             draft_id: num(f, "draft_id"),
@@ -324,7 +328,7 @@ pub fn case_reply(case: &FrameCase) -> Reply {
                 rows: num(f, "rows"),
             })
         }
-        Kind::Get => Reply::Located(case_located(fields(case))),
+        Kind::Get | Kind::GetVersion => Reply::Located(case_located(fields(case))),
         Kind::Wait => Reply::Version(Version {
             version: num(fields(case), "version"),
         }),
@@ -394,7 +398,7 @@ pub fn decode_reply(kind: Kind, body: &[u8]) -> Result<Reply, String> {
         }
         Kind::Create => Reply::Created(Created::decode(body).map_err(err)?),
         Kind::Seal | Kind::Publish => Reply::Sealed(Sealed::decode(body).map_err(err)?),
-        Kind::Get => Reply::Located(Located::decode(body).map_err(err)?),
+        Kind::Get | Kind::GetVersion => Reply::Located(Located::decode(body).map_err(err)?),
         Kind::Wait => Reply::Version(Version::decode(body).map_err(err)?),
         Kind::List => Reply::List(serde_json::from_slice(body).map_err(json_err)?),
         Kind::Stats => Reply::Stats(serde_json::from_slice(body).map_err(json_err)?),

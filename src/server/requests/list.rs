@@ -18,6 +18,7 @@ pub fn apply(ctx: &Ctx<'_>) -> Reply {
             rows: e.rows,
             bytes: e.bytes,
             shared_bytes: e.shared_bytes,
+            retained: e.retained,
             leases: e.leases,
             idle_ms: e.idle.as_millis() as u64,
         })

@@ -120,6 +120,7 @@ async fn dispatch(ctx: &Ctx<'_>, req: Request) -> Reply {
         Request::Wait(r) => wait::apply(ctx, r).await,
         Request::Ingest(r) => ingest::apply(ctx, r).await,
         Request::Publish(r) => publish::apply(ctx, r).await,
+        Request::GetVersion(r) => get::apply_version(ctx, r),
     }
 }
 
@@ -131,7 +132,7 @@ pub fn write_error(out: &mut Vec<u8>, request_id: u64, e: &ErrorReply) {
 /// The error reply for a store error.
 pub fn store_error(e: StoreError) -> ErrorReply {
     let code = match &e {
-        StoreError::NotFound { .. } => ErrorCode::NotFound,
+        StoreError::NotFound { .. } | StoreError::VersionNotKept { .. } => ErrorCode::NotFound,
         StoreError::OutOfMemory { .. } | StoreError::ManifestSpaceFull { .. } => {
             ErrorCode::OutOfMemory
         }
