@@ -761,6 +761,15 @@ impl Client {
         Ok((located, buffer))
     }
 
+    /// The arena offset of `ptr` (a buffer of a table from `get`), if it lies
+    /// in this client's mapping of the arena: what a draft names existing
+    /// buffers by, and a way to check that an array is zero-copy.
+    pub fn arena_offset(&self, ptr: *const u8) -> Option<u64> {
+        let map = &self.inner.read_only;
+        let (base, at) = (map.as_ptr() as usize, ptr as usize);
+        (at >= base && at < base + map.len()).then(|| (at - base) as u64)
+    }
+
     /// Gets the current version of `name`, zero-copy.
     pub fn get(&self, name: &str) -> Result<Table> {
         self.get_projected(name, None, None)

@@ -260,17 +260,131 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
     .encode(&mut b);
     cases.push(("too few columns", b));
     cases.push(("garbage", b"APDRAFT1 and then nonsense".to_vec()));
+    // Real buffers, but of the int64 column `id` under the float64 `value`,
+    // and a batch whose rows disagree with its columns.
+    let got = c.get("t").unwrap();
+    let existing = |col: usize| {
+        let d = got.batches[0].column(col).to_data();
+        let mut v: Vec<(u64, u64)> = d
+            .buffers()
+            .iter()
+            .chain(d.nulls().map(|n| n.buffer()))
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                (
+                    c.arena_offset(b.as_ptr()).expect("in the arena"),
+                    b.len() as u64,
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        Source::Existing { buffers: v }
+    };
+    let mut b = Vec::new();
+    Draft {
+        batches: vec![DraftBatch {
+            rows: 10_000,
+            columns: vec![existing(0), existing(0), existing(2), existing(3)],
+        }],
+        ..bogus.clone()
+    }
+    .encode(&mut b);
+    cases.push(("int64 buffers as a float64 column", b));
+    let mut b = Vec::new();
+    Draft {
+        batches: vec![DraftBatch {
+            rows: 10_001,
+            columns: (0..4).map(existing).collect(),
+        }],
+        ..bogus.clone()
+    }
+    .encode(&mut b);
+    cases.push(("rows that disagree with the columns", b));
     for (what, bytes) in cases {
         let e = publish_raw(&server, "t", &bytes).unwrap_err();
         assert_eq!(e.0, ErrorCode::InvalidData as u16, "{what}: {}", e.1);
         assert!(e.1.contains("nothing was published"), "{what}: {}", e.1);
     }
-    let after = c.stats().unwrap();
+    // The same columns, right: accepted (so the refusals above were about
+    // what they changed).
+    let mut b = Vec::new();
+    Draft {
+        batches: vec![DraftBatch {
+            rows: 10_000,
+            columns: (0..4).map(existing).collect(),
+        }],
+        ..bogus.clone()
+    }
+    .encode(&mut b);
+    publish_raw(&server, "t2", &b).unwrap();
+    assert_eq!(c.get("t2").unwrap().batches, batches);
+    c.delete("t2").unwrap();
+    drop(got);
+    // A new column in a chunk that another connection created: refused.
+    let other = c
+        .put_with(
+            "t",
+            &schema,
+            &batches,
+            PutOptions {
+                if_version: Some(999),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(other.code(), Some(ErrorCode::VersionConflict));
+    let (keep, created) = create_raw(&server, "t");
+    let mut b = Vec::new();
+    Draft {
+        chunks: vec![(created, 4096)],
+        batches: vec![DraftBatch {
+            rows: 10_000,
+            columns: (0..4)
+                .map(|c| Source::New {
+                    chunk: 0,
+                    batch: 0,
+                    column: c,
+                })
+                .collect(),
+        }],
+        ..bogus.clone()
+    }
+    .encode(&mut b);
+    let e = publish_raw(&server, "t", &b).unwrap_err();
+    assert_eq!(e.0, ErrorCode::InvalidObject as u16, "{}", e.1);
+    assert!(e.1.contains("another connection"), "{}", e.1);
+    drop(keep);
+    server.wait_until("refused drafts left nothing", |s| {
+        s.used_bytes == before.used_bytes && s.pending_bytes == 0
+    });
     assert_eq!(
-        (after.used_bytes, after.pending_bytes, after.puts),
-        (before.used_bytes, 0, before.puts)
+        c.stats().unwrap().puts,
+        before.puts + 1,
+        "only t2 was published"
     );
     assert_eq!(c.get("t").unwrap().batches, batches);
+}
+
+/// A pending chunk created on a connection of its own, which stays open (and
+/// the chunk pending) until the returned stream is dropped.
+fn create_raw(server: &Server, name: &str) -> (std::os::unix::net::UnixStream, u64) {
+    use arrowpool::protocol::create::{Create, Created};
+    use arrowpool::protocol::{Kind, ObjectKind};
+    use std::io::Write;
+    let mut s = common::raw_connect(server);
+    let mut body = Vec::new();
+    Create {
+        object_kind: ObjectKind::Table,
+        size: 4096,
+        name: name.into(),
+    }
+    .encode(&mut body)
+    .unwrap();
+    s.write_all(&common::frame(1, Kind::Create as u16, 0, &body))
+        .unwrap();
+    let (_, kind, reply) = common::read_reply(&mut s).unwrap();
+    assert_eq!(kind, Kind::Create.reply());
+    let id = Created::decode(&reply).unwrap().object_id;
+    (s, id)
 }
 
 /// Writes `draft` into a new pending chunk over a raw connection and sends
