@@ -66,6 +66,8 @@ pub enum Scenario {
     SmallOps,
     /// Replace 2 columns while readers check every version.
     Update,
+    /// 1000 rounds of switch + update + append: fragmentation at the end.
+    Churn,
     /// Switching sources under a memory cap (a server of its own).
     Switch,
 }

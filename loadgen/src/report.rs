@@ -297,6 +297,39 @@ pub fn summary(raw: &Raw) -> String {
         for e in &u.inconsistencies {
             let _ = writeln!(s, "  - {e}");
         }
+        if u.new_column_bytes > 0 {
+            let _ = writeln!(
+                s,
+                "- one update wrote {} and grew the arena by {} while the old version was held, \
+                 for {} of new columns ({:.3}x); an append of {} rows wrote {}",
+                human_bytes(u.written_bytes),
+                human_bytes(u.grown_bytes),
+                human_bytes(u.new_column_bytes),
+                u.grown_bytes as f64 / u.new_column_bytes as f64,
+                u.append_rows,
+                human_bytes(u.append_written_bytes)
+            );
+        }
+    }
+
+    if let Some(c) = &raw.churn {
+        let _ = writeln!(s, "\n## Churn\n");
+        let _ = writeln!(
+            s,
+            "{} rounds of switch (put the other source whole) + update (1 column replaced, the rest shared) \
+             + append (1% rows, every batch shared) in {:.1} s. At the end: {} used for {} of current \
+             tables, {} free, largest free range {} (fragmentation {:.1}%; the smallest largest-free-range \
+             after any round: {}); {} evictions.",
+            c.rounds,
+            c.seconds,
+            human_bytes(c.used_bytes),
+            human_bytes(c.table_bytes),
+            human_bytes(c.free_bytes),
+            human_bytes(c.largest_free_bytes),
+            c.fragmentation * 100.0,
+            human_bytes(c.lowest_largest_free_bytes),
+            c.evictions
+        );
     }
 
     let _ = writeln!(s, "\n## Targets (defined for the post preset)\n");

@@ -40,6 +40,8 @@ pub struct Raw {
     pub get_scan: Option<GetScanFacts>,
     pub switch: Option<SwitchFacts>,
     pub update: Option<UpdateFacts>,
+    #[serde(default)]
+    pub churn: Option<ChurnFacts>,
     /// Correctness checks made during the run; a failed one fails the run.
     pub checks: Vec<Check>,
     /// The figures `loadgen compare` gates on (and informational ones).
@@ -135,6 +137,23 @@ pub struct SwitchFacts {
     pub reader_not_found: u64,
     pub reader_other_errors: Vec<String>,
     pub names_at_end: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ChurnFacts {
+    pub rounds: u64,
+    pub seconds: f64,
+    /// At the end, both sources still stored.
+    pub used_bytes: u64,
+    /// Data bytes of the two sources' current versions then.
+    pub table_bytes: u64,
+    pub free_bytes: u64,
+    pub largest_free_bytes: u64,
+    /// The smallest largest-free-range seen after any round.
+    pub lowest_largest_free_bytes: u64,
+    pub evictions: u64,
+    /// 1 - largest free range / free bytes, at the end.
+    pub fragmentation: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

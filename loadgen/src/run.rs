@@ -304,6 +304,9 @@ fn run_scenarios(
     if wanted(Scenario::Update) {
         step("partial update", || scenarios::update::run(r))?;
     }
+    if wanted(Scenario::Churn) {
+        step("churn", || scenarios::churn::run(r))?;
+    }
     if let Some(s) = main_server.take() {
         s.stop()?;
     }

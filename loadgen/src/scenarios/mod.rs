@@ -7,10 +7,12 @@
 //! callbacks  N threads: get + scan of random column subsets vs the same from Parquet
 //! update     replace 2 columns and publish a new version while readers check versions
 //! small_ops  pipelined ping and get+release from several connections
+//! churn      1000 rounds of switch + update + append; fragmentation, bytes back
 //! switch     sources A, B, C, A under a memory cap of 1.5 tables (own server)
 //! ```
 
 pub mod callbacks;
+pub mod churn;
 pub mod ingest;
 pub mod operations;
 pub mod small_ops;
