@@ -8,8 +8,10 @@ low-cardinality strings) it times, median of several runs:
 * read (Arrow):   ``pq.read_table``          vs ``client.get``
 * read 2 columns: ``pq.read_table(columns)`` vs ``client.get(columns)``
 
-and ``client.get`` of a 1M-row table next to the big one, to show that a get does not
-grow with the table. Prints a Markdown table (microseconds; the faster side in bold).
+``client.get`` of a 1M-row table next to the big one, to show that a get does not
+grow with the table, and a partial update: 2 columns replaced, put with a table from
+``get`` (the other columns shared with the old version) against a put of the whole
+table, plus the arena's growth and an append of 1% rows. Prints a Markdown table (microseconds; the faster side in bold).
 
 Usage::
 
@@ -216,6 +218,40 @@ def main() -> None:
         ping = median_us(client.ping, args.get_reps, warmup=20, collect=False)
         results.append(("round trip: `ping`", None, ping))
 
+        # Partial update: 2 of the columns replaced. The same new columns put with
+        # a table from `get` (the other columns are shared with the old version)
+        # and with the generated table (every column written). New columns are
+        # computed once, outside the timings.
+        numeric = [n for n in names if table.column(n).type in (pa.float64(), pa.int64())][:2]
+        new_cols = {n: pc.add(table.column(n), 1) for n in numeric}
+
+        def replaced(t: pa.Table) -> pa.Table:
+            for n, values in new_cols.items():
+                t = t.set_column(t.schema.get_field_index(n), n, values)
+            return t
+
+        client.put("bench", table)
+        whole = median_us(lambda: client.put("bench-whole", replaced(table)), args.reps)
+        client.delete("bench-whole")
+        base = client.get("bench")
+        shared = median_us(lambda: client.put("bench", replaced(base)), args.reps)
+        results.append(
+            (f"replace {len(numeric)} columns: whole `put` (left column) vs `put` sharing the rest", whole, shared)
+        )
+        # Growth: a fresh version in one chunk, held by a reader, then the update.
+        client.put("bench-growth", table)
+        held = client.get("bench-growth")
+        before = client.stats()["used_bytes"]
+        client.put("bench-growth", replaced(held))
+        grown = client.stats()["used_bytes"] - before
+        del held
+        client.delete("bench-growth")
+        new_bytes = sum(v.nbytes for v in new_cols.values())
+        extra = table.slice(0, max(1, args.rows // 100)).combine_chunks()
+        append = median_us(lambda: client.put("bench-appended", pa.concat_tables([base, extra])), args.reps)
+        results.append((f"append {extra.num_rows:,} rows: `put(concat_tables([got, rows]))`", None, append))
+        del base
+
         print(f"\n### Parquet vs arrowpool (Python), {args.rows:,} rows x {args.columns} columns\n")
         print(
             f"Median of {args.reps} runs ({args.get_reps} for get and ping), microseconds. "
@@ -232,9 +268,14 @@ def main() -> None:
             f"{stats['io_driver']}, {stats['threads']} threads, arena "
             f"{stats['arena_bytes'] / 2**30:.1f} GiB; {os.cpu_count()} CPUs, kernel {platform.release()}"
         )
+        print(
+            f"Partial update: the arena grew {grown:,} bytes for {new_bytes:,} bytes of new columns "
+            f"({grown / new_bytes:.3f}x) while the old version was held."
+        )
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
         client.delete("bench")
         client.delete("bench-small")
+        client.delete("bench-appended")
         client.close()
     finally:
         if proc is not None:

@@ -151,7 +151,17 @@ impl Pool {
                         layout: Some(manifest.clone()),
                     },
                 )
-                .map_err(PoolError::from)
+                .map_err(|e| match e {
+                    // A version the draft took columns from was freed between
+                    // the lookup and now: the writer should put again.
+                    StoreError::InvalidObject { object_id, .. } if shared.contains(&object_id) => {
+                        invalid(format!(
+                            "a column the draft names lay in chunk {object_id}, freed meanwhile \
+                             (its versions were replaced or deleted and released); put again"
+                        ))
+                    }
+                    e => PoolError::from(e),
+                })
         })();
         if result.is_err() {
             let _ = self.store().abort(conn, space.id);
