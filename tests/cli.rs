@@ -81,6 +81,17 @@ fn put_ls_get_rm_stats() {
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["names"], 1);
 
+    // The plain listing names the columns it shows; versions by number.
+    let (ok, out, _) = cli(&server, &["ls"]);
+    assert!(
+        ok && out.contains("SHARED") && out.contains("sales"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&server, &["get", "sales", "--version", "1"]);
+    assert!(ok && out.contains("version 1"), "{out}");
+    let (ok, _, err) = cli(&server, &["get", "sales", "--version", "7"]);
+    assert!(!ok && err.contains("not kept"), "{err}");
+
     assert!(cli(&server, &["rm", "sales"]).0);
     let (ok, _, err) = cli(&server, &["get", "sales"]);
     assert!(!ok);

@@ -47,6 +47,9 @@ enum Command {
         name: String,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A kept older version instead of the current one (arrowpoold --keep-versions).
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// Have the server read a Parquet file or directory into NAME.
     Ingest {
@@ -122,8 +125,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Get { name, out } => {
-            let table = client.get(&name)?;
+        Command::Get { name, out, version } => {
+            let table = match version {
+                Some(v) => client.get_version(&name, v)?,
+                None => client.get(&name)?,
+            };
             if let Some(out) = out {
                 write_table(&out, &table.schema, &table.batches)?;
             }
@@ -174,25 +180,29 @@ fn run(args: Args) -> anyhow::Result<()> {
                 out!("{}", serde_json::to_string(&list)?);
             } else {
                 out!(
-                    "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>10}",
+                    "{:<32} {:>8} {:>6} {:>12} {:>10} {:>10} {:>7} {:>10}  KEPT",
                     "NAME",
                     "VERSION",
                     "KIND",
                     "ROWS",
                     "SIZE",
+                    "SHARED",
                     "LEASES",
                     "IDLE"
                 );
                 for e in list {
+                    let kept: Vec<String> = e.retained.iter().map(u64::to_string).collect();
                     out!(
-                        "{:<32} {:>8} {:>6} {:>12} {:>10} {:>7} {:>9.1}s",
+                        "{:<32} {:>8} {:>6} {:>12} {:>10} {:>10} {:>7} {:>9.1}s  {}",
                         e.name,
                         e.version,
                         e.kind,
                         e.rows,
                         human_bytes(e.bytes),
+                        human_bytes(e.shared_bytes),
                         e.leases,
-                        e.idle_ms as f64 / 1e3
+                        e.idle_ms as f64 / 1e3,
+                        kept.join(",")
                     );
                 }
             }
