@@ -176,6 +176,9 @@ pub struct PutInfo {
 /// arena; `None` for a column that must be written.
 type InArena = Option<Vec<(u64, u64)>>;
 
+/// Most IPC files one put writes for its new columns (see `put_with`).
+const FILES_PER_PUT_MAX: usize = 16;
+
 /// Options of `Client::put_with`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -531,7 +534,24 @@ impl Client {
         options: PutOptions,
     ) -> Result<PutInfo> {
         use crate::protocol::draft::{Draft, DraftBatch, Source};
-        // Batches with the same new columns share a file.
+        // Batches with the same new columns share a file. Past a few distinct
+        // sets (each a pending chunk; a connection may hold 64), the batches
+        // with new columns are written whole, in one file.
+        let mut sources = sources.to_vec();
+        let distinct: std::collections::HashSet<Vec<bool>> = sources
+            .iter()
+            .map(|cols| cols.iter().map(Option::is_none).collect())
+            .filter(|new: &Vec<bool>| new.contains(&true))
+            .collect();
+        if distinct.len() > FILES_PER_PUT_MAX {
+            for cols in sources
+                .iter_mut()
+                .filter(|cols| cols.iter().any(Option::is_none))
+            {
+                cols.iter_mut().for_each(|c| *c = None);
+            }
+        }
+        let sources = &sources[..];
         let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new(); // (new columns, batches)
         for (b, cols) in sources.iter().enumerate() {
             let new: Vec<usize> = (0..cols.len()).filter(|&c| cols[c].is_none()).collect();

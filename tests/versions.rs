@@ -454,3 +454,49 @@ fn kept_versions_are_read_by_number() {
     assert!(e.to_string().contains("not kept"), "{e}");
     let _ = batches;
 }
+
+#[test]
+fn many_different_new_column_sets_still_fit_in_one_put() {
+    let server = Server::start("256M");
+    let c = server.client();
+    let fields: Vec<Field> = (0..7)
+        .map(|i| Field::new(format!("c{i}"), DataType::Float64, false))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = |seed: f64| {
+        let cols: Vec<ArrayRef> = (0..7)
+            .map(|i| {
+                Arc::new(Float64Array::from_iter_values(
+                    (0..1000).map(|r| seed + (i * r) as f64),
+                )) as ArrayRef
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), cols).unwrap()
+    };
+    let batches: Vec<RecordBatch> = (0..70).map(|b| batch(b as f64)).collect();
+    c.put("t", &schema, &batches).unwrap();
+    let got = c.get("t").unwrap();
+    // Batch b replaces the columns of the bits of b + 1: 70 different sets,
+    // more files than a connection may hold pending (64) were each its own.
+    let changed: Vec<RecordBatch> = got
+        .batches
+        .iter()
+        .enumerate()
+        .map(|(b, old)| {
+            let fresh = batch(1000.0 + b as f64);
+            let cols: Vec<ArrayRef> = (0..7)
+                .map(|i| {
+                    if (b + 1) >> i & 1 == 1 {
+                        fresh.column(i).clone()
+                    } else {
+                        old.column(i).clone()
+                    }
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), cols).unwrap()
+        })
+        .collect();
+    c.put("t", &schema, &changed).unwrap();
+    assert_eq!(c.get("t").unwrap().batches, changed);
+    assert_eq!(c.stats().unwrap().pending_bytes, 0);
+}

@@ -561,6 +561,10 @@ def _arena_buffers(arr: pa.Array, lo: int, hi: int) -> list[tuple[int, int]] | N
     return out or None
 
 
+#: Most IPC files one put writes for its new columns (see ``_Plan``).
+_FILES_PER_PUT_MAX = 16
+
+
 class _Plan:
     """How a put is made of new and existing columns: the batches (each a list of
     arrays), which cells are already in the arena, and the new columns grouped into
@@ -571,6 +575,14 @@ class _Plan:
         self.batches = batches
         self.existing = existing
         self.reuses = any(e is not None for row in existing for e in row)
+        # Batches with the same new columns share a file. Past a few distinct sets
+        # (each a pending chunk; a connection may hold 64), the batches with new
+        # columns are written whole, in one file.
+        patterns = {tuple(e is None for e in row) for row in existing if any(e is None for e in row)}
+        if len(patterns) > _FILES_PER_PUT_MAX:
+            existing = [[None] * len(row) if any(e is None for e in row) else row for row in existing]
+            self.existing = existing
+            self.reuses = any(e is not None for row in existing for e in row)
         groups: dict[tuple[int, ...], list[int]] = {}
         for b, row in enumerate(existing):
             new = tuple(c for c, e in enumerate(row) if e is None)

@@ -166,3 +166,23 @@ def test_kept_versions_by_number(tmp_path, name):
             assert c.list()[0]["retained"] == [3, 4]
     finally:
         srv.stop()
+
+
+def test_many_different_new_column_sets_fit_in_one_put(client, name):
+    # 70 batches, each replacing another set of its 7 columns: more files than a
+    # connection may hold pending were each its own.
+    t = pa.Table.from_batches(
+        [pa.record_batch({f"c{i}": np.full(100, float(b + i)) for i in range(7)}) for b in range(70)]
+    )
+    client.put(name, t)
+    got = client.get(name)
+    batches = []
+    for b, old in enumerate(got.to_batches()):
+        cols = [
+            pa.array(np.full(100, -1.0)) if (b + 1) >> i & 1 else old.column(i) for i in range(7)
+        ]
+        batches.append(pa.record_batch(cols, names=old.schema.names))
+    changed = pa.Table.from_batches(batches)
+    client.put(name, changed)
+    assert client.get(name).equals(changed)
+    assert client.stats()["pending_bytes"] == 0
