@@ -393,47 +393,35 @@ impl Client {
         size: u64,
         write: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result<(Sealed, u64)> {
-        let writable = self.inner.writable.as_ref().ok_or(ClientError::ReadOnly)?;
-        let body = self.request(Kind::Create, |o| {
-            Create {
-                object_kind: kind,
-                size,
-                name: name.to_owned(),
-            }
-            .encode(o)
-        })?;
-        let created = Self::decode(body, Created::decode)?;
+        let mut pending = Vec::new();
         let result = (|| {
-            writable.populate_write_once(created.offset, created.capacity);
-            // SAFETY: the server reserved [offset, offset+capacity) for this pending
-            // object on our connection; no one else writes or reads it before seal.
-            let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }.ok_or(
-                ClientError::OutOfBounds {
-                    offset: created.offset,
-                    length: created.capacity,
-                },
-            )?;
-            let written = write(dest)?;
+            let (object_id, written) = self.write_pending(name, kind, size, &mut pending, write)?;
             let body = self.request(Kind::Seal, |o| {
                 Seal {
-                    object_id: created.object_id,
-                    length: written as u64,
+                    object_id,
+                    length: written,
                 }
                 .encode(o);
                 Ok(())
             })?;
-            Ok((Self::decode(body, Sealed::decode)?, written as u64))
+            Ok((Self::decode(body, Sealed::decode)?, written))
         })();
         if result.is_err() {
-            let abort = Abort {
-                object_id: created.object_id,
-            };
+            self.abort_all(&pending);
+        }
+        result
+    }
+
+    /// Gives up pending chunks after a failed put (an id the server already
+    /// dropped is just an error, ignored).
+    fn abort_all(&self, ids: &[u64]) {
+        for &object_id in ids {
+            let abort = Abort { object_id };
             let _ = self.request(Kind::Abort, |o| {
                 abort.encode(o);
                 Ok(())
             });
         }
-        result
     }
 
     /// Puts a table as the new version of `name`. Columns whose buffers
@@ -649,14 +637,8 @@ impl Client {
         })();
         if result.is_err() {
             // The server aborts what a refused publish named; anything it did
-            // not get to see is aborted here (an unknown id is just an error).
-            for id in pending {
-                let abort = Abort { object_id: id };
-                let _ = self.request(Kind::Abort, |o| {
-                    abort.encode(o);
-                    Ok(())
-                });
-            }
+            // not get to see is aborted here.
+            self.abort_all(&pending);
         }
         result
     }
@@ -685,7 +667,7 @@ impl Client {
         writable.populate_write_once(created.offset, created.capacity);
         // SAFETY: the server reserved [offset, offset+capacity) for this pending
         // chunk on our connection; no one else writes or reads it before it is
-        // published or aborted.
+        // sealed, published or aborted.
         let dest = unsafe { writable.slice_mut(created.offset, created.capacity) }.ok_or(
             ClientError::OutOfBounds {
                 offset: created.offset,

@@ -775,6 +775,25 @@ impl Store {
         })
     }
 
+    /// `pending`, refusing a `length` larger than the chunk's capacity: how
+    /// many bytes a writer says it wrote is checked before they are read.
+    pub fn pending_within(
+        &self,
+        conn: ConnId,
+        id: ObjectId,
+        length: u64,
+    ) -> Result<Pending, StoreError> {
+        let p = self.pending(conn, id)?;
+        if length > p.capacity {
+            return Err(StoreError::LengthTooLarge {
+                object_id: id,
+                length,
+                capacity: p.capacity,
+            });
+        }
+        Ok(p)
+    }
+
     /// The name a pending chunk was created for.
     pub fn pending_name(&self, conn: ConnId, id: ObjectId) -> Result<String, StoreError> {
         Ok(self.pending_chunk(conn, id)?.name.clone())
@@ -790,19 +809,7 @@ impl Store {
         length: u64,
         rows: u64,
     ) -> Result<SealInfo, StoreError> {
-        let name = self.pending_name(conn, id)?;
-        self.publish(
-            conn,
-            NewVersion {
-                name: &name,
-                if_version: None,
-                rows,
-                new_chunks: &[(id, length)],
-                shared: &[],
-                manifest: None,
-                layout: None,
-            },
-        )
+        self.seal_one(conn, id, length, rows, None, None)
     }
 
     /// Publishes a pending chunk as a new table version whose manifest was
@@ -820,6 +827,19 @@ impl Store {
         file_len: u64,
         layout: Option<Arc<Manifest>>,
     ) -> Result<SealInfo, StoreError> {
+        self.seal_one(conn, id, length, rows, Some((manifest, file_len)), layout)
+    }
+
+    /// A version of one new chunk, published under the name it was created for.
+    fn seal_one(
+        &mut self,
+        conn: ConnId,
+        id: ObjectId,
+        length: u64,
+        rows: u64,
+        manifest: Option<(ObjectId, u64)>,
+        layout: Option<Arc<Manifest>>,
+    ) -> Result<SealInfo, StoreError> {
         let name = self.pending_name(conn, id)?;
         self.publish(
             conn,
@@ -829,7 +849,7 @@ impl Store {
                 rows,
                 new_chunks: &[(id, length)],
                 shared: &[],
-                manifest: Some((manifest, file_len)),
+                manifest,
                 layout,
             },
         )

@@ -168,15 +168,7 @@ impl Pool {
     /// checked first (`ipc::check_file`), then the name moves to it and
     /// waiters are woken. A refused table is aborted.
     pub fn seal(&self, conn: ConnId, id: ObjectId, length: u64) -> Result<SealInfo, PoolError> {
-        let pending = self.store().pending(conn, id)?;
-        if length > pending.capacity {
-            return Err(StoreError::LengthTooLarge {
-                object_id: id,
-                length,
-                capacity: pending.capacity,
-            }
-            .into());
-        }
+        let pending = self.store().pending_within(conn, id, length)?;
         let sealed = match pending.kind {
             ObjectKind::Table => {
                 let manifest = match self.check_table(pending.offset, length, id) {

@@ -70,15 +70,7 @@ impl Pool {
         draft_len: u64,
         named: &mut Vec<ObjectId>,
     ) -> Result<SealInfo, PoolError> {
-        let p = self.store().pending(conn, draft_id)?;
-        if draft_len > p.capacity {
-            return Err(StoreError::LengthTooLarge {
-                object_id: draft_id,
-                length: draft_len,
-                capacity: p.capacity,
-            }
-            .into());
-        }
+        let p = self.store().pending_within(conn, draft_id, draft_len)?;
         // A copy: the writer could change its pending bytes while they are read.
         let bytes = self
             .arena
@@ -99,19 +91,11 @@ impl Pool {
         // The new files: checked as a seal checks them.
         let mut files = Vec::with_capacity(draft.chunks.len());
         for &(id, len) in &draft.chunks {
-            let p = self.store().pending(conn, id)?;
+            let p = self.store().pending_within(conn, id, len)?;
             if p.kind != ObjectKind::Table {
                 return Err(invalid(format!(
                     "chunk {id} of the draft is not a table chunk"
                 )));
-            }
-            if len > p.capacity {
-                return Err(StoreError::LengthTooLarge {
-                    object_id: id,
-                    length: len,
-                    capacity: p.capacity,
-                }
-                .into());
             }
             let m = self.check_table(p.offset, len, id)?;
             let columns = m.batch_columns().map_err(|e| invalid(e.to_string()))?.ok_or_else(|| {

@@ -82,11 +82,7 @@ pub fn run(r: &mut Run) -> Result<()> {
     let mut update = || -> Result<std::time::Duration> {
         let start = Instant::now();
         let current = client.get(UPDATE_NAME)?;
-        let batches = current
-            .batches
-            .iter()
-            .map(|b| replace_columns(b, fi, ii))
-            .collect::<Result<Vec<_>>>()?;
+        let batches = replace_all(&current.batches, fi, ii)?;
         retry_interrupted(|| client.put(UPDATE_NAME, &current.schema, &batches))?;
         drop(batches);
         drop(current);
@@ -97,11 +93,7 @@ pub fn run(r: &mut Run) -> Result<()> {
     let (table, batch_rows) = (&r.table, r.batch_rows);
     let rewrite = || {
         let start = Instant::now();
-        let batches = table
-            .batches
-            .iter()
-            .map(|b| replace_columns(b, fi, ii))
-            .collect::<Result<Vec<_>>>()?;
+        let batches = replace_all(&table.batches, fi, ii)?;
         parquet_io::write(&tmp, &table.schema, &batches, batch_rows)?;
         Ok(start.elapsed())
     };
@@ -114,11 +106,7 @@ pub fn run(r: &mut Run) -> Result<()> {
     // arena's, so every column is written.
     let full = || {
         let start = Instant::now();
-        let batches = table
-            .batches
-            .iter()
-            .map(|b| replace_columns(b, fi, ii))
-            .collect::<Result<Vec<_>>>()?;
+        let batches = replace_all(&table.batches, fi, ii)?;
         retry_interrupted(|| client.put(FULL_NAME, &table.schema, &batches))?;
         Ok(start.elapsed())
     };
@@ -135,11 +123,7 @@ pub fn run(r: &mut Run) -> Result<()> {
     // Growth of the arena by one update while the old version is held.
     let held = client.get(UPDATE_NAME)?;
     let before = client.stats()?.used_bytes;
-    let changed = held
-        .batches
-        .iter()
-        .map(|b| replace_columns(b, fi, ii))
-        .collect::<Result<Vec<_>>>()?;
+    let changed = replace_all(&held.batches, fi, ii)?;
     let written = retry_interrupted(|| client.put(UPDATE_NAME, &held.schema, &changed))?.bytes;
     let grown = client.stats()?.used_bytes.saturating_sub(before);
     let new_column_bytes: u64 = changed
@@ -264,6 +248,11 @@ fn append_rows(r: &mut Run, client: &Client) -> Result<(u64, u64)> {
     r.keep(&m);
     r.keep(&a);
     Ok((rows as u64, written))
+}
+
+/// `replace_columns` of every batch.
+fn replace_all(batches: &[RecordBatch], fi: usize, ii: usize) -> Result<Vec<RecordBatch>> {
+    batches.iter().map(|b| replace_columns(b, fi, ii)).collect()
 }
 
 /// The batch with columns `fi` (Float64) and `ii` (Int64) plus one; every
