@@ -156,6 +156,8 @@ pub struct Entry {
 
 /// Unsealed creates (and manifest reservations) one connection may have at once.
 pub const PENDING_PER_CONN_MAX: usize = 64;
+/// Set in the ids of `Store::server_side_conn` connections.
+pub const SERVER_SIDE_CONN_BIT: ConnId = 1 << 63;
 /// Leases one connection may hold at once.
 pub const LEASES_PER_CONN_MAX: u64 = 1_000_000;
 /// Objects at or above this size are aligned to `large_align` (hugepage size).
@@ -387,6 +389,9 @@ struct Conn {
     lease_count: u64,
     /// Pending chunks and manifest reservations.
     pending: HashSet<ObjectId>,
+    /// A server-side writer's connection (`server_side_conn`): no limit on
+    /// pending chunks (its count is the writer's, bounded by its input).
+    server_side: bool,
 }
 
 /// Counters for `stats`.
@@ -505,8 +510,25 @@ impl Store {
         self.conns.entry(conn).or_default();
     }
 
+    /// A connection of the server's own for one writer (an ingest), with no
+    /// limit on its pending chunks. The writer must `disconnect` it when done,
+    /// which aborts whatever it left pending. Its ids never collide with the
+    /// socket connections' (which count up from 1).
+    pub fn server_side_conn(&mut self) -> ConnId {
+        let id = SERVER_SIDE_CONN_BIT | self.new_id();
+        self.conns.insert(
+            id,
+            Conn {
+                server_side: true,
+                ..Conn::default()
+            },
+        );
+        id
+    }
+
     fn check_pending_limit(&mut self, conn: ConnId) -> Result<(), StoreError> {
-        if self.conns.entry(conn).or_default().pending.len() >= PENDING_PER_CONN_MAX {
+        let c = self.conns.entry(conn).or_default();
+        if !c.server_side && c.pending.len() >= PENDING_PER_CONN_MAX {
             return Err(StoreError::LimitExceeded(
                 "64 unsealed creates on one connection; seal or abort them",
             ));

@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -122,6 +123,41 @@ def test_ingest_parquet_file(client, name, tmp_path):
     assert got.column("id").to_pylist() == table.column("id").to_pylist()
     assert got.column("x").to_pylist() == table.column("x").to_pylist()
     assert got.column("s").to_pylist() == table.column("s").to_pylist()
+
+
+def test_ingest_keeps_low_cardinality_strings_as_one_dictionary(client, name, tmp_path):
+    """A pyarrow-written file: strings of few values per row group stay a
+    dictionary (one for the table, the narrowest index type), get_pandas makes
+    a Categorical; unique strings and numbers stay plain."""
+    rows = 60_000
+    regions = ["north", "south", "east", "west", None]
+    table = pa.table(
+        {
+            "id": np.arange(rows, dtype=np.int64),
+            # Each row group sees other values: the dictionaries are unified.
+            "region": pa.array([regions[(i // 20_000 + i) % 5] for i in range(rows)]),
+            "city": pa.array([f"city-{(i * 7) % 300}" for i in range(rows)]),
+            "key": pa.array([f"unique-{i:09d}" for i in range(rows)]),
+        }
+    )
+    path = tmp_path / "labels.parquet"
+    pq.write_table(table, path, row_group_size=20_000)
+    client.ingest(path, name)
+    got = client.get(name)
+    assert got.schema.field("region").type == pa.dictionary(pa.int8(), pa.string())
+    # 300 values: more than an int8 index holds.
+    assert got.schema.field("city").type == pa.dictionary(pa.int16(), pa.string())
+    assert got.schema.field("key").type == pa.string()
+    assert got.schema.field("id").type == pa.int64()
+    for c in ("region", "city"):
+        chunks = got.column(c).chunks
+        assert all(ch.dictionary.equals(chunks[0].dictionary) for ch in chunks)
+        assert got.column(c).to_pylist() == table.column(c).to_pylist()
+    assert got.column("key").to_pylist() == table.column("key").to_pylist()
+    df = client.get_pandas(name)
+    assert isinstance(df["region"].dtype, pd.CategoricalDtype)
+    assert df["region"].isna().sum() == rows // 5
+    assert df.groupby("region", observed=True)["id"].count().sum() == rows - rows // 5
 
 
 def test_ingest_selected_columns_of_a_directory(client, name, tmp_path):

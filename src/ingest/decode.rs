@@ -1,6 +1,5 @@
 //! Decoding: one `ParquetPushDecoder` per unit (a row group, or some of its
-//! columns), fed from the reader's buffers, and the reassembly of the units
-//! into the table's batches in file order.
+//! columns), fed from the reader's buffers.
 //!
 //! Why the push decoder: it does no I/O of its own, so the reader decides how
 //! bytes arrive (io_uring, large reads, `O_DIRECT`) and the decoder only asks
@@ -10,7 +9,7 @@ use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
@@ -154,58 +153,4 @@ fn column_names(schema: &Schema, roots: &[usize]) -> String {
     } else {
         names.join(", ")
     }
-}
-
-/// Joins decoded units into the table's batches, in file and row-group
-/// order, each under `schema`. `decoded` is indexed by unit; the units of one
-/// row group (column splits) are adjacent and decode to batches of equal row
-/// counts (same batch size, no filter), which are zipped column-wise.
-pub fn assemble(
-    units: &[Unit],
-    decoded: Vec<Vec<RecordBatch>>,
-    schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>, IngestError> {
-    let bad =
-        |what: String| IngestError::Internal(format!("cannot assemble decoded units: {what}"));
-    let mut out = Vec::new();
-    let mut i = 0;
-    let mut decoded: Vec<Option<Vec<RecordBatch>>> = decoded.into_iter().map(Some).collect();
-    while i < units.len() {
-        let mut j = i + 1;
-        while j < units.len()
-            && units[j].file == units[i].file
-            && units[j].row_group == units[i].row_group
-        {
-            j += 1;
-        }
-        let parts: Vec<Vec<RecordBatch>> = decoded[i..j]
-            .iter_mut()
-            .map(|d| d.take().unwrap_or_default())
-            .collect();
-        let n = parts[0].len();
-        if parts.iter().any(|p| p.len() != n) {
-            return Err(bad(format!(
-                "row group {} split into parts with different batch counts",
-                units[i].row_group
-            )));
-        }
-        for b in 0..n {
-            let rows = parts[0][b].num_rows();
-            let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-            for p in &parts {
-                if p[b].num_rows() != rows {
-                    return Err(bad(format!(
-                        "row group {} parts differ in rows",
-                        units[i].row_group
-                    )));
-                }
-                columns.extend(p[b].columns().iter().cloned());
-            }
-            let batch =
-                RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))?;
-            out.push(batch);
-        }
-        i = j;
-    }
-    Ok(out)
 }

@@ -70,9 +70,6 @@ pub enum IngestError {
         path: PathBuf,
         err: PoolError,
     },
-    /// The table outgrew the size reserved from the footer's statistics;
-    /// the ingest starts over, decoding before reserving.
-    BoundTooSmall,
     /// A bug, not the file's fault.
     Internal(String),
 }
@@ -123,9 +120,6 @@ impl std::fmt::Display for IngestError {
             ),
             IngestError::Store { path, err } => {
                 write!(f, "cannot store the table read from {}: {err}", path.display())
-            }
-            IngestError::BoundTooSmall => {
-                write!(f, "the table outgrew the space reserved from the Parquet footer's size statistics")
             }
             IngestError::Internal(e) => write!(f, "internal ingest error: {e}"),
         }

@@ -301,6 +301,40 @@ impl Pool {
         Ok((sealed, written, extra))
     }
 
+    /// A server-side writer's chunk of a version still to be published:
+    /// reserves `size` bytes on `conn`, lets `write` fill them with an IPC
+    /// file (returning its length), checks the file as a seal does and
+    /// returns the pending chunk, its length and the file's manifest. The
+    /// chunk stays pending, for `publish_manifest` (or the caller's abort); on
+    /// any failure here it is aborted.
+    pub fn write_chunk<E>(
+        &self,
+        conn: ConnId,
+        name: &str,
+        size: u64,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(ObjectId, u64, Manifest), PutError<E>> {
+        let r = self
+            .reserve(conn, name, ObjectKind::Table, size)
+            .map_err(PutError::Pool)?;
+        let abort = |e| {
+            let _ = self.store().abort(conn, r.object_id);
+            e
+        };
+        let dest = self.writable(&r).map_err(|e| abort(PutError::Pool(e)))?;
+        let written = write(dest).map_err(|e| abort(PutError::Write(e)))? as u64;
+        if written > r.capacity {
+            return Err(abort(PutError::Pool(PoolError::OutsideArena {
+                offset: r.offset,
+                len: written,
+            })));
+        }
+        let manifest = self
+            .check_table(r.offset, written, r.object_id)
+            .map_err(|e| abort(PutError::Pool(e)))?;
+        Ok((r.object_id, written, manifest))
+    }
+
     #[allow(clippy::mut_from_ref)] // exclusive by the pending object's ownership
     fn writable(&self, r: &Reservation) -> Result<&mut [u8], PoolError> {
         // SAFETY: the range belongs to the pending object `put` just reserved on

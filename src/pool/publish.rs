@@ -105,23 +105,45 @@ impl Pool {
         }
 
         let (manifest, shared) = self.assemble(&schema, &draft, &files)?;
+        let new_chunks: Vec<(ObjectId, u64)> = draft.chunks.clone();
+        self.publish_manifest(
+            conn,
+            name,
+            if_version,
+            &new_chunks,
+            &shared,
+            Arc::new(manifest),
+            draft_id,
+        )
+    }
+
+    /// Writes `manifest` into the manifest regions and publishes it as the
+    /// new version of `name`, made of `conn`'s pending `new_chunks` (with the
+    /// bytes written in each) and the sealed chunks `shared`. `object_id`
+    /// names the writer's object in errors. On failure the manifest room is
+    /// given back; the new chunks stay pending, for the caller to abort.
+    /// Waiters are not notified (the caller does, once its cleanup is done).
+    #[allow(clippy::too_many_arguments)] // each is one part of the new version
+    pub(crate) fn publish_manifest(
+        &self,
+        conn: u64,
+        name: &str,
+        if_version: Option<u64>,
+        new_chunks: &[(ObjectId, u64)],
+        shared: &[ObjectId],
+        manifest: Arc<Manifest>,
+        object_id: ObjectId,
+    ) -> Result<SealInfo, PoolError> {
         let rows = manifest.rows();
-        let manifest = Arc::new(manifest);
-        let (low, high) = manifest.sizes().map_err(|e| PoolError::Manifest {
-            object_id: draft_id,
-            error: e,
-        })?;
+        let bad = |error| PoolError::Manifest { object_id, error };
+        let (low, high) = manifest.sizes().map_err(bad)?;
         let space = self.store().reserve_manifest(conn, name, low, high)?;
         let result = (|| {
             let encoded = manifest
                 .encode(space.low_offset, space.high_offset)
-                .map_err(|error| PoolError::Manifest {
-                    object_id: draft_id,
-                    error,
-                })?;
+                .map_err(bad)?;
             self.write_manifest(space.low_offset, &encoded.low)?;
             self.write_manifest(space.high_offset, &encoded.high)?;
-            let new_chunks: Vec<(ObjectId, u64)> = draft.chunks.clone();
             self.store()
                 .publish(
                     conn,
@@ -129,8 +151,8 @@ impl Pool {
                         name,
                         if_version,
                         rows,
-                        new_chunks: &new_chunks,
-                        shared: &shared,
+                        new_chunks,
+                        shared,
                         manifest: Some((space.id, encoded.file_len)),
                         layout: Some(manifest.clone()),
                     },
