@@ -158,6 +158,15 @@ def test_ingest_keeps_low_cardinality_strings_as_one_dictionary(client, name, tm
     assert isinstance(df["region"].dtype, pd.CategoricalDtype)
     assert df["region"].isna().sum() == rows // 5
     assert df.groupby("region", observed=True)["id"].count().sum() == rows - rows // 5
+    # A later version that replaces another column shares the dictionary
+    # columns (keys in place, the one dictionary kept).
+    client.replace_columns(name, {"id": np.arange(rows, dtype=np.int64) * 2})
+    new = client.get(name)
+    for c in ("region", "city"):
+        old_keys = [ch.buffers()[1].address for ch in got.column(c).chunks]
+        assert [ch.buffers()[1].address for ch in new.column(c).chunks] == old_keys
+        assert new.column(c).to_pylist() == table.column(c).to_pylist()
+    assert new.column("id").to_pylist()[:3] == [0, 2, 4]
 
 
 def test_ingest_selected_columns_of_a_directory(client, name, tmp_path):

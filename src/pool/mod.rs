@@ -9,8 +9,10 @@
 //!                  ─> write messages and footer ─> store.seal_table + notify
 //! ```
 //! A socket client writes through its own mapping between `reserve` and `seal`
-//! (two requests); the server's own writers (ingest) use `put`, which runs all
-//! three with a closure that writes through the server's mapping.
+//! (two requests). The server's own writer (ingest) reserves and fills chunks
+//! with `write_chunk` (a closure writes through the server's mapping, the file
+//! is checked as a seal checks it) and publishes them all at once with
+//! `publish_manifest`, the last step of a `publish` request too.
 //!
 //! Below the server and ingest, above `store`, `arena` and `ipc`; it knows
 //! nothing of the wire: its errors are typed, and the server turns them into
@@ -100,7 +102,7 @@ impl From<StoreError> for PoolError {
     }
 }
 
-/// Why a server-side put failed: the pool's reason, or the writer's own.
+/// Why a server-side write failed: the pool's reason, or the writer's own.
 #[derive(Debug)]
 pub enum PutError<E> {
     Pool(PoolError),
@@ -270,35 +272,6 @@ impl Pool {
             .ok_or(PoolError::OutsideArena { offset: at, len })?;
         dest.copy_from_slice(bytes);
         Ok(())
-    }
-
-    /// A server-side put: reserves `size` bytes, lets `write` fill them through
-    /// the server's own mapping (returning the bytes written and anything else
-    /// it wants to hand back), then seals. Returns the seal, the bytes written
-    /// and the writer's extra. On any failure the reservation is aborted and
-    /// the writer's own error comes back as `PutError::Write`.
-    pub fn put<T, E>(
-        &self,
-        conn: ConnId,
-        name: &str,
-        kind: ObjectKind,
-        size: u64,
-        write: impl FnOnce(&mut [u8]) -> Result<(usize, T), E>,
-    ) -> Result<(SealInfo, usize, T), PutError<E>> {
-        let r = self
-            .reserve(conn, name, kind, size)
-            .map_err(PutError::Pool)?;
-        let abort = |e| {
-            let _ = self.store().abort(conn, r.object_id);
-            e
-        };
-        let dest = self.writable(&r).map_err(|e| abort(PutError::Pool(e)))?;
-        let (written, extra) = write(dest).map_err(|e| abort(PutError::Write(e)))?;
-        // `seal` aborts on its own failures.
-        let sealed = self
-            .seal(conn, r.object_id, written as u64)
-            .map_err(PutError::Pool)?;
-        Ok((sealed, written, extra))
     }
 
     /// A server-side writer's chunk of a version still to be published:
