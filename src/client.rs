@@ -439,9 +439,12 @@ impl Client {
     /// (children included, dictionary values excluded) lies in the arena and
     /// the server finds a live version with exactly that column; new columns
     /// are written as IPC files, one per set of batches with the same new
-    /// columns. If the server finds no such column (the array was sliced or
-    /// rebuilt over the same memory), the put falls back to writing the whole
-    /// table.
+    /// columns. If the server finds no such column (the array was sliced
+    /// inside a batch: arrow-rs moves a slice's buffer pointers, so the client
+    /// cannot name the column it came from; or it was rebuilt over the same
+    /// memory), the put falls back to writing the whole table. Slices on batch
+    /// boundaries are shared; the Python client also shares slices inside a
+    /// batch (`Source::Slice`).
     pub fn put_with(
         &self,
         name: &str,

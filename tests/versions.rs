@@ -300,6 +300,25 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
     }
     .encode(&mut b);
     cases.push(("rows that disagree with the columns", b));
+    // Rows of a column beyond its end.
+    let slice = |col: usize, offset: u64, rows: u64| match existing(col) {
+        Source::Existing { buffers } => Source::Slice {
+            offset,
+            rows,
+            buffers,
+        },
+        other => other,
+    };
+    let mut b = Vec::new();
+    Draft {
+        batches: vec![DraftBatch {
+            rows: 100,
+            columns: (0..4).map(|c| slice(c, 9_950, 100)).collect(),
+        }],
+        ..bogus.clone()
+    }
+    .encode(&mut b);
+    cases.push(("a slice past the column's end", b));
     for (what, bytes) in cases {
         let e = publish_raw(&server, "t", &bytes).unwrap_err();
         assert_eq!(e.0, ErrorCode::InvalidData as u16, "{what}: {}", e.1);
@@ -318,6 +337,25 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
     .encode(&mut b);
     publish_raw(&server, "t2", &b).unwrap();
     assert_eq!(c.get("t2").unwrap().batches, batches);
+    c.delete("t2").unwrap();
+    // Rows 64..+1000 of every column, shared in place.
+    let mut b = Vec::new();
+    Draft {
+        batches: vec![DraftBatch {
+            rows: 1000,
+            columns: (0..4).map(|c| slice(c, 64, 1000)).collect(),
+        }],
+        ..bogus.clone()
+    }
+    .encode(&mut b);
+    publish_raw(&server, "t2", &b).unwrap();
+    let sliced = c.get("t2").unwrap();
+    assert_eq!(sliced.batches, vec![batches[0].slice(64, 1000)]);
+    assert_eq!(
+        values_ptr(sliced.batches[0].column(0)),
+        values_ptr(got.batches[0].column(0)) + 64 * 8
+    );
+    drop(sliced);
     c.delete("t2").unwrap();
     drop(got);
     // A new column in a chunk that another connection created: refused.
@@ -358,8 +396,8 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
     });
     assert_eq!(
         c.stats().unwrap().puts,
-        before.puts + 1,
-        "only t2 was published"
+        before.puts + 2,
+        "only the two t2 were published"
     );
     assert_eq!(c.get("t").unwrap().batches, batches);
 }

@@ -544,11 +544,41 @@ def _ipc_file_size(table: pa.Table) -> int:
     return sink.size()
 
 
-def _arena_buffers(arr: pa.Array, lo: int, hi: int) -> list[tuple[int, int]] | None:
-    """The (arena offset, length) of every non-empty buffer of ``arr`` (children
-    included, dictionary values excluded), if all lie in ``[lo, hi)`` and the array
-    is not sliced; else None."""
-    if arr.offset != 0:
+def _sliceable(arr: pa.Array) -> bool:
+    """Whether rows of an arena column starting at ``arr.offset`` can be shared in
+    place (the server's rule, ``ColumnLayout::slice``): a type without children
+    whose sliced buffers all start on 8 bytes (pyarrow's IPC reader requires it):
+    bitmaps (booleans, or validity with nulls in the slice) at offsets divisible
+    by 64, values of w bytes where ``offset * w`` is divisible by 8. Other slices
+    are written anew, column by column."""
+    k = arr.offset
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        t = t.index_type
+    if arr.null_count > 0 and k % 64 != 0 and not pa.types.is_null(t):
+        return False
+    if pa.types.is_boolean(t):
+        return k % 64 == 0
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        return k % 2 == 0
+    if pa.types.is_large_string(t) or pa.types.is_large_binary(t) or pa.types.is_null(t):
+        return True
+    fixed = (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or (pa.types.is_temporal(t) and not pa.types.is_interval(t))
+        or pa.types.is_decimal(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
+    return fixed and (k * (t.bit_width // 8)) % 8 == 0
+
+
+def _arena_buffers(arr: pa.Array, lo: int, hi: int) -> tuple[int, int, list[tuple[int, int]]] | None:
+    """``(row offset, rows, buffers)``: the (arena offset, length) of every non-empty
+    buffer of ``arr`` (children included, dictionary values excluded; for a slice,
+    its parent's), if all lie in ``[lo, hi)`` and a slice can be shared in place;
+    else None."""
+    if arr.offset != 0 and not _sliceable(arr):
         return None
     out = []
     for b in arr.buffers():
@@ -558,7 +588,7 @@ def _arena_buffers(arr: pa.Array, lo: int, hi: int) -> list[tuple[int, int]] | N
         if address < lo or address + b.size > hi:
             return None
         out.append((address - lo, b.size))
-    return out or None
+    return (arr.offset, len(arr), out) if out else None
 
 
 #: Most IPC files one put writes for its new columns (see ``_Plan``).
@@ -617,11 +647,14 @@ class _Plan:
         parts.append(struct.pack("<I", len(self.batches)))
         for b, row in enumerate(self.batches):
             parts.append(struct.pack("<Q", len(row[0]) if row else 0))
-            for c, buffers in enumerate(self.existing[b]):
-                if buffers is None:
+            for c, found in enumerate(self.existing[b]):
+                if found is None:
                     parts.append(struct.pack("<BIII", 0, *where[(b, c)]))
                 else:
-                    parts.append(struct.pack("<BH", 1, len(buffers)))
+                    # Always as a slice (rows from offset): the server shares the
+                    # whole column when the rows are all of it.
+                    row_offset, rows, buffers = found
+                    parts.append(struct.pack("<BQQH", 2, row_offset, rows, len(buffers)))
                     parts += [struct.pack("<QQ", o, n) for o, n in buffers]
         return b"".join(parts)
 
@@ -824,9 +857,14 @@ class Client:
         version or the new one, never a mix. Columns that already lie in the arena are
         not copied at all: a table from :meth:`get` after ``set_column``,
         ``append_column``, ``drop_columns``, ``select``, ``rename_columns``, or
-        ``pa.concat_tables([old, new_rows])``, or a frame from :meth:`get_pandas`
-        with some columns replaced, writes only its new columns or rows; the new
-        version shares the rest with the old one (docs/PROTOCOL.md, "publish").
+        ``pa.concat_tables([old, new_rows])``, ``slice`` (a rolling window:
+        ``concat_tables([old.slice(k), new_rows])``), or a frame from
+        :meth:`get_pandas` with some columns replaced, writes only its new columns
+        or rows; the new version shares the rest with the old one
+        (docs/PROTOCOL.md, "publish"). A slice's columns are shared where their
+        buffers stay 8-byte aligned (8-byte values always; int32 and string
+        columns at even rows; bitmaps at rows divisible by 64); the others are
+        written.
 
         ``if_version``: publish only if ``name`` is still at that version, else raise
         :class:`VersionConflict` and publish nothing, so that two callbacks updating

@@ -475,6 +475,149 @@ pub struct ColumnLayout {
     pub variadic: Vec<i64>,
 }
 
+/// Bits set in `bitmap` among bits `[from, from + len)` (LSB first, as Arrow
+/// validity bitmaps are); `None` if the bitmap is too short.
+fn count_set_bits(bitmap: &[u8], from: u64, len: u64) -> Option<u64> {
+    let end = from.checked_add(len)?;
+    if end.div_ceil(8) > bitmap.len() as u64 {
+        return None;
+    }
+    let mut set = 0u64;
+    let mut i = from;
+    while i < end {
+        if i.is_multiple_of(8) && end - i >= 8 {
+            set += u64::from(bitmap[(i / 8) as usize].count_ones());
+            i += 8;
+        } else {
+            set += u64::from(bitmap[(i / 8) as usize] >> (i % 8) & 1);
+            i += 1;
+        }
+    }
+    Some(set)
+}
+
+impl ColumnLayout {
+    /// Rows `[offset, offset + length)` of this top-level column of type `t`,
+    /// as buffers inside its own (no copy), or `Ok(None)` where IPC cannot say
+    /// it that way: a type with children, or a buffer that would start off an
+    /// 8-byte boundary (pyarrow refuses those): a bitmap (booleans, or a
+    /// validity bitmap with nulls in the slice) unless the offset is a multiple
+    /// of 64, values of w bytes unless `offset * w` is a multiple of 8 (32-bit
+    /// string offsets: an even offset). `bytes` reads a buffer of the
+    /// column (its validity bitmap, to count the slice's nulls). Strings keep
+    /// their whole data buffer and start at a non-zero offset, which IPC
+    /// allows. Errors if the rows lie outside the column.
+    pub fn slice<'b>(
+        &self,
+        t: &DataType,
+        offset: u64,
+        length: u64,
+        bytes: &dyn Fn(BufferRef) -> Option<&'b [u8]>,
+    ) -> Result<Option<ColumnLayout>, String> {
+        let [node] = self.nodes[..] else {
+            return Ok(None);
+        };
+        let rows = node.length.max(0) as u64;
+        let end = offset.checked_add(length).filter(|&e| e <= rows);
+        if end.is_none() {
+            return Err(format!(
+                "rows {offset}..+{length} lie outside a column of {rows} rows"
+            ));
+        }
+        if offset == 0 && length == rows {
+            return Ok(Some(self.clone()));
+        }
+        let short = || format!("a buffer of the column is shorter than its {rows} rows");
+        let empty = BufferRef {
+            offset: 0,
+            length: 0,
+        };
+        use DataType::*;
+        if let Null = t {
+            let n = i64::try_from(length).map_err(|e| e.to_string())?;
+            return Ok(Some(ColumnLayout {
+                nodes: vec![Node {
+                    length: n,
+                    null_count: n,
+                }],
+                buffers: self.buffers.clone(),
+                variadic: Vec::new(),
+            }));
+        }
+        let Some(&validity) = self.buffers.first() else {
+            return Ok(None);
+        };
+        // The slice's validity: none if it has no nulls.
+        let (validity, nulls) = if validity.length == 0 || node.null_count == 0 {
+            (empty, 0)
+        } else {
+            let bits = bytes(validity).ok_or_else(short)?;
+            let valid = count_set_bits(bits, offset, length).ok_or_else(short)?;
+            match length - valid {
+                0 => (empty, 0),
+                _ if !offset.is_multiple_of(64) => return Ok(None),
+                n => (
+                    BufferRef {
+                        offset: validity.offset + offset / 8,
+                        length: length.div_ceil(8),
+                    },
+                    n,
+                ),
+            }
+        };
+        // A part of buffer `b`: `Ok(None)` if it would not start on 8 bytes.
+        let sub = |b: BufferRef, at: u64, len: u64| -> Result<Option<BufferRef>, String> {
+            if at.checked_add(len).is_none_or(|e| e > b.length) {
+                return Err(short());
+            }
+            if len == 0 {
+                return Ok(Some(empty));
+            }
+            Ok((b.offset + at).is_multiple_of(8).then_some(BufferRef {
+                offset: b.offset + at,
+                length: len,
+            }))
+        };
+        let part = match (t, &self.buffers[1..]) {
+            (Boolean, &[data]) => {
+                if !offset.is_multiple_of(64) {
+                    return Ok(None);
+                }
+                sub(data, offset / 8, length.div_ceil(8))?.map(|d| vec![validity, d])
+            }
+            (Utf8 | Binary, &[offsets, data]) => {
+                sub(offsets, offset * 4, (length + 1) * 4)?.map(|o| vec![validity, o, data])
+            }
+            (LargeUtf8 | LargeBinary, &[offsets, data]) => {
+                sub(offsets, offset * 8, (length + 1) * 8)?.map(|o| vec![validity, o, data])
+            }
+            (t, &[data]) => {
+                let width = match t {
+                    Dictionary(k, _) => k.primitive_width(),
+                    FixedSizeBinary(n) => usize::try_from(*n).ok(),
+                    t => t.primitive_width(),
+                };
+                let Some(w) = width.map(|w| w as u64).filter(|&w| w > 0) else {
+                    return Ok(None);
+                };
+                sub(data, offset * w, length * w)?.map(|d| vec![validity, d])
+            }
+            _ => return Ok(None),
+        };
+        let Some(buffers) = part else {
+            return Ok(None);
+        };
+        Ok(Some(ColumnLayout {
+            nodes: vec![Node {
+                length: i64::try_from(length).map_err(|e| e.to_string())?,
+                null_count: nulls as i64,
+            }],
+            buffers,
+            variadic: Vec::new(),
+        }))
+    }
+}
+
 impl ColumnLayout {
     /// The lowest offset among the column's non-empty buffers: how a column
     /// is looked up when a writer names its buffers.

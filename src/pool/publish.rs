@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Schema};
 
-use crate::ipc::manifest::{BatchLayout, ColumnLayout, DictionaryLayout, Manifest};
+use crate::ipc::manifest::{BatchLayout, BufferRef, ColumnLayout, DictionaryLayout, Manifest};
 use crate::protocol::draft::{Draft, Source};
 use crate::store::{NewVersion, ObjectId, ObjectKind, SealInfo, StoreError};
 
@@ -29,6 +29,24 @@ enum DictSource {
 
 fn invalid(m: impl Into<String>) -> PoolError {
     PoolError::InvalidDraft(m.into())
+}
+
+/// The live column whose non-empty buffers are `buffers` (any order), named
+/// by the draft as column `name` of batch `b`.
+fn find(
+    store: &crate::store::Store,
+    buffers: &[(u64, u64)],
+    name: &str,
+    b: usize,
+) -> Result<crate::store::FoundColumn, PoolError> {
+    let mut sorted = buffers.to_vec();
+    sorted.sort_unstable();
+    store.find_column(&sorted).ok_or_else(|| {
+        invalid(format!(
+            "column {name} of batch {b}: no live table version has a column with exactly these {} buffers (its version was freed, or the array is not one a get returned)",
+            sorted.len()
+        ))
+    })
 }
 
 impl Pool {
@@ -261,15 +279,7 @@ impl Pool {
                         )
                     }
                     Source::Existing { buffers } => {
-                        let mut sorted = buffers.clone();
-                        sorted.sort_unstable();
-                        let found = store.find_column(&sorted).ok_or_else(|| {
-                                invalid(format!(
-                                    "column {} of batch {b}: no live table version has a column with exactly these {} buffers (its version was freed, or the array is not one a get returned)",
-                                    field.name(),
-                                    sorted.len()
-                                ))
-                            })?;
+                        let found = find(&store, buffers, field.name(), b)?;
                         for id in &found.chunks {
                             if !shared.contains(id) {
                                 shared.push(*id);
@@ -284,6 +294,44 @@ impl Pool {
                         let t = found.layout.schema.field(found.index).data_type().clone();
                         (
                             found.column,
+                            t,
+                            Some((DictSource::Version(found.version, found.index), dicts)),
+                        )
+                    }
+                    Source::Slice {
+                        offset,
+                        rows: n,
+                        buffers,
+                    } => {
+                        let found = find(&store, buffers, field.name(), b)?;
+                        let t = found.layout.schema.field(found.index).data_type().clone();
+                        let map = self.arena.mapping();
+                        let bytes = |r: BufferRef| map.slice(r.offset, r.length);
+                        let column = found
+                            .column
+                            .slice(&t, *offset, *n, &bytes)
+                            .map_err(|e| {
+                                invalid(format!("column {} of batch {b}: {e}", field.name()))
+                            })?
+                            .ok_or_else(|| {
+                                invalid(format!(
+                                    "column {} of batch {b}: rows {offset}..+{n} of a {t} column cannot be shared in place (a bitmap cut inside a byte, or a nested type); write it",
+                                    field.name()
+                                ))
+                            })?;
+                        for id in &found.chunks {
+                            if !shared.contains(id) {
+                                shared.push(*id);
+                            }
+                        }
+                        let dicts = found
+                            .layout
+                            .column_dictionaries(found.index)
+                            .into_iter()
+                            .cloned()
+                            .collect();
+                        (
+                            column,
                             t,
                             Some((DictSource::Version(found.version, found.index), dicts)),
                         )

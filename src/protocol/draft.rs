@@ -9,6 +9,8 @@
 //! batch:   | rows u64 | column × (fields in the schema) |
 //! column:  | 0 u8 | chunk u32 | batch u32 | column u32 |     new: column of batch of the file in chunk (an index into the chunk list)
 //!          | 1 u8 | n u16 | (offset u64, length u64) × n |   existing: the column whose non-empty buffers these are
+//!          | 2 u8 | row_offset u64 | rows u64 | n u16 | (offset u64, length u64) × n |
+//!                                                       rows [row_offset, +rows) of that existing column
 //! ```
 //! All little-endian. The schema is an encapsulated IPC message (what pyarrow's
 //! `Schema.serialize()` writes). An existing column is found by its non-empty
@@ -30,6 +32,13 @@ pub enum Source {
     /// The column of a live version whose non-empty buffers are these
     /// (offset, length) pairs.
     Existing { buffers: Vec<(u64, u64)> },
+    /// Rows `[offset, offset + rows)` of the existing column named by its
+    /// buffers (a slice: shared where IPC can express it in place).
+    Slice {
+        offset: u64,
+        rows: u64,
+        buffers: Vec<(u64, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +80,20 @@ impl Draft {
                         out.extend_from_slice(&chunk.to_le_bytes());
                         out.extend_from_slice(&batch.to_le_bytes());
                         out.extend_from_slice(&column.to_le_bytes());
+                    }
+                    Source::Slice {
+                        offset,
+                        rows,
+                        buffers,
+                    } => {
+                        out.push(2);
+                        out.extend_from_slice(&offset.to_le_bytes());
+                        out.extend_from_slice(&rows.to_le_bytes());
+                        out.extend_from_slice(&(buffers.len() as u16).to_le_bytes());
+                        for (o, l) in buffers {
+                            out.extend_from_slice(&o.to_le_bytes());
+                            out.extend_from_slice(&l.to_le_bytes());
+                        }
                     }
                     Source::Existing { buffers } => {
                         out.push(1);
@@ -116,20 +139,15 @@ impl Draft {
                         batch: r.u32("batch index")?,
                         column: r.u32("column index")?,
                     },
-                    1 => {
-                        let n = r.u16("buffer count")? as usize;
-                        if n == 0 || n > COLUMN_BUFFERS_MAX {
-                            return Err(FrameError::Malformed(
-                                "an existing column names 1 to 4096 buffers",
-                            ));
-                        }
-                        let mut buffers = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            buffers.push((r.u64("buffer offset")?, r.u64("buffer length")?));
-                        }
-                        Source::Existing { buffers }
-                    }
-                    _ => return Err(FrameError::Malformed("column source must be 0 or 1")),
+                    1 => Source::Existing {
+                        buffers: Self::buffers(&mut r)?,
+                    },
+                    2 => Source::Slice {
+                        offset: r.u64("slice row offset")?,
+                        rows: r.u64("slice rows")?,
+                        buffers: Self::buffers(&mut r)?,
+                    },
+                    _ => return Err(FrameError::Malformed("column source must be 0, 1 or 2")),
                 });
             }
             batches.push(DraftBatch {
@@ -143,6 +161,21 @@ impl Draft {
             chunks,
             batches,
         })
+    }
+
+    /// An existing column's buffers: a count, then (offset, length) pairs.
+    fn buffers(r: &mut BodyReader<'_>) -> Result<Vec<(u64, u64)>, FrameError> {
+        let n = r.u16("buffer count")? as usize;
+        if n == 0 || n > COLUMN_BUFFERS_MAX {
+            return Err(FrameError::Malformed(
+                "an existing column names 1 to 4096 buffers",
+            ));
+        }
+        let mut buffers = Vec::with_capacity(n);
+        for _ in 0..n {
+            buffers.push((r.u64("buffer offset")?, r.u64("buffer length")?));
+        }
+        Ok(buffers)
     }
 
     fn schema_bytes<'a>(r: &mut BodyReader<'a>) -> Result<&'a [u8], FrameError> {
@@ -190,21 +223,26 @@ mod tests {
                     Source::Existing {
                         buffers: vec![(65536, 80), (70000, 2)],
                     },
+                    Source::Slice {
+                        offset: 3,
+                        rows: 10,
+                        buffers: vec![(90000, 800)],
+                    },
                 ],
             }],
         };
         let mut buf = Vec::new();
         d.encode(&mut buf);
         assert_eq!(Draft::schema_of(&buf).unwrap(), &[1, 2, 3, 4]);
-        assert_eq!(Draft::decode(&buf, 2).unwrap(), d);
-        assert!(Draft::decode(&buf, 3).is_err(), "more columns than written");
+        assert_eq!(Draft::decode(&buf, 3).unwrap(), d);
+        assert!(Draft::decode(&buf, 4).is_err(), "more columns than written");
         assert!(Draft::decode(&buf, 1).is_err(), "trailing bytes");
         for cut in 0..buf.len() {
-            assert!(Draft::decode(&buf[..cut], 2).is_err());
+            assert!(Draft::decode(&buf[..cut], 3).is_err());
         }
         let mut bad = buf.clone();
         bad[0] = b'X';
-        assert!(Draft::decode(&bad, 2).is_err());
+        assert!(Draft::decode(&bad, 3).is_err());
     }
 
     proptest::proptest! {

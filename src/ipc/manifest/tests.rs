@@ -127,3 +127,62 @@ fn a_file_whose_blocks_lie_is_an_error_not_a_panic() {
         }
     });
 }
+
+#[test]
+fn slices_share_buffers_where_they_start_on_8_bytes() {
+    let b = |offset, length| BufferRef { offset, length };
+    let node = |length, null_count| Node { length, null_count };
+    // 128 rows of int64 with a validity bitmap: rows 0..64 valid, 64..128 alternate.
+    let mut bitmap = vec![0xffu8; 8];
+    bitmap.extend([0x55u8; 8]);
+    let ints = ColumnLayout {
+        nodes: vec![node(128, 32)],
+        buffers: vec![b(4096, 16), b(8192, 1024)],
+        variadic: Vec::new(),
+    };
+    let read = |r: BufferRef| (r.offset == 4096).then_some(&bitmap[..r.length as usize]);
+    let t = DataType::Int64;
+    // No nulls among rows 1..61: no validity, values from row 1 (8 bytes in).
+    let s = ints.slice(&t, 1, 60, &read).unwrap().unwrap();
+    assert_eq!(s.nodes, vec![node(60, 0)]);
+    assert_eq!(s.buffers, vec![b(0, 0), b(8192 + 8, 480)]);
+    // Nulls in the slice: the bitmap must start on a byte 8 apart.
+    assert_eq!(ints.slice(&t, 65, 10, &read).unwrap(), None);
+    let s = ints.slice(&t, 64, 64, &read).unwrap().unwrap();
+    assert_eq!(s.nodes, vec![node(64, 32)]);
+    assert_eq!(s.buffers, vec![b(4096 + 8, 8), b(8192 + 512, 512)]);
+    // All of it, and rows outside it.
+    assert_eq!(ints.slice(&t, 0, 128, &read).unwrap().unwrap(), ints);
+    assert!(ints.slice(&t, 100, 29, &read).is_err());
+    assert!(ints.slice(&t, u64::MAX, 2, &read).is_err());
+    // int32 values at an odd row would start 4 bytes off.
+    let int32 = ColumnLayout {
+        nodes: vec![node(128, 0)],
+        buffers: vec![b(0, 0), b(8192, 512)],
+        variadic: Vec::new(),
+    };
+    assert_eq!(int32.slice(&DataType::Int32, 3, 10, &read).unwrap(), None);
+    assert!(int32
+        .slice(&DataType::Int32, 4, 10, &read)
+        .unwrap()
+        .is_some());
+    // Strings: the offsets from the slice's row, all the character data.
+    let strings = ColumnLayout {
+        nodes: vec![node(128, 0)],
+        buffers: vec![b(0, 0), b(8192, 516), b(16384, 1000)],
+        variadic: Vec::new(),
+    };
+    let s = strings
+        .slice(&DataType::Utf8, 10, 5, &read)
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.buffers, vec![b(0, 0), b(8192 + 40, 24), b(16384, 1000)]);
+    // Types with children are not sliced in place.
+    let list = DataType::List(Arc::new(Field::new("item", DataType::Int64, true)));
+    let nested = ColumnLayout {
+        nodes: vec![node(128, 0), node(256, 0)],
+        buffers: vec![b(0, 0), b(8192, 516), b(0, 0), b(16384, 2048)],
+        variadic: Vec::new(),
+    };
+    assert_eq!(nested.slice(&list, 8, 8, &read).unwrap(), None);
+}
