@@ -2,8 +2,10 @@
 # Runs the Python client's tests against a real arrowpoold.
 #
 # Creates python/.venv if missing, installs the pinned versions from
-# python/requirements-dev.txt and the client (editable), then runs pytest. The tests
-# start their own servers from $ARROWPOOLD (default: target/debug/arrowpoold).
+# python/requirements-dev.txt and the package (editable: maturin builds the server and
+# the CLI into the venv), then runs pytest. The tests start their own servers from
+# $ARROWPOOLD (default: target/debug/arrowpoold) and run the CLI from $ARROWPOOL_CLI
+# (default: the arrowpool beside it). scripts/package-test.sh checks the wheel itself.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +17,9 @@ case "$ARROWPOOLD" in
   /*) ;;
   *) ARROWPOOLD="$repo/$ARROWPOOLD" ;;
 esac
+# `python -m arrowpool stop` and friends run this build's CLI, not the copy the
+# editable install put in the venv when the pins last changed.
+export ARROWPOOL_CLI="${ARROWPOOL_CLI:-$(dirname "$ARROWPOOLD")/arrowpool}"
 if [[ ! -x "$ARROWPOOLD" ]]; then
   echo "python-tests: no arrowpoold binary at $ARROWPOOLD; run 'cargo build --bin arrowpoold' or set ARROWPOOLD" >&2
   exit 1

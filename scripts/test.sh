@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: Rust (format, lints, unit + integration tests), the
-# Python client against a real server, and the loadgen smoke gate.
+# Python client against a real server, the Python package (wheel) in a fresh venv,
+# and the loadgen smoke gate.
 # Installs what it needs (Python venv with pinned packages) on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,12 +41,19 @@ echo "ok: no clap, anyhow, indicatif, signal-hook or core_affinity in the librar
 step "cargo test"
 cargo test --workspace
 
+# Release builds before the Python steps: the package's wheel (maturin) builds the
+# same binaries in release and reuses these artifacts.
+step "release builds"
+cargo build --release -p loadgen --bin loadgen
+cargo build --release --bin arrowpoold --bin arrowpool
+
 step "python client tests"
 bash scripts/python-tests.sh
 
+step "python package (wheel with the server, in a fresh venv)"
+bash scripts/package-test.sh
+
 step "loadgen smoke gate"
-cargo build --release -p loadgen --bin loadgen
-cargo build --release --bin arrowpoold
 smoke_dir=$(mktemp -d)
 "$root/target/release/loadgen" run --preset smoke --repeats 3 --out "$smoke_dir" --data-dir "$smoke_dir/data"
 "$root/target/release/loadgen" compare results/baseline-smoke.json "$smoke_dir/raw.json" --max-regression 50%

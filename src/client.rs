@@ -42,9 +42,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a request encoder returns: an error when the request breaks a limit.
 type Encoded = std::result::Result<(), FrameError>;
 
-/// Default socket path of `arrowpoold`.
-pub const DEFAULT_SOCKET: &str = "/tmp/arrowpool.sock";
-
 /// Why a client call failed.
 #[derive(Debug)]
 pub enum ClientError {

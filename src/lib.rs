@@ -9,11 +9,12 @@
 //! # Layout
 //! Listed bottom-up: each module uses only those above it (no cycles).
 //! ```text
-//! util, sys            alloc ─> store ─> protocol (wire; uses store::ObjectKind)
+//! util, sys, paths     alloc ─> store ─> protocol (wire; uses store::ObjectKind)
 //! arena, ipc ────────────┴───────┴─> pool (arena + store + the one put) ─> ingest ─> server
 //!                                                       client (protocol, arena, ipc, sys)
 //! ```
 //! - [`util`]: byte-size parsing and formatting, thread placement.
+//! - [`paths`]: the default socket: one per user, in a private directory.
 //! - [`sys`]: raw descriptor passing (SCM_RIGHTS).
 //! - [`alloc`]: the offset allocator over the arena (best fit, aligned, merging).
 //! - [`store`]: the object table: chunks (arena allocations, counted by the
@@ -63,6 +64,7 @@ pub mod client;
 pub mod ingest;
 #[allow(unsafe_code)] // borrowed buffers for the seal check; skipping validation on open
 pub mod ipc;
+pub mod paths;
 #[allow(unsafe_code)] // the server-side put writes the range it just reserved
 pub mod pool;
 pub mod protocol;

@@ -3,7 +3,7 @@
 ::
 
     import arrowpool
-    with arrowpool.connect("/tmp/arrowpool.sock") as client:
+    with arrowpool.connect() as client:     # this user's server, started if none runs
         client.put("sales", table)          # -> version 1
         t = client.get("sales")             # zero-copy pyarrow.Table
         df = client.get_pandas("sales", columns=["region", "price"])
@@ -11,7 +11,8 @@
 The wire protocol is ``docs/PROTOCOL.md`` in the repository.
 """
 
-from .client import DEFAULT_SOCKET, DEFAULT_TIMEOUT, Client, connect
+from .client import DEFAULT_TIMEOUT, Client, connect
+from .server import default_socket, ensure_server, stop_server
 from .errors import (
     ArrowpoolError,
     IngestError,
@@ -35,7 +36,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrowpoolError",
     "Client",
-    "DEFAULT_SOCKET",
     "DEFAULT_TIMEOUT",
     "IngestError",
     "InternalError",
@@ -52,4 +52,7 @@ __all__ = [
     "UnknownKind",
     "VersionConflict",
     "connect",
+    "default_socket",
+    "ensure_server",
+    "stop_server",
 ]

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from . import _protocol as proto
+from . import server as _server
 from .errors import (
     ArrowpoolError,
     InvalidData,
@@ -45,7 +46,6 @@ from .errors import (
     ServerUnavailable,
 )
 
-DEFAULT_SOCKET = "/tmp/arrowpool.sock"
 #: Seconds to wait for any one reply before declaring the server dead.
 DEFAULT_TIMEOUT = 60.0
 #: Extra seconds on top of a ``wait`` request's own timeout before giving up on the server.
@@ -703,11 +703,11 @@ class Client:
 
     def __init__(
         self,
-        path: str | os.PathLike[str] = DEFAULT_SOCKET,
+        path: str | os.PathLike[str] | None = None,
         write: bool = True,
         timeout: float | None = DEFAULT_TIMEOUT,
     ):
-        self.path = os.fspath(path)
+        self.path = os.fspath(path) if path is not None else _server.default_socket()
         self.write = write
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -1184,15 +1184,33 @@ class _TooSmall(Exception):
 
 
 def connect(
-    path: str | os.PathLike[str] = DEFAULT_SOCKET,
+    path: str | os.PathLike[str] | None = None,
     write: bool = True,
     timeout: float | None = DEFAULT_TIMEOUT,
+    autostart: bool | None = None,
+    memory: str | None = None,
 ) -> Client:
     """Connects to ``arrowpoold`` listening on the Unix socket ``path``.
+
+    With no ``path``: this user's server (:func:`arrowpool.default_socket`), started
+    if none is running (``autostart``, on by default there): every process of the
+    user on the machine shares it, it outlives the process that started it, logs
+    to ``arrowpoold.log`` beside its socket, and ``arrowpool stop`` ends it. Its
+    memory cap is ``memory`` (``"8G"``), else ``$ARROWPOOL_MEMORY``, else half of
+    the machine's memory. An explicit ``path`` is a server you run yourself:
+    nothing is started unless ``autostart=True``. ``autostart=False`` never starts
+    one.
 
     ``write=False`` asks only for the read-only descriptor (the client can get, not
     put). ``timeout`` (seconds, None for no limit) bounds every wait for a reply so a
     dead server is an error, not a hang. Raises :class:`ServerUnavailable` when
-    nothing answers at ``path``.
+    nothing answers at ``path`` (and none could be started).
     """
+    if path is None:
+        path = _server.default_socket()
+        start = autostart is not False
+    else:
+        start = bool(autostart)
+    if start:
+        _server.ensure_server(path, memory=memory)
     return Client(path, write=write, timeout=timeout)

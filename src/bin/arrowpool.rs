@@ -28,9 +28,10 @@ macro_rules! out {
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Server socket.
-    #[arg(long, global = true, default_value = arrowpool::client::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// Server socket [default: $ARROWPOOL_SOCKET, else
+    /// $XDG_RUNTIME_DIR/arrowpool/arrowpool.sock, else /tmp/arrowpool-<uid>/arrowpool.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -65,6 +66,13 @@ enum Command {
     Rm { name: String },
     /// Server and arena statistics.
     Stats,
+    /// Stop the server (SIGTERM to the process behind the socket, then wait
+    /// for it to go). Every table it holds is gone with it.
+    Stop {
+        /// Seconds to wait for the server to exit.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,48 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Stops the server on `socket`: its pid from the socket's peer credentials
+/// (no pid file to go stale), SIGTERM, then waits until the process is gone.
+fn stop(socket: &std::path::Path, timeout: Duration, json: bool) -> anyhow::Result<()> {
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("no server on {}", socket.display()))?;
+    let cred =
+        rustix::net::sockopt::socket_peercred(&stream).context("reading the server's pid")?;
+    drop(stream);
+    let me = rustix::process::geteuid();
+    if cred.uid != me && !me.is_root() {
+        anyhow::bail!(
+            "the server on {} runs as uid {}, not as you",
+            socket.display(),
+            cred.uid.as_raw()
+        );
+    }
+    let pid = cred.pid;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .with_context(|| format!("signalling arrowpoold (pid {})", pid.as_raw_nonzero()))?;
+    let start = std::time::Instant::now();
+    // Gone once signal 0 finds no such process.
+    while rustix::process::test_kill_process(pid).is_ok() {
+        if start.elapsed() > timeout {
+            anyhow::bail!(
+                "arrowpoold (pid {}) did not exit within {} s",
+                pid.as_raw_nonzero(),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({"stopped": pid.as_raw_nonzero().get()})
+        );
+    } else {
+        out!("stopped arrowpoold (pid {})", pid.as_raw_nonzero());
+    }
+    Ok(())
 }
 
 fn spinner(msg: String) -> indicatif::ProgressBar {
@@ -95,7 +145,14 @@ fn spinner(msg: String) -> indicatif::ProgressBar {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let client = Client::connect(&args.socket).with_context(|| "connecting")?;
+    let socket = match args.socket {
+        Some(s) => s,
+        None => arrowpool::paths::default_socket().context("no socket path")?,
+    };
+    if let Command::Stop { timeout } = args.command {
+        return stop(&socket, Duration::from_secs(timeout), args.json);
+    }
+    let client = Client::connect(&socket).with_context(|| "connecting")?;
     match args.command {
         Command::Put { file, name } => {
             let pb = spinner(format!("reading {}", file.display()));
@@ -213,6 +270,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 out!("deleted {name}");
             }
         }
+        Command::Stop { .. } => unreachable!("handled before connecting"),
         Command::Stats => {
             let s = client.stats()?;
             if args.json {

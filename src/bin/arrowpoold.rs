@@ -32,9 +32,11 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Unix socket to listen on.
-    #[arg(long, default_value = arrowpool::client::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// Unix socket to listen on [default: $ARROWPOOL_SOCKET, else
+    /// $XDG_RUNTIME_DIR/arrowpool/arrowpool.sock, else
+    /// /tmp/arrowpool-<uid>/arrowpool.sock, in a directory only this user may enter].
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// Arena size (e.g. 2G, 512M): the most memory objects may use. Rounded up
     /// to a multiple of 2 MiB (the hugepage size), so 10000 becomes 2097152.
     #[arg(long, default_value = "1G", value_parser = arrowpool::util::parse_bytes)]
@@ -84,8 +86,18 @@ fn main() -> ExitCode {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let socket = match args.socket {
+        Some(s) => s,
+        None => match arrowpool::paths::default_socket() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("arrowpoold: no socket path: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let config = Config {
-        socket: args.socket,
+        socket,
         memory_bytes: args.memory,
         threads,
         hugepages: args.hugepages.into(),
