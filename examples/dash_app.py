@@ -180,7 +180,7 @@ def build_app(client: arrowpool.Client, prefix: str = ""):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--socket", default=arrowpool.DEFAULT_SOCKET)
+    parser.add_argument("--socket", default=None, help="a server you run yourself (default: this user's, started if none runs)")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)

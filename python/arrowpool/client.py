@@ -25,6 +25,7 @@ from __future__ import annotations
 import array
 import collections
 import itertools
+import fcntl
 import mmap
 import os
 import socket
@@ -42,6 +43,7 @@ from .errors import (
     ArrowpoolError,
     InvalidData,
     LimitExceeded,
+    NotFound,
     ProtocolError,
     ServerUnavailable,
 )
@@ -1080,6 +1082,62 @@ class Client:
             return conn.ro_mmap[got.offset : got.offset + got.length]
         finally:
             lease.release()
+
+    def get_object(self, name: str) -> pa.Table | bytes:
+        """Whatever ``name`` holds, in one request: a table as :meth:`get` returns it
+        (zero-copy), a blob as :meth:`get_bytes` does (a copy)."""
+        conn, got, lease = self._get(name)
+        if got.object_kind == proto.ObjectKind.TABLE:
+            try:
+                buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
+                return pa.ipc.open_file(buf).read_all()
+            except BaseException:
+                lease.release()
+                raise
+        try:
+            assert conn.ro_mmap is not None
+            return conn.ro_mmap[got.offset : got.offset + got.length]
+        finally:
+            lease.release()
+
+    def get_or_load(
+        self,
+        name: str,
+        load: Any,
+        columns: Iterable[str | int] | None = None,
+    ) -> pa.Table:
+        """The table ``name``; if there is none, the first caller makes it and the
+        others wait for it: ``load`` is a Parquet path (file or directory, read by
+        the server: :meth:`ingest`), a table or frame to :meth:`put`, or a callable
+        returning either. Processes that ask at once (the workers of a web app)
+        load it once, under a lock file beside the server's socket.
+
+        The usual shape in a Dash app: every callback starts with
+        ``t = client.get_or_load("sales-" + company, f"/data/{company}.parquet")``.
+        """
+        try:
+            return self.get(name, columns)
+        except NotFound:
+            pass
+        import hashlib
+
+        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+        lock = os.path.join(os.path.dirname(os.path.abspath(self.path)), f"load-{digest}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                return self.get(name, columns)
+            except NotFound:
+                pass
+            data = load() if callable(load) else load
+            if isinstance(data, (str, os.PathLike)):
+                self.ingest(data, name)
+            else:
+                self.put(name, data)
+            return self.get(name, columns)
+        finally:
+            os.close(fd)
 
     def version(self, name: str) -> int:
         """The current version number of ``name`` (raises :class:`NotFound`)."""
