@@ -1,23 +1,29 @@
 """A Dash app whose callbacks share tables through arrowpool.
 
-Two data sources (company A and company B, 200k order rows each) are put into a
-running ``arrowpoold`` at start. Every callback gets the table it needs from the store
-(zero-copy, microseconds) instead of re-reading Parquet, and a callback that changes a
-column publishes a new version that every other callback and worker process sees.
+Two data sources (company A and company B, 200k order rows each) live in this
+user's ``arrowpoold`` (``arrowpool.connect()`` starts it if none runs). Each worker
+process asks for them with ``client.get_or_load(name, loader)``: the first one loads,
+the others wait and share it. Every callback gets the table it needs from the store
+(zero-copy, microseconds) instead of re-reading Parquet; the per-region summary is
+memoized with Flask-Caching over arrowpool (``arrowpool.flask_caching``), keyed by
+the table's version; and a callback that changes a column publishes a new version
+that every other callback and worker process sees.
 
-Run::
+Run (``pip install ./python[dash]``)::
 
-    arrowpoold --socket /tmp/arrowpool.sock --memory 2G &
-    python examples/dash_app.py            # http://127.0.0.1:8050
+    python examples/dash_app.py                                    # http://127.0.0.1:8050
+    gunicorn -w 2 -b 127.0.0.1:8050 --chdir examples 'dash_app:create_server()'
 
 The callback bodies are plain functions of a client (``summary``,
 ``apply_price_multiplier``, ``current_version``) so they can be tested without a
-browser (``python/tests/test_dash_app.py``).
+browser (``python/tests/test_dash_app.py``); ``python/tests/test_dash_browser.py``
+drives the gunicorn form in headless Chromium.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +60,14 @@ def load_sources(client: arrowpool.Client, rows: int = 200_000, prefix: str = ""
         source: client.put(source_name(source, prefix), make_source(rows, seed))
         for seed, source in enumerate(SOURCES, start=1)
     }
+
+
+def share_sources(client: arrowpool.Client, rows: int = 200_000, prefix: str = "") -> dict[str, int]:
+    """Both companies' tables, loaded by whichever worker asks first (the others
+    wait for it and share the same copy); returns the version of each."""
+    for seed, source in enumerate(SOURCES, start=1):
+        client.get_or_load(source_name(source, prefix), lambda seed=seed: make_source(rows, seed))
+    return {source: client.version(source_name(source, prefix)) for source in SOURCES}
 
 
 def summary(client: arrowpool.Client, name: str) -> list[dict]:
@@ -93,9 +107,27 @@ def current_version(client: arrowpool.Client, name: str) -> int:
 def build_app(client: arrowpool.Client, prefix: str = ""):
     """The Dash app: a source dropdown, a per-region summary, a price update, the
     current version."""
+    import pandas as pd
     from dash import Dash, Input, Output, State, dcc, html
+    from flask_caching import Cache
 
     app = Dash(__name__, title="arrowpool + Dash")
+    # Dash's recommended pattern for sharing computed data between callbacks and
+    # workers, with arrowpool as the cache: the summary frame is stored once, as a
+    # table, for every worker. Keyed by version, so a new version is a new entry.
+    cache = Cache(
+        app.server,
+        config={
+            "CACHE_TYPE": "arrowpool.flask_caching.ArrowpoolCache",
+            "CACHE_ARROWPOOL_SOCKET": client.path,
+            "CACHE_KEY_PREFIX": f"{prefix}dash_cache_",
+            "CACHE_DEFAULT_TIMEOUT": 600,
+        },
+    )
+
+    @cache.memoize()
+    def summary_frame(name: str, version: int) -> pd.DataFrame:
+        return pd.DataFrame(summary(client, name))
     app.layout = html.Div(
         [
             html.H2("Orders by region"),
@@ -105,6 +137,7 @@ def build_app(client: arrowpool.Client, prefix: str = ""):
                 value="company_a",
                 clearable=False,
             ),
+            html.Div(id="worker", style={"color": "#666", "fontSize": "small"}),
             html.Div(
                 [
                     html.Label("Price multiplier "),
@@ -120,8 +153,8 @@ def build_app(client: arrowpool.Client, prefix: str = ""):
             ),
             html.Div(id="version"),
             html.Table(id="summary"),
-            # Versions published by other workers show up within a few seconds.
-            dcc.Interval(id="tick", interval=3000),
+            # Versions published by other workers show up within a second.
+            dcc.Interval(id="tick", interval=1000),
             dcc.Store(id="published"),
         ],
         style={"fontFamily": "sans-serif", "maxWidth": "50em", "margin": "2em auto"},
@@ -133,7 +166,8 @@ def build_app(client: arrowpool.Client, prefix: str = ""):
         Input("published", "data"),
     )
     def show_summary(source, _published):
-        rows = summary(client, source_name(source, prefix))
+        name = source_name(source, prefix)
+        rows = summary_frame(name, current_version(client, name)).to_dict("records")
         cell = {"padding": "0.2em 0.8em", "textAlign": "right"}
         header = html.Tr(
             [html.Th(k, style=cell) for k in ("region", "orders", "units", "revenue", "mean price")]
@@ -175,7 +209,26 @@ def build_app(client: arrowpool.Client, prefix: str = ""):
     def show_version(source, _published, _tick):
         return f"{SOURCES[source]}: version {current_version(client, source_name(source, prefix))}"
 
+    @app.callback(
+        Output("worker", "children"),
+        Input("source", "value"),
+        Input("published", "data"),
+        Input("tick", "n_intervals"),
+    )
+    def show_worker(source, _published, _tick):
+        version = current_version(client, source_name(source, prefix))
+        return f"worker {os.getpid()} sees {SOURCES[source]} version {version}"
+
     return app
+
+
+def create_server():
+    """The WSGI app for gunicorn (``'dash_app:create_server()'``): each worker
+    connects to this user's server (started by the first if none runs) and shares
+    the sources. ``ARROWPOOL_DEMO_ROWS`` sets their size (default 200k)."""
+    client = arrowpool.connect()
+    share_sources(client, int(os.environ.get("ARROWPOOL_DEMO_ROWS", "200000")))
+    return build_app(client).server
 
 
 def main() -> None:
@@ -187,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
 
     client = arrowpool.connect(args.socket)
-    versions = load_sources(client, args.rows)
+    versions = share_sources(client, args.rows)
     print("loaded", ", ".join(f"{k} v{v}" for k, v in versions.items()))
     build_app(client).run(host=args.host, port=args.port, debug=False)
 

@@ -47,6 +47,17 @@ step "release builds"
 cargo build --release -p loadgen --bin loadgen
 cargo build --release --bin arrowpoold --bin arrowpool
 
+step "browser for the Dash example's test (Debian's chromium and chromium-driver)"
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  echo "have $(chromium --version 2>/dev/null | head -1)"
+elif [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  echo "installed $(chromium --version 2>/dev/null | head -1)"
+else
+  echo "not root and no chromium: python/tests/test_dash_browser.py will fail; apt-get install chromium chromium-driver" >&2
+fi
+
 step "python client tests"
 bash scripts/python-tests.sh
 
