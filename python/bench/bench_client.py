@@ -16,7 +16,7 @@ table, plus the arena's growth and an append of 1% rows. Prints a Markdown table
 Usage::
 
     python python/bench/bench_client.py                       # starts its own arrowpoold
-    python python/bench/bench_client.py --socket /tmp/arrowpool.sock --rows 1000000
+    python python/bench/bench_client.py --socket PATH --rows 1000000
 
 Without ``--socket`` it starts ``$ARROWPOOLD`` (default: target/release/arrowpoold if
 built, else target/debug/arrowpoold) with ``--memory`` large enough for the tables.
