@@ -7,6 +7,8 @@ low-cardinality strings) it times, median of several runs:
 * read (pandas):  ``pd.read_parquet``        vs ``client.get_pandas``
 * read (Arrow):   ``pq.read_table``          vs ``client.get``
 * read 2 columns: ``pq.read_table(columns)`` vs ``client.get(columns)``
+* a DataFrame cached with the Flask-Caching backend: ``client.get_pandas`` (in the
+  Parquet column) vs ``ArrowpoolCache.get``
 
 ``client.get`` of a 1M-row table next to the big one, to show that a get does not
 grow with the table, and a partial update: 2 columns replaced, put with a table from
@@ -192,6 +194,18 @@ def main() -> None:
         pandas_read = median_us(lambda: pd.read_parquet(path), args.reps)
         pool_pandas = median_us(lambda: client.get_pandas("bench"), args.reps)
         results.append(("read: `pd.read_parquet` vs `get_pandas`", pandas_read, pool_pandas))
+        # The same frame through the Flask-Caching backend (a memoized DataFrame):
+        # set once, then gets, against get_pandas in the same run.
+        from arrowpool.flask_caching import ArrowpoolCache
+
+        cache = ArrowpoolCache(client=client, key_prefix="bench_cache_", default_timeout=0)
+        cache.set("frame", df)
+        cached = median_us(lambda: cache.get("frame"), args.reps)
+        # get_pandas of the very table the cache stored (put from the frame: one
+        # chunk per column, pandas' own string type), not of `bench`.
+        pool_pandas_again = median_us(lambda: client.get_pandas("bench_cache_frame"), args.reps)
+        results.append(("read: Flask-Caching `cache.get` of the frame (vs `get_pandas` of it)", pool_pandas_again, cached))
+        cache.clear()
         pool_pandas_arrow = median_us(lambda: client.get_pandas("bench", dtype_backend="pyarrow"), args.reps)
         results.append(("read: `get_pandas(dtype_backend=\"pyarrow\")`", None, pool_pandas_arrow))
         # read as Arrow

@@ -278,47 +278,30 @@ impl Pool {
                             Some((DictSource::File(*chunk as usize, *fc as usize), dicts)),
                         )
                     }
-                    Source::Existing { buffers } => {
+                    Source::Existing { buffers } | Source::Slice { buffers, .. } => {
                         let found = find(&store, buffers, field.name(), b)?;
-                        for id in &found.chunks {
-                            if !shared.contains(id) {
-                                shared.push(*id);
+                        let t = found.layout.schema.field(found.index).data_type().clone();
+                        let column = match source {
+                            Source::Slice {
+                                offset, rows: n, ..
+                            } => {
+                                let map = self.arena.mapping();
+                                let bytes = |r: BufferRef| map.slice(r.offset, r.length);
+                                found
+                                    .column
+                                    .slice(&t, *offset, *n, &bytes)
+                                    .map_err(|e| {
+                                        invalid(format!("column {} of batch {b}: {e}", field.name()))
+                                    })?
+                                    .ok_or_else(|| {
+                                        invalid(format!(
+                                            "column {} of batch {b}: rows {offset}..+{n} of a {t} column cannot be shared in place (a buffer would start off an 8-byte boundary, or the type has children); write it",
+                                            field.name()
+                                        ))
+                                    })?
                             }
-                        }
-                        let dicts = found
-                            .layout
-                            .column_dictionaries(found.index)
-                            .into_iter()
-                            .cloned()
-                            .collect();
-                        let t = found.layout.schema.field(found.index).data_type().clone();
-                        (
-                            found.column,
-                            t,
-                            Some((DictSource::Version(found.version, found.index), dicts)),
-                        )
-                    }
-                    Source::Slice {
-                        offset,
-                        rows: n,
-                        buffers,
-                    } => {
-                        let found = find(&store, buffers, field.name(), b)?;
-                        let t = found.layout.schema.field(found.index).data_type().clone();
-                        let map = self.arena.mapping();
-                        let bytes = |r: BufferRef| map.slice(r.offset, r.length);
-                        let column = found
-                            .column
-                            .slice(&t, *offset, *n, &bytes)
-                            .map_err(|e| {
-                                invalid(format!("column {} of batch {b}: {e}", field.name()))
-                            })?
-                            .ok_or_else(|| {
-                                invalid(format!(
-                                    "column {} of batch {b}: rows {offset}..+{n} of a {t} column cannot be shared in place (a bitmap cut inside a byte, or a nested type); write it",
-                                    field.name()
-                                ))
-                            })?;
+                            _ => found.column.clone(),
+                        };
                         for id in &found.chunks {
                             if !shared.contains(id) {
                                 shared.push(*id);
