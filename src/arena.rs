@@ -29,6 +29,28 @@ pub const HUGEPAGE_BYTES: u64 = 2 * 1024 * 1024;
 pub const PAGE_BYTES: u64 = 4096;
 /// Granularity at which the arena tracks which pages are already allocated.
 const CHUNK_BYTES: u64 = HUGEPAGE_BYTES;
+/// Ranges to populate at least this large are split over several threads.
+const PARALLEL_POPULATE_BYTES: u64 = 32 << 20;
+/// Most threads one populate uses.
+const POPULATE_THREADS: usize = 4;
+/// Environment variable: how many threads a client's populate may use (`1`:
+/// one, as before; default: the cores, at most `POPULATE_THREADS`).
+pub const POPULATE_THREADS_ENV: &str = "ARROWPOOL_POPULATE_THREADS";
+
+fn populate_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var(POPULATE_THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(POPULATE_THREADS)
+            })
+            .max(1)
+    })
+}
 
 /// What kind of memory backs the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,8 +264,24 @@ impl Mapping {
     /// gives them back on the put path), so repeated puts into reused memory skip
     /// the walk. A stale record can only cost page faults, never correctness.
     pub fn populate_write_once(&self, offset: u64, len: u64) {
+        for (start, end) in self.unpopulated(offset, len) {
+            self.populate_write(start, end - start);
+        }
+    }
+
+    /// `populate_write_once` on several threads for large ranges (see
+    /// `populate_runs`): for a writer with the cores to itself (a client's put),
+    /// not for the server's decoders, which already populate side by side.
+    pub fn populate_write_once_parallel(&self, offset: u64, len: u64) {
+        let runs = self.unpopulated(offset, len);
+        self.populate_runs(&runs);
+    }
+
+    /// The runs of `[offset, offset + len)` in chunks not populated before,
+    /// marked populated now.
+    fn unpopulated(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
         if len == 0 {
-            return;
+            return Vec::new();
         }
         let chunks = (self.len as u64).div_ceil(CHUNK_BYTES);
         let first = offset / CHUNK_BYTES;
@@ -267,11 +305,54 @@ impl Mapping {
                 runs.push((start, (chunk * CHUNK_BYTES).min(offset + len)));
             }
         }
-        // madvise outside the lock, so threads writing different ranges populate
-        // in parallel.
-        for (start, end) in runs {
-            self.populate_write(start, end - start);
+        // madvise outside the lock (by the callers), so threads writing
+        // different ranges populate in parallel.
+        runs
+    }
+
+    /// Populates `runs` (`[start, end)` offsets). Past `PARALLEL_POPULATE_BYTES`
+    /// the work is cut into equal shares on up to `POPULATE_THREADS` threads: on
+    /// 4 KiB pages building a new writer's page tables costs more than the copy
+    /// that follows, and the kernel builds tables for different ranges at once.
+    fn populate_runs(&self, runs: &[(u64, u64)]) {
+        let total: u64 = runs.iter().map(|(s, e)| e - s).sum();
+        let threads = populate_threads() as u64;
+        if total < PARALLEL_POPULATE_BYTES || threads < 2 {
+            for &(start, end) in runs {
+                self.populate_write(start, end - start);
+            }
+            return;
         }
+        let share = total.div_ceil(threads);
+        let mut parts: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
+        let mut room = share;
+        for &(mut start, end) in runs {
+            while start < end {
+                let n = (end - start).min(room);
+                parts
+                    .last_mut()
+                    .expect("one part at least")
+                    .push((start, start + n));
+                start += n;
+                room -= n;
+                if room == 0 && (parts.len() as u64) < threads {
+                    parts.push(Vec::new());
+                    room = share;
+                }
+            }
+        }
+        std::thread::scope(|scope| {
+            for part in &parts[1..] {
+                scope.spawn(move || {
+                    for &(start, end) in part {
+                        self.populate_write(start, end - start);
+                    }
+                });
+            }
+            for &(start, end) in &parts[0] {
+                self.populate_write(start, end - start);
+            }
+        });
     }
 
     /// Asks for transparent hugepages on the whole mapping. Best effort.

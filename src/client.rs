@@ -664,7 +664,7 @@ impl Client {
         })?;
         let created = Self::decode(body, Created::decode)?;
         pending.push(created.object_id);
-        writable.populate_write_once(created.offset, created.capacity);
+        writable.populate_write_once_parallel(created.offset, created.capacity);
         // SAFETY: the server reserved [offset, offset+capacity) for this pending
         // chunk on our connection; no one else writes or reads it before it is
         // sealed, published or aborted.

@@ -54,6 +54,21 @@ DEFAULT_TIMEOUT = 60.0
 WAIT_MARGIN = 10.0
 #: Threads pyarrow may use to copy a large buffer into the arena during put.
 _PARALLEL_COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Threads that build page tables ahead of a large put (``_populate``):
+#: ``$ARROWPOOL_POPULATE_THREADS`` (0: do not populate, leave it to page faults),
+#: default as many as copy.
+try:
+    _POPULATE_THREADS = max(0, int(os.environ.get("ARROWPOOL_POPULATE_THREADS", _PARALLEL_COPY_THREADS)))
+except ValueError:
+    _POPULATE_THREADS = _PARALLEL_COPY_THREADS
+
+#: Granule of ``_populate``'s record: 2 MiB.
+_POPULATE_CHUNK = 2 << 20
+#: Below this many bytes to populate, page faults during the copy cost less than a
+#: thread hop.
+_POPULATE_MIN = 8 << 20
+#: madvise(2) advice that builds page tables for writing (Linux 5.14+).
+_MADV_POPULATE_WRITE = 23
 
 _UNSET: Any = object()
 # A closed peer must be an EPIPE error, never a SIGPIPE (embedders may not ignore it).
@@ -86,6 +101,9 @@ class _Connection:
         self.closing = False
         self.ro_mmap: mmap.mmap | None = None
         self.rw_mmap: mmap.mmap | None = None
+        self.rw_address = 0
+        #: 2 MiB chunks of the writable mapping whose page tables this process built.
+        self.populated = bytearray()
         self._rbuf = bytearray(64 * 1024)
         self._rview = memoryview(self._rbuf)
         self._rstart = 0
@@ -158,6 +176,12 @@ class _Connection:
                 self.rw_mmap = mmap.mmap(
                     fds[1], hello.arena_len, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
                 )
+                # Its address, for populating page tables ahead of a copy; the
+                # export is dropped at once (the mapping never moves).
+                export = pa.py_buffer(self.rw_mmap)
+                self.rw_address = export.address
+                del export
+                self.populated = bytearray(-(-hello.arena_len // _POPULATE_CHUNK))
         finally:
             # mmap keeps its own duplicate of the descriptor; ours are not needed.
             for fd in fds:
@@ -487,6 +511,81 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_libc = None
+
+
+def _madvise_populate(address: int, length: int) -> None:
+    """``madvise(MADV_POPULATE_WRITE)`` through ctypes, which lets go of the GIL, so
+    that several threads build page tables at once. Best effort: an older kernel's
+    EINVAL leaves the work to page faults."""
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = address & ~(mmap.PAGESIZE - 1)
+    _libc.madvise(start, length + (address - start), _MADV_POPULATE_WRITE)
+
+
+def _populate(conn: "_Connection", offset: int, length: int) -> None:
+    """Builds this process's page tables for ``[offset, offset + length)`` of the
+    writable mapping before a large copy into it, on ``_PARALLEL_COPY_THREADS``
+    threads at once, for the 2 MiB chunks this process has not populated before.
+
+    Why: on 4 KiB pages a new writer's page faults cost more than the copy itself
+    (measured: writing 1 GB through faults ~3x a memcpy), and a fault-per-page copy
+    runs the faults one after another; building the tables up front, in parallel,
+    leaves the copy to run at memory speed. Pages stay mapped once written (the
+    record may go stale if the kernel reclaims them: that costs faults, never
+    correctness). Nothing is committed that the server did not allocate already:
+    ``create`` allocated these pages."""
+    if length <= 0 or not conn.populated or _POPULATE_THREADS == 0:
+        return
+    first, last = offset // _POPULATE_CHUNK, min((offset + length - 1) // _POPULATE_CHUNK, len(conn.populated) - 1)
+    runs = []
+    c = first
+    while c <= last:
+        if conn.populated[c]:
+            c += 1
+            continue
+        start = c
+        while c <= last and not conn.populated[c]:
+            conn.populated[c] = 1
+            c += 1
+        runs.append((max(start * _POPULATE_CHUNK, offset), min(c * _POPULATE_CHUNK, offset + length)))
+    todo = sum(e - s for s, e in runs)
+    if todo < _POPULATE_MIN:
+        for s, e in runs:
+            _madvise_populate(conn.rw_address + s, e - s)
+        return
+    # Cut the runs into equal shares, one per thread.
+    threads = _POPULATE_THREADS
+    share = -(-todo // threads)
+    parts: list[list[tuple[int, int]]] = [[]]
+    room = share
+    for s, e in runs:
+        while s < e:
+            n = min(e - s, room)
+            parts[-1].append((s, s + n))
+            s += n
+            room -= n
+            if room == 0 and len(parts) < threads:
+                parts.append([])
+                room = share
+
+    def work(ranges):
+        for s, e in ranges:
+            _madvise_populate(conn.rw_address + s, e - s)
+
+    workers = [threading.Thread(target=work, args=(p,)) for p in parts[1:] if p]
+    for w in workers:
+        w.start()
+    work(parts[0])
+    for w in workers:
+        w.join()
 
 
 def _as_table(data: Any) -> pa.Table:
@@ -989,6 +1088,7 @@ class Client:
     def _write_table(self, conn: _Connection, created: proto.Created, table: pa.Table) -> int:
         self._check_range(conn, created.offset, created.capacity)
         assert conn.rw_mmap is not None
+        _populate(conn, created.offset, created.capacity)
         window = memoryview(conn.rw_mmap)[created.offset : created.offset + created.capacity]
         dest = sink = writer = None
         try:

@@ -325,3 +325,17 @@ def test_timestamps_with_timezone_and_decimals(client, name):
     )
     client.put(name, table)
     assert client.get(name).equals(table)
+
+
+def test_a_large_put_builds_its_page_tables_once(client, name):
+    """A put of 32 MB populates the 2 MiB chunks it writes (in parallel threads)
+    and records them, so the next put into the same memory skips the walk."""
+    import numpy as np
+
+    conn = client._connection()
+    before = sum(conn.populated)
+    t = pa.table({"x": np.arange(4_000_000, dtype=np.int64)})
+    client.put(name, t)
+    grown = sum(conn.populated) - before
+    assert grown >= 32_000_000 // (2 << 20) - 1, grown
+    assert client.get(name).column("x")[3_999_999].as_py() == 3_999_999
