@@ -159,7 +159,12 @@ class ArrowpoolCache(BaseCache):
 
                 return pl.from_arrow(table, rechunk=False)
             if kind == "arrow-batch":
-                return table.combine_chunks().to_batches()[0] if table.num_rows else table.to_batches()
+                batches = table.combine_chunks().to_batches()
+                if batches:
+                    return batches[0]
+                return pa.RecordBatch.from_arrays(
+                    [pa.array([], type=f.type) for f in table.schema], schema=table.schema
+                )
             return table
         if len(found) < _HEADER.size or found[:8] != BLOB_MAGIC:
             return None  # a blob this backend did not write

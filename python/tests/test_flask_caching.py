@@ -92,6 +92,11 @@ def test_values_kinds_timeouts_delete_clear(app_cache, server):
 
     cache.set("polars", pl.DataFrame({"y": [1.5, 2.5]}))
     assert cache.get("polars").equals(pl.DataFrame({"y": [1.5, 2.5]}))
+    batch = pa.record_batch({"b": [True, False]})
+    cache.set("batch", batch)
+    assert cache.get("batch").equals(batch)
+    cache.set("empty_batch", batch.slice(0, 0))
+    assert cache.get("empty_batch").num_rows == 0
     assert cache.get("missing") is None
     assert cache.has("dict") and not cache.has("missing")
     assert cache.add("dict", "other") is False
