@@ -100,13 +100,18 @@ fn reference(path: &Path, columns: &[&str]) -> RecordBatch {
     let reader = builder.build().unwrap();
     let schema = reader.schema();
     let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    let whole = arrow_select::concat::concat_batches(&schema, &batches).unwrap();
-    let fields: Vec<Field> = schema
+    plain_batch(&arrow_select::concat::concat_batches(&schema, &batches).unwrap())
+}
+
+/// `batch` with every column cast to its plain type.
+fn plain_batch(batch: &RecordBatch) -> RecordBatch {
+    let fields: Vec<Field> = batch
+        .schema()
         .fields()
         .iter()
         .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
         .collect();
-    let columns: Vec<ArrayRef> = whole
+    let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()
         .zip(&fields)
@@ -156,20 +161,8 @@ fn assert_table(client: &Client, name: &str, expected: &RecordBatch) -> Vec<Data
             );
         }
     }
-    let got = arrow_select::concat::concat_batches(&table.schema, &table.batches).unwrap();
-    let plain_fields: Vec<Field> = got
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
-        .collect();
-    let columns: Vec<ArrayRef> = got
-        .columns()
-        .iter()
-        .zip(&plain_fields)
-        .map(|(c, f)| arrow_cast::cast(c, f.data_type()).unwrap())
-        .collect();
-    let got = RecordBatch::try_new(Arc::new(Schema::new(plain_fields)), columns).unwrap();
+    let got =
+        plain_batch(&arrow_select::concat::concat_batches(&table.schema, &table.batches).unwrap());
     assert_eq!(got.num_columns(), expected.num_columns());
     for (i, (g, e)) in got
         .schema()
