@@ -433,3 +433,51 @@ fn hung_server_is_a_timeout_not_a_hang() {
     assert!(c.ping().is_err());
     server.client().ping().unwrap();
 }
+
+/// `--preallocate SIZE` allocates the start of the data region in the
+/// background (logged), `off` allocates nothing ahead, and a budget larger
+/// than the arena stops at the arena: nothing beyond `--memory` is committed.
+#[test]
+fn preallocation_runs_in_the_background_and_stays_inside_the_arena() {
+    let wait_log = |s: &Server, what: &str| {
+        let start = std::time::Instant::now();
+        while !s.stderr().contains(what) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "no {what:?} in: {}",
+                s.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let s = Server::start_with(&[
+        "--memory",
+        "64M",
+        "--preallocate",
+        "16M",
+        "--hugepages",
+        "off",
+    ]);
+    wait_log(&s, "preallocated 16.0 MiB");
+    // Puts work as before, into the preallocated pages.
+    let (schema, batches) = table(10_000, 2, 1);
+    let c = s.client();
+    c.put("t", &schema, &batches).unwrap();
+    assert_eq!(c.get("t").unwrap().batches, batches);
+    let big = Server::start_with(&[
+        "--memory",
+        "8M",
+        "--preallocate",
+        "1G",
+        "--hugepages",
+        "off",
+    ]);
+    wait_log(&big, "preallocated");
+    let logged = big.stderr();
+    let line = logged.lines().find(|l| l.contains("preallocated")).unwrap();
+    assert!(!line.contains("GiB"), "more than the arena: {line}");
+    let off = Server::start_with(&["--memory", "64M", "--preallocate", "off"]);
+    off.client().ping().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!off.stderr().contains("preallocated"), "{}", off.stderr());
+}

@@ -530,20 +530,23 @@ def _madvise_populate(address: int, length: int) -> None:
     _libc.madvise(start, length + (address - start), _MADV_POPULATE_WRITE)
 
 
-def _populate(conn: "_Connection", offset: int, length: int) -> None:
+def _populate(conn: "_Connection", offset: int, length: int) -> list[threading.Thread]:
     """Builds this process's page tables for ``[offset, offset + length)`` of the
-    writable mapping before a large copy into it, on ``_PARALLEL_COPY_THREADS``
-    threads at once, for the 2 MiB chunks this process has not populated before.
+    writable mapping for a large copy into it, for the 2 MiB chunks this process
+    has not populated before: on ``_POPULATE_THREADS`` threads that run while the
+    caller copies (returned, for the caller to join after its copy); small ranges
+    are populated at once, in this thread.
 
     Why: on 4 KiB pages a new writer's page faults cost more than the copy itself
     (measured: writing 1 GB through faults ~3x a memcpy), and a fault-per-page copy
-    runs the faults one after another; building the tables up front, in parallel,
-    leaves the copy to run at memory speed. Pages stay mapped once written (the
-    record may go stale if the kernel reclaims them: that costs faults, never
-    correctness). Nothing is committed that the server did not allocate already:
-    ``create`` allocated these pages."""
+    runs the faults one after another; tables built by other threads, front to
+    back, ahead of the copy that follows them, leave the copy to run at memory
+    speed. Populating a page the copy already wrote is a no-op. Pages stay mapped
+    once written (the record may go stale if the kernel reclaims them: that costs
+    faults, never correctness). Nothing is committed that the server did not
+    allocate already: ``create`` allocated these pages."""
     if length <= 0 or not conn.populated or _POPULATE_THREADS == 0:
-        return
+        return []
     first, last = offset // _POPULATE_CHUNK, min((offset + length - 1) // _POPULATE_CHUNK, len(conn.populated) - 1)
     runs = []
     c = first
@@ -560,32 +563,20 @@ def _populate(conn: "_Connection", offset: int, length: int) -> None:
     if todo < _POPULATE_MIN:
         for s, e in runs:
             _madvise_populate(conn.rw_address + s, e - s)
-        return
-    # Cut the runs into equal shares, one per thread.
+        return []
+    # Interleaved 2 MiB pieces, so that every thread works just ahead of the
+    # copy, which goes front to back.
     threads = _POPULATE_THREADS
-    share = -(-todo // threads)
-    parts: list[list[tuple[int, int]]] = [[]]
-    room = share
-    for s, e in runs:
-        while s < e:
-            n = min(e - s, room)
-            parts[-1].append((s, s + n))
-            s += n
-            room -= n
-            if room == 0 and len(parts) < threads:
-                parts.append([])
-                room = share
+    pieces = [(s, min(s + _POPULATE_CHUNK, e)) for s0, e in runs for s in range(s0, e, _POPULATE_CHUNK)]
 
-    def work(ranges):
-        for s, e in ranges:
+    def work(k: int) -> None:
+        for s, e in pieces[k::threads]:
             _madvise_populate(conn.rw_address + s, e - s)
 
-    workers = [threading.Thread(target=work, args=(p,)) for p in parts[1:] if p]
+    workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
     for w in workers:
         w.start()
-    work(parts[0])
-    for w in workers:
-        w.join()
+    return workers
 
 
 def _as_table(data: Any) -> pa.Table:
@@ -1088,7 +1079,7 @@ class Client:
     def _write_table(self, conn: _Connection, created: proto.Created, table: pa.Table) -> int:
         self._check_range(conn, created.offset, created.capacity)
         assert conn.rw_mmap is not None
-        _populate(conn, created.offset, created.capacity)
+        populating = _populate(conn, created.offset, created.capacity)
         window = memoryview(conn.rw_mmap)[created.offset : created.offset + created.capacity]
         dest = sink = writer = None
         try:
@@ -1105,6 +1096,8 @@ class Client:
             sink.close()
             return written
         finally:
+            for t in populating:
+                t.join()
             # Drop the exports of the mapping now rather than when a traceback dies.
             writer = sink = dest = None
             try:

@@ -6,7 +6,8 @@ after the same idle.
     python python/bench/bench_cold.py [--rows 10000000] [--idle 10]
 
 Starts ``arrowpoold`` (``$ARROWPOOLD``, default target/release/arrowpoold) with
-only ``--memory`` (half the machine's memory, the autostart default), waits
+only ``--memory`` (half the machine's memory, the autostart default) and
+``$ARROWPOOLD_ARGS``, waits
 ``--idle`` seconds, then measures in a fresh Python process.
 """
 
@@ -128,7 +129,10 @@ def main() -> None:
             echo_server({echo!r}, threading.Event())
         """)]
     )
-    server = subprocess.Popen([binary, "--socket", sock, "--memory", default_memory()], stderr=subprocess.DEVNULL)
+    extra = os.environ.get("ARROWPOOLD_ARGS", "").split()
+    server = subprocess.Popen(
+        [binary, "--socket", sock, "--memory", default_memory(), *extra], stderr=subprocess.DEVNULL
+    )
     try:
         while not (listening(sock) and os.path.exists(echo)):
             time.sleep(0.05)

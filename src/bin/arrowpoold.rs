@@ -50,6 +50,12 @@ struct Args {
     /// Allocate every page of the arena at start instead of on first use.
     #[arg(long)]
     prefault: bool,
+    /// Allocate the first SIZE of the data region in the background after
+    /// start, so the first puts land in memory that exists (commits SIZE of RAM
+    /// while the server runs): a size, `auto` (a quarter of --memory, at most
+    /// 4G; none on reserved hugepages, a pool other programs share) or `off`.
+    #[arg(long, default_value = "auto", value_parser = parse_preallocate)]
+    preallocate: Preallocate,
     /// Refuse to start when io_uring is unavailable instead of falling back to epoll.
     #[arg(long)]
     require_io_uring: bool,
@@ -75,6 +81,20 @@ enum IoDriverChoice {
     Auto,
     IoUring,
     Polling,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preallocate {
+    Auto,
+    Bytes(u64),
+}
+
+fn parse_preallocate(s: &str) -> Result<Preallocate, String> {
+    match s {
+        "auto" => Ok(Preallocate::Auto),
+        "off" | "0" => Ok(Preallocate::Bytes(0)),
+        other => arrowpool::util::parse_bytes(other).map(Preallocate::Bytes),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -107,6 +127,10 @@ fn main() -> ExitCode {
         max_connections: args.max_connections,
         socket_mode: args.socket_mode,
         keep_versions: args.keep_versions as usize,
+        preallocate_bytes: match args.preallocate {
+            Preallocate::Auto => None,
+            Preallocate::Bytes(n) => Some(n),
+        },
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
