@@ -246,18 +246,14 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
         }],
     };
     let mut cases = Vec::new();
-    let mut b = Vec::new();
-    bogus.encode(&mut b);
-    cases.push(("unknown buffers", b));
-    let mut b = Vec::new();
-    Draft {
+    cases.push(("unknown buffers", encoded(bogus.clone())));
+    let b = encoded(Draft {
         batches: vec![DraftBatch {
             rows: 1,
             columns: vec![],
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     cases.push(("too few columns", b));
     cases.push(("garbage", b"APDRAFT1 and then nonsense".to_vec()));
     // Real buffers, but of the int64 column `id` under the float64 `value`,
@@ -280,25 +276,21 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
         v.sort_unstable();
         Source::Existing { buffers: v }
     };
-    let mut b = Vec::new();
-    Draft {
+    let b = encoded(Draft {
         batches: vec![DraftBatch {
             rows: 10_000,
             columns: vec![existing(0), existing(0), existing(2), existing(3)],
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     cases.push(("int64 buffers as a float64 column", b));
-    let mut b = Vec::new();
-    Draft {
+    let b = encoded(Draft {
         batches: vec![DraftBatch {
             rows: 10_001,
             columns: (0..4).map(existing).collect(),
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     cases.push(("rows that disagree with the columns", b));
     // Rows of a column beyond its end.
     let slice = |col: usize, offset: u64, rows: u64| match existing(col) {
@@ -309,15 +301,13 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
         },
         other => other,
     };
-    let mut b = Vec::new();
-    Draft {
+    let b = encoded(Draft {
         batches: vec![DraftBatch {
             rows: 100,
             columns: (0..4).map(|c| slice(c, 9_950, 100)).collect(),
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     cases.push(("a slice past the column's end", b));
     for (what, bytes) in cases {
         let e = publish_raw(&server, "t", &bytes).unwrap_err();
@@ -326,28 +316,24 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
     }
     // The same columns, right: accepted (so the refusals above were about
     // what they changed).
-    let mut b = Vec::new();
-    Draft {
+    let b = encoded(Draft {
         batches: vec![DraftBatch {
             rows: 10_000,
             columns: (0..4).map(existing).collect(),
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     publish_raw(&server, "t2", &b).unwrap();
     assert_eq!(c.get("t2").unwrap().batches, batches);
     c.delete("t2").unwrap();
     // Rows 64..+1000 of every column, shared in place.
-    let mut b = Vec::new();
-    Draft {
+    let b = encoded(Draft {
         batches: vec![DraftBatch {
             rows: 1000,
             columns: (0..4).map(|c| slice(c, 64, 1000)).collect(),
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     publish_raw(&server, "t2", &b).unwrap();
     let sliced = c.get("t2").unwrap();
     assert_eq!(sliced.batches, vec![batches[0].slice(64, 1000)]);
@@ -371,8 +357,7 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(other.code(), Some(ErrorCode::VersionConflict));
     let (keep, created) = create_raw(&server, "t");
-    let mut b = Vec::new();
-    Draft {
+    let b = encoded(Draft {
         chunks: vec![(created, 4096)],
         batches: vec![DraftBatch {
             rows: 10_000,
@@ -385,8 +370,7 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
                 .collect(),
         }],
         ..bogus.clone()
-    }
-    .encode(&mut b);
+    });
     let e = publish_raw(&server, "t", &b).unwrap_err();
     assert_eq!(e.0, ErrorCode::InvalidObject as u16, "{}", e.1);
     assert!(e.1.contains("another connection"), "{}", e.1);
@@ -400,6 +384,12 @@ fn a_bad_draft_is_refused_and_changes_nothing() {
         "only the two t2 were published"
     );
     assert_eq!(c.get("t").unwrap().batches, batches);
+}
+
+fn encoded(d: arrowpool::protocol::draft::Draft) -> Vec<u8> {
+    let mut b = Vec::new();
+    d.encode(&mut b);
+    b
 }
 
 /// A pending chunk created on a connection of its own, which stays open (and

@@ -1161,37 +1161,45 @@ class Client:
         A table version is read from a range of the arena that also spans other
         tables' data (its manifest references chunks anywhere, see docs/PROTOCOL.md),
         so a table's bytes are written out afresh rather than copied as they lie."""
-        conn, got, lease = self._get(name)
-        try:
-            if got.object_kind == proto.ObjectKind.TABLE:
-                buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
-                reader = pa.ipc.open_file(buf)
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_file(sink, reader.schema) as writer:
-                    for i in range(reader.num_record_batches):
-                        writer.write_batch(reader.get_batch(i))
-                return sink.getvalue().to_pybytes()
-            assert conn.ro_mmap is not None
-            return conn.ro_mmap[got.offset : got.offset + got.length]
-        finally:
-            lease.release()
+        found = self.get_object(name)
+        if isinstance(found, pa.Table):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, found.schema) as writer:
+                writer.write_table(found)
+            return sink.getvalue().to_pybytes()
+        return found
 
     def get_object(self, name: str) -> pa.Table | bytes:
         """Whatever ``name`` holds, in one request: a table as :meth:`get` returns it
         (zero-copy), a blob as :meth:`get_bytes` does (a copy)."""
         conn, got, lease = self._get(name)
         if got.object_kind == proto.ObjectKind.TABLE:
-            try:
-                buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
-                return pa.ipc.open_file(buf).read_all()
-            except BaseException:
-                lease.release()
-                raise
+            return self._open_table(conn, got, lease, None)
         try:
             assert conn.ro_mmap is not None
             return conn.ro_mmap[got.offset : got.offset + got.length]
         finally:
             lease.release()
+
+    @staticmethod
+    def _open_table(conn: _Connection, got: proto.Got, lease: _Lease, columns) -> pa.Table:
+        """The table a get located, over the arena (its buffers hold ``lease``);
+        ``columns`` projects without copying. Releases the lease on failure."""
+        try:
+            buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
+            reader = pa.ipc.open_file(buf)
+            if columns is None:
+                return reader.read_all()
+            # RecordBatch.select slices the batch in place: zero-copy, unlike
+            # IpcReadOptions(included_fields=...), which copies the bodies.
+            columns = list(columns)
+            batches = [reader.get_batch(i).select(columns) for i in range(reader.num_record_batches)]
+            if batches:
+                return pa.Table.from_batches(batches)
+            return reader.schema.empty_table().select(columns)
+        except BaseException:
+            lease.release()
+            raise
 
     def get_or_load(
         self,
@@ -1259,28 +1267,10 @@ class Client:
     ) -> tuple[int, pa.Table]:
         """Like :meth:`get`, also returning the version number of the table read."""
         conn, got, lease = self._get(name, version)
-        try:
-            if got.object_kind != proto.ObjectKind.TABLE:
-                raise TypeError(f"{name!r} holds bytes, not a table: use get_bytes()")
-            buf = pa.foreign_buffer(conn.ro_address + got.offset, got.length, base=lease)
-            reader = pa.ipc.open_file(buf)
-            if columns is None:
-                table = reader.read_all()
-            else:
-                # RecordBatch.select slices the batch in place: zero-copy, unlike
-                # IpcReadOptions(included_fields=...), which copies the bodies.
-                columns = list(columns)
-                batches = [
-                    reader.get_batch(i).select(columns) for i in range(reader.num_record_batches)
-                ]
-                if batches:
-                    table = pa.Table.from_batches(batches)
-                else:
-                    table = reader.schema.empty_table().select(columns)
-            return got.version, table
-        except BaseException:
+        if got.object_kind != proto.ObjectKind.TABLE:
             lease.release()
-            raise
+            raise TypeError(f"{name!r} holds bytes, not a table: use get_bytes()")
+        return got.version, self._open_table(conn, got, lease, columns)
 
     def get_pandas(
         self,
@@ -1362,6 +1352,11 @@ def connect(
         start = autostart is not False
     else:
         start = bool(autostart)
-    if start:
+    if not start:
+        return Client(path, write=write, timeout=timeout)
+    # Try the server first: the common case, one connection, no probe.
+    try:
+        return Client(path, write=write, timeout=timeout)
+    except ServerUnavailable:
         _server.ensure_server(path, memory=memory)
     return Client(path, write=write, timeout=timeout)

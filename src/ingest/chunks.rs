@@ -55,15 +55,15 @@ pub struct Written {
 
 /// Places the units of one ingest; `place` runs on the decoder threads.
 pub struct Placer<'a> {
-    pub pool: &'a Pool,
-    pub conn: ConnId,
-    pub name: &'a str,
-    pub units: &'a [Unit],
+    pool: &'a Pool,
+    conn: ConnId,
+    name: &'a str,
+    units: &'a [Unit],
     /// The decode schema: all columns, kept dictionaries with `Int32` keys.
-    pub target: &'a SchemaRef,
-    pub dictionaries: &'a Dictionaries,
-    pub prepare: &'a (dyn Fn(&mut [u8]) + Sync),
-    pub path: &'a std::path::Path,
+    target: &'a SchemaRef,
+    dictionaries: &'a Dictionaries,
+    prepare: &'a (dyn Fn(&mut [u8]) + Sync),
+    path: &'a std::path::Path,
     placed: Mutex<Vec<Option<Placed>>>,
     chunks: Mutex<Vec<(ObjectId, u64)>>,
     /// Bytes of all chunks asked for so far (for the "never fits" message).

@@ -369,6 +369,15 @@ struct Model {
 }
 
 impl Model {
+    /// A new version of `name` was published: its number, now current.
+    fn published(&mut self, name: String) -> u64 {
+        let v = self.last_version.entry(name.clone()).or_insert(0);
+        *v += 1;
+        let v = *v;
+        self.names.insert(name, (v, None));
+        v
+    }
+
     fn held(&self, id: Option<ObjectId>) -> bool {
         id.is_some_and(|id| self.leases.values().any(|v| v.contains(&id)))
     }
@@ -416,10 +425,7 @@ proptest! {
                     })();
                     match derived {
                         Ok(sealed) => {
-                            let v = m.last_version.entry(name.clone()).or_insert(0);
-                            *v += 1;
-                            prop_assert_eq!(sealed.version, *v);
-                            m.names.insert(name, (*v, None));
+                            prop_assert_eq!(sealed.version, m.published(name));
                         }
                         Err(StoreError::OutOfMemory { .. }) => {}
                         Err(StoreError::LimitExceeded(_)) => {}
@@ -430,10 +436,7 @@ proptest! {
                     let name = format!("n{name}");
                     match put_table(&mut s, conn, &name, size_mb * MB) {
                         Ok(sealed) => {
-                            let v = m.last_version.entry(name.clone()).or_insert(0);
-                            *v += 1;
-                            prop_assert_eq!(sealed.version, *v);
-                            m.names.insert(name, (*v, None));
+                            prop_assert_eq!(sealed.version, m.published(name));
                         }
                         Err(StoreError::OutOfMemory { .. }) => {}
                         Err(StoreError::LimitExceeded(_)) => {}
@@ -447,10 +450,7 @@ proptest! {
                         Ok(c) => {
                             if seal_now {
                                 let sealed = s.seal(conn, c.object_id, size_mb * MB, size_mb).unwrap();
-                                let v = m.last_version.entry(name.clone()).or_insert(0);
-                                *v += 1;
-                                prop_assert_eq!(sealed.version, *v);
-                                m.names.insert(name, (*v, None));
+                                prop_assert_eq!(sealed.version, m.published(name));
                             } else {
                                 m.pending.entry(conn).or_default().push((c.object_id, name, size_mb * MB));
                             }
@@ -465,10 +465,7 @@ proptest! {
                     if !p.is_empty() {
                         let (id, name, size) = p.remove(pick % p.len());
                         let sealed = s.seal(conn, id, size, 0).unwrap();
-                        let v = m.last_version.entry(name.clone()).or_insert(0);
-                        *v += 1;
-                        prop_assert_eq!(sealed.version, *v);
-                        m.names.insert(name, (*v, None));
+                        prop_assert_eq!(sealed.version, m.published(name));
                     } else {
                         prop_assert!(s.seal(conn, 10_000, 1, 0).is_err());
                     }
