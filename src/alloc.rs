@@ -117,6 +117,35 @@ impl Allocator {
         Some((start, size))
     }
 
+    /// Marks `[offset, offset + size)` (granule multiples) as allocated, as if
+    /// `alloc` had handed it out: how a restarted server takes back the ranges
+    /// its recovered versions occupy. `false` (and nothing changed) when any
+    /// of it is not free or lies outside the allocator's range.
+    pub fn take(&mut self, offset: u64, size: u64) -> bool {
+        if size == 0 || offset % GRANULE_BYTES != 0 || size % GRANULE_BYTES != 0 {
+            return false;
+        }
+        let Some(end) = offset.checked_add(size) else {
+            return false;
+        };
+        let Some((&o, &s)) = self.by_offset.range(..=offset).next_back() else {
+            return false;
+        };
+        if o + s < end {
+            return false;
+        }
+        self.remove_free(o, s);
+        if offset > o {
+            self.insert_free(o, offset - o);
+        }
+        if end < o + s {
+            self.insert_free(end, o + s - end);
+        }
+        let prev = self.live.insert(offset, size);
+        debug_assert!(prev.is_none());
+        true
+    }
+
     /// Frees an allocation made by `alloc`, merging with free neighbours.
     pub fn free(&mut self, offset: u64, size: u64) {
         let live = self.live.remove(&offset);
@@ -205,6 +234,23 @@ mod tests {
         a.free(y.0, y.1);
         a.check_invariants();
         assert_eq!(a.largest_free(), 1 << 20);
+    }
+
+    #[test]
+    fn take_claims_a_free_range_and_refuses_overlaps() {
+        let mut a = Allocator::over(4096, 1 << 20);
+        assert!(a.take(8192, 8192));
+        assert!(!a.take(12288, 4096), "overlaps the taken range");
+        assert!(!a.take(0, 4096), "below the allocator's range");
+        assert!(!a.take(1 << 20, 4096), "above it");
+        assert!(!a.take(8193, 4096), "not granule aligned");
+        assert!(a.take(16384, 4096));
+        a.check_invariants();
+        assert_eq!(a.used_bytes(), 12288);
+        a.free(8192, 8192);
+        a.free(16384, 4096);
+        a.check_invariants();
+        assert_eq!(a.largest_free(), a.capacity());
     }
 
     #[test]

@@ -135,6 +135,69 @@ pub struct ManifestSpace {
     pub high_offset: u64,
 }
 
+/// A sealed chunk as the catalog records it (`VersionRecord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub offset: u64,
+    pub alloc_bytes: u64,
+    pub length: u64,
+}
+
+/// A durable version (current or retained): what a restarted server needs to
+/// serve it again from the same arena file (`durable/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub name: String,
+    pub number: u64,
+    pub kind: ObjectKind,
+    pub rows: u64,
+    /// What a reader opens: `[0, footer end)` for tables, the chunk for blobs.
+    pub offset: u64,
+    pub length: u64,
+    /// Every chunk the version references, each once.
+    pub chunks: Vec<ChunkRecord>,
+    /// Its manifest's (offset, bytes) in the low and the high region (tables).
+    pub manifest: Option<((u64, u64), (u64, u64))>,
+}
+
+/// A change of the set of durable versions, in the order it happened
+/// (`Store::record_changes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A version was published: it is its name's current version now.
+    Published(VersionRecord),
+    /// A version is no longer current nor retained (a newer one, delete,
+    /// eviction): a restart must not bring it back.
+    Forgotten { name: String, number: u64 },
+}
+
+/// Why `Store::restore` refused a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreError {
+    /// A range lies outside its region or overlaps another version's.
+    Overlap(&'static str, u64),
+    /// The same chunk offset with another size than an earlier version's.
+    ChunkMismatch(u64),
+    /// A version of this name with this or a higher number is already restored.
+    OutOfOrder,
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Overlap(what, at) => write!(
+                f,
+                "its {what} at arena offset {at} lies outside its region or overlaps another version's"
+            ),
+            RestoreError::ChunkMismatch(at) => write!(
+                f,
+                "its chunk at arena offset {at} has another size than the same chunk of another version"
+            ),
+            RestoreError::OutOfOrder => write!(f, "a newer version of its name came first"),
+        }
+    }
+}
+
 /// One name and its current version (`list`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -438,6 +501,9 @@ pub struct Store {
     /// Last version number handed out per name; survives delete so numbers only grow.
     last_version: HashMap<String, u64>,
     conns: HashMap<ConnId, Conn>,
+    /// Changes to durable versions not yet taken (`record_changes`); `None`
+    /// when nothing records them.
+    changes: Option<Vec<Change>>,
     next_id: ObjectId,
     clock: u64,
     evictions: u64,
@@ -466,12 +532,223 @@ impl Store {
             columns: HashMap::new(),
             last_version: HashMap::new(),
             conns: HashMap::new(),
+            changes: None,
             next_id: 1,
             clock: 0,
             evictions: 0,
             puts: 0,
             gets: 0,
         }
+    }
+
+    /// From now on, remembers every change of the durable versions (current
+    /// and retained ones) for `take_changes`: what `--state-dir` writes to
+    /// its catalog.
+    pub fn record_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Whether changes are waiting for `take_changes`.
+    pub fn has_changes(&self) -> bool {
+        self.changes.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
+    fn push_change(&mut self, change: Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(change);
+        }
+    }
+
+    /// Version `id` leaves the durable set (call before it is freed).
+    fn forget(&mut self, id: ObjectId) {
+        if self.changes.is_some() {
+            let v = &self.versions[&id];
+            let change = Change::Forgotten {
+                name: v.name.clone(),
+                number: v.number,
+            };
+            self.push_change(change);
+        }
+    }
+
+    fn version_record(&self, id: ObjectId) -> VersionRecord {
+        let v = &self.versions[&id];
+        VersionRecord {
+            name: v.name.clone(),
+            number: v.number,
+            kind: v.kind,
+            rows: v.rows,
+            offset: v.offset,
+            length: v.length,
+            chunks: v
+                .chunks
+                .iter()
+                .map(|c| {
+                    let c = &self.chunks[c];
+                    ChunkRecord {
+                        offset: c.offset,
+                        alloc_bytes: c.alloc_bytes,
+                        length: c.length,
+                    }
+                })
+                .collect(),
+            manifest: v.manifest.map(|m| (m.low, m.high)),
+        }
+    }
+
+    /// Every durable version (retained ones oldest first, then the current
+    /// one, name by name) and the last number handed out per name: the
+    /// store's whole durable state, for a fresh catalog.
+    pub fn durable_state(&self) -> (Vec<VersionRecord>, Vec<(String, u64)>) {
+        let mut names: Vec<&String> = self.names.keys().collect();
+        names.sort();
+        let mut records = Vec::new();
+        for name in names {
+            for id in self.retained.get(name).into_iter().flatten() {
+                records.push(self.version_record(*id));
+            }
+            records.push(self.version_record(self.names[name]));
+        }
+        let mut last: Vec<(String, u64)> = self
+            .last_version
+            .iter()
+            .map(|(n, v)| (n.clone(), *v))
+            .collect();
+        last.sort();
+        (records, last)
+    }
+
+    /// Raises the last number handed out for `name` to at least `number`, so
+    /// a restarted server never hands out a number twice.
+    pub fn restore_last_version(&mut self, name: &str, number: u64) {
+        let n = self.last_version.entry(name.to_owned()).or_insert(0);
+        *n = (*n).max(number);
+    }
+
+    /// Brings back a version a catalog recorded, its bytes already in the
+    /// arena and checked by the caller: its chunks (shared with versions
+    /// restored before it when at the same offset) and its manifest room are
+    /// taken from the allocators, and it becomes its name's current version
+    /// (the previous one retained, as `set_keep_versions` allows). Versions of
+    /// one name come oldest first. A refusal changes nothing.
+    pub fn restore(
+        &mut self,
+        record: &VersionRecord,
+        layout: Option<Arc<Manifest>>,
+    ) -> Result<ObjectId, RestoreError> {
+        if self
+            .names
+            .get(&record.name)
+            .is_some_and(|id| self.versions[id].number >= record.number)
+        {
+            return Err(RestoreError::OutOfOrder);
+        }
+        // Claim every range, undoing the claims made so far on a refusal.
+        let mut taken: Vec<(Region, u64, u64)> = Vec::new();
+        let mut shared: Vec<ObjectId> = Vec::new();
+        let mut result = Ok(());
+        let mut manifest_ranges = Vec::new();
+        if let Some((low, high)) = record.manifest {
+            manifest_ranges.push((Region::Low, low, "manifest messages"));
+            manifest_ranges.push((Region::High, high, "manifest footer"));
+        }
+        let existing: HashMap<u64, ObjectId> =
+            self.chunks.iter().map(|(id, c)| (c.offset, *id)).collect();
+        for c in &record.chunks {
+            if let Some(&id) = existing.get(&c.offset) {
+                let chunk = &self.chunks[&id];
+                if chunk.alloc_bytes != c.alloc_bytes || chunk.length != c.length {
+                    result = Err(RestoreError::ChunkMismatch(c.offset));
+                    break;
+                }
+                if shared.contains(&id) {
+                    result = Err(RestoreError::ChunkMismatch(c.offset));
+                    break;
+                }
+                shared.push(id);
+            } else if c.length <= c.alloc_bytes && self.data.take(c.offset, c.alloc_bytes) {
+                taken.push((Region::Data, c.offset, c.alloc_bytes));
+            } else {
+                result = Err(RestoreError::Overlap("chunk", c.offset));
+                break;
+            }
+        }
+        if result.is_ok() {
+            for &(region, (offset, bytes), what) in &manifest_ranges {
+                if self.allocator(region).take(offset, bytes) {
+                    taken.push((region, offset, bytes));
+                } else {
+                    result = Err(RestoreError::Overlap(what, offset));
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for (region, offset, bytes) in taken {
+                self.allocator(region).free(offset, bytes);
+            }
+            return Err(e);
+        }
+        let mut ids = Vec::with_capacity(record.chunks.len());
+        let mut data_bytes = 0;
+        for c in &record.chunks {
+            data_bytes += c.length;
+            if let Some(&id) = existing.get(&c.offset) {
+                self.chunks.get_mut(&id).expect("found above").refs += 1;
+                ids.push(id);
+                continue;
+            }
+            let id = self.new_id();
+            self.chunks.insert(
+                id,
+                Chunk {
+                    kind: record.kind,
+                    name: record.name.clone(),
+                    offset: c.offset,
+                    alloc_bytes: c.alloc_bytes,
+                    length: c.length,
+                    state: ChunkState::Sealed,
+                    refs: 1,
+                },
+            );
+            ids.push(id);
+        }
+        let vid = self.new_id();
+        let columns = self.index_columns(vid, layout.as_deref());
+        let last_use = self.tick();
+        self.versions.insert(
+            vid,
+            Version {
+                name: record.name.clone(),
+                number: record.number,
+                kind: record.kind,
+                rows: record.rows,
+                chunks: ids,
+                manifest: record
+                    .manifest
+                    .map(|(low, high)| ManifestAlloc { low, high }),
+                offset: record.offset,
+                length: record.length,
+                data_bytes,
+                layout: layout.zip(columns),
+                leases: 0,
+                last_use,
+                last_use_at: Instant::now(),
+            },
+        );
+        self.restore_last_version(&record.name, record.number);
+        if let Some(prev) = self.names.insert(record.name.clone(), vid) {
+            self.retire(&record.name, prev);
+        }
+        Ok(vid)
     }
 
     /// Keeps the `n` latest versions of every name readable by number (the
@@ -679,12 +956,14 @@ impl Store {
 
     fn evict(&mut self, id: ObjectId) {
         let name = self.versions[&id].name.clone();
+        self.forget(id);
         if self.names.get(&name) == Some(&id) {
             // The name goes, and its older versions with it (now, or at their
             // last release): a name is never readable by number only.
             self.names.remove(&name);
             self.evictions += 1;
             for old in self.retained.remove(&name).into_iter().flatten() {
+                self.forget(old);
                 if self.versions[&old].leases == 0 {
                     self.free_version(old);
                 }
@@ -984,22 +1263,7 @@ impl Store {
         };
         let last_use = self.tick();
         let vid = self.new_id();
-        let columns = v
-            .layout
-            .as_ref()
-            .and_then(|l| l.batch_columns().ok().flatten());
-        if let Some(columns) = &columns {
-            for (b, batch) in columns.iter().enumerate() {
-                for (c, column) in batch.iter().enumerate() {
-                    if let Some(key) = column.key() {
-                        self.columns
-                            .entry(key)
-                            .or_default()
-                            .push((vid, b as u32, c as u32));
-                    }
-                }
-            }
-        }
+        let columns = self.index_columns(vid, v.layout.as_deref());
         self.versions.insert(
             vid,
             Version {
@@ -1018,6 +1282,10 @@ impl Store {
                 last_use_at: Instant::now(),
             },
         );
+        if self.changes.is_some() {
+            let record = self.version_record(vid);
+            self.push_change(Change::Published(record));
+        }
         if let Some(prev) = self.names.insert(v.name.to_owned(), vid) {
             self.retire(v.name, prev);
         }
@@ -1026,6 +1294,27 @@ impl Store {
             version: number,
             rows: v.rows,
         })
+    }
+
+    /// Adds version `vid`'s columns to the index `find_column` searches and
+    /// returns them.
+    fn index_columns(
+        &mut self,
+        vid: ObjectId,
+        layout: Option<&Manifest>,
+    ) -> Option<Vec<Vec<ColumnLayout>>> {
+        let columns = layout.and_then(|l| l.batch_columns().ok().flatten())?;
+        for (b, batch) in columns.iter().enumerate() {
+            for (c, column) in batch.iter().enumerate() {
+                if let Some(key) = column.key() {
+                    self.columns
+                        .entry(key)
+                        .or_default()
+                        .push((vid, b as u32, c as u32));
+                }
+            }
+        }
+        Some(columns)
     }
 
     /// `prev` is no longer `name`'s current version: kept among the retained
@@ -1043,6 +1332,7 @@ impl Store {
             out.push(prev);
         }
         for id in out {
+            self.forget(id);
             if self.versions[&id].leases == 0 {
                 self.free_version(id);
             }
@@ -1234,6 +1524,7 @@ impl Store {
         let mut gone = vec![id];
         gone.extend(self.retained.remove(name).into_iter().flatten());
         for id in gone {
+            self.forget(id);
             if self.versions[&id].leases == 0 {
                 self.free_version(id);
             }

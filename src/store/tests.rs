@@ -383,13 +383,33 @@ impl Model {
     }
 }
 
+/// Applies changes as a catalog replays its records.
+fn replay(durable: &mut BTreeMap<(String, u64), VersionRecord>, changes: Vec<Change>) {
+    for c in changes {
+        match c {
+            Change::Published(r) => {
+                durable.insert((r.name.clone(), r.number), r);
+            }
+            Change::Forgotten { name, number } => {
+                assert!(
+                    durable.remove(&(name, number)).is_some(),
+                    "forgot a version never published"
+                );
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op(), 1..120), keep in 1usize..4) {
         let mut s = Store::new(64 * MB, 2 * MB);
         s.set_keep_versions(keep);
+        s.record_changes();
         let mut m = Model::default();
+        // The durable versions as a catalog replaying the changes sees them.
+        let mut replayed: BTreeMap<(String, u64), VersionRecord> = BTreeMap::new();
         for op in ops {
             let evictions_before = s.stats().evictions;
             match op {
@@ -523,9 +543,27 @@ proptest! {
             prop_assert!(s.stats().evictions - evictions_before >= evicted.len() as u64);
             prop_assert_eq!(listed.len(), m.names.len());
             s.check_invariants();
+            replay(&mut replayed, s.take_changes());
+            let (durable, _) = s.durable_state();
+            let durable: BTreeMap<(String, u64), VersionRecord> =
+                durable.into_iter().map(|r| ((r.name.clone(), r.number), r)).collect();
+            prop_assert_eq!(&replayed, &durable);
         }
-        // Once every connection is gone and every name deleted, the arena is empty.
         for conn in 0..4 { s.disconnect(conn); }
+        // A store restored from the replayed changes holds the same versions
+        // in the same bytes.
+        let mut restored = Store::new(64 * MB, 2 * MB);
+        restored.set_keep_versions(keep);
+        for r in replayed.values() {
+            restored.restore(r, None).unwrap();
+        }
+        restored.check_invariants();
+        let summary = |s: &Store| -> Vec<(String, u64, u64, u64, Vec<u64>)> {
+            s.list().into_iter().map(|e| (e.name, e.version, e.bytes, e.shared_bytes, e.retained)).collect()
+        };
+        prop_assert_eq!(summary(&restored), summary(&s));
+        prop_assert_eq!(restored.stats().used_bytes, s.stats().used_bytes);
+        // Once every connection is gone and every name deleted, the arena is empty.
         for name in m.names.keys() { s.delete(name).unwrap(); }
         s.check_invariants();
         prop_assert_eq!(s.stats().used_bytes, s.empty_used_bytes());
