@@ -122,7 +122,8 @@ impl Allocator {
     /// its recovered versions occupy. `false` (and nothing changed) when any
     /// of it is not free or lies outside the allocator's range.
     pub fn take(&mut self, offset: u64, size: u64) -> bool {
-        if size == 0 || offset % GRANULE_BYTES != 0 || size % GRANULE_BYTES != 0 {
+        if size == 0 || !offset.is_multiple_of(GRANULE_BYTES) || !size.is_multiple_of(GRANULE_BYTES)
+        {
             return false;
         }
         let Some(end) = offset.checked_add(size) else {

@@ -427,6 +427,39 @@ impl Arena {
         arena.finish(prefault)
     }
 
+    /// An arena in the file at `path` (on tmpfs: `--state-dir`), created
+    /// with `capacity` bytes (rounded up to 2 MiB) when missing or of another
+    /// size, else opened as it is, contents and allocated pages kept: the
+    /// arena of a server that stopped or died. Returns whether the file was
+    /// there with this size. Mapped as a memfd is; 4 KiB pages (transparent
+    /// hugepages of a tmpfs file are the mount's `huge=` option, not asked for).
+    pub fn open_file(path: &std::path::Path, capacity: u64) -> Result<(Arena, bool), ArenaError> {
+        if capacity == 0 || capacity > isize::MAX as u64 / 2 {
+            return Err(ArenaError::BadCapacity(capacity));
+        }
+        let len = capacity.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
+        let fd = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map_err(sys("open arena file"))?;
+        let existing = rustix::fs::fstat(&fd)
+            .map_err(sys("fstat arena file"))?
+            .st_size as u64;
+        let kept = existing == len;
+        if !kept {
+            // Another size (or new): nothing in it can be used; start empty.
+            rustix::fs::ftruncate(&fd, 0).map_err(sys("ftruncate"))?;
+            rustix::fs::ftruncate(&fd, len).map_err(sys("ftruncate"))?;
+        }
+        let mapping = Mapping::map(fd.as_fd(), len as usize, true)?;
+        Ok((
+            Self::assemble(fd, mapping, MemoryKind::SmallPages, len)?,
+            kept,
+        ))
+    }
+
     fn create_hugetlb(capacity: u64) -> Result<Arena, ArenaError> {
         let len = capacity.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
         let fd = rustix::fs::memfd_create(
@@ -554,6 +587,18 @@ impl Arena {
             }
         }
         Ok(())
+    }
+
+    /// Records that the pages of `[offset, offset + len)` exist already (the
+    /// ranges of versions a restarted server found in its arena file): the 2
+    /// MiB chunks the range covers whole are not given to `fallocate` again.
+    pub fn mark_allocated(&self, offset: u64, len: u64) {
+        let first = offset.div_ceil(CHUNK_BYTES);
+        let end = (offset.saturating_add(len).min(self.len)) / CHUNK_BYTES;
+        let mut bits = self.populated.lock().unwrap_or_else(|p| p.into_inner());
+        for c in first..end {
+            bits[(c / 64) as usize] |= 1 << (c % 64);
+        }
     }
 
     /// Bytes of the arena whose pages are allocated.

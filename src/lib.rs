@@ -61,6 +61,7 @@ pub mod alloc;
 pub mod arena;
 #[allow(unsafe_code)] // zero-copy buffers over the mapping; writing a pending range
 pub mod client;
+pub mod durable;
 pub mod ingest;
 #[allow(unsafe_code)] // borrowed buffers for the seal check; skipping validation on open
 pub mod ipc;

@@ -759,6 +759,11 @@ impl Store {
         self.keep_versions = n.max(1);
     }
 
+    /// Versions kept per name (`set_keep_versions`).
+    pub fn keep_versions(&self) -> usize {
+        self.keep_versions
+    }
+
     pub fn regions(&self) -> Regions {
         self.regions
     }

@@ -74,6 +74,12 @@ struct Args {
     /// newer ones; eviction takes them before current versions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     keep_versions: u64,
+    /// Keep the tables across restarts (a clean stop, a crash, `kill -9`):
+    /// the arena lives in DIR/arena and a catalog of every sealed version in
+    /// DIR/catalog. DIR must be on tmpfs (e.g. /dev/shm/arrowpool): tables
+    /// survive the server, not a reboot. One server per directory.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,6 +137,7 @@ fn main() -> ExitCode {
             Preallocate::Auto => None,
             Preallocate::Bytes(n) => Some(n),
         },
+        state_dir: args.state_dir,
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -18,9 +18,12 @@
 //! nothing of the wire: its errors are typed, and the server turns them into
 //! error replies.
 
+mod durable;
 mod publish;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+pub use durable::{Recovery, StoreGuard};
+
+use std::sync::{Arc, Mutex};
 
 use arrow_schema::ArrowError;
 
@@ -38,7 +41,9 @@ pub struct Pool {
     /// The object table. A std Mutex: every critical section is a few map
     /// operations (no I/O, no await), far shorter than a syscall, so a lock is
     /// cheaper than message passing until the small-ops benchmark says otherwise.
-    store: Mutex<Store>,
+    /// The catalog (`--state-dir`) sits under the same lock, so its records
+    /// follow the order of the changes.
+    store: Mutex<durable::Locked>,
     /// Notified on every seal (and by the server at shutdown); `wait` listens.
     pub versions_changed: event_listener::Event,
 }
@@ -71,6 +76,9 @@ pub enum PoolError {
         object_id: ObjectId,
         error: ArrowError,
     },
+    /// The change happened, but the state directory's catalog could not
+    /// record it: it may not survive a restart.
+    Catalog(String),
 }
 
 impl std::fmt::Display for PoolError {
@@ -89,6 +97,10 @@ impl std::fmt::Display for PoolError {
             PoolError::Manifest { object_id, error } => write!(
                 f,
                 "object {object_id}: cannot lay out its manifest ({error}); it was aborted"
+            ),
+            PoolError::Catalog(m) => write!(
+                f,
+                "the change was made but not recorded in the state directory ({m}); it will not survive a restart"
             ),
         }
     }
@@ -124,12 +136,23 @@ impl Pool {
     /// A pool over `arena`; large objects are aligned to its hugepages, if
     /// any. Writes the file magic every table version starts with at offset 0.
     pub fn new(arena: Arena) -> Result<Pool, ArenaError> {
-        let store = Store::new(arena.len(), arena.kind().large_object_align());
+        let large_align = arena.kind().large_object_align();
+        Self::with_large_align(arena, large_align)
+    }
+
+    /// `new` with large objects aligned to `large_align`: a restarted server
+    /// keeps the alignment its catalog was made with.
+    pub fn with_large_align(arena: Arena, large_align: u64) -> Result<Pool, ArenaError> {
+        let store = Store::new(arena.len(), large_align);
         let magic = MAGIC_BYTES.min(arena.len());
         arena.ensure_allocated(0, magic)?;
         let pool = Pool {
             arena,
-            store: Mutex::new(store),
+            store: Mutex::new(durable::Locked {
+                store,
+                catalog: None,
+                catalog_error: None,
+            }),
             versions_changed: event_listener::Event::new(),
         };
         // SAFETY: the magic's granule belongs to no chunk or manifest (the
@@ -144,8 +167,11 @@ impl Pool {
     /// Locks the object table. A panic while holding it cannot leave it
     /// half-updated in a way later calls trip on (each operation checks its
     /// inputs first), so a poisoned lock is recovered.
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn store(&self) -> StoreGuard<'_> {
+        StoreGuard {
+            guard: self.store.lock().unwrap_or_else(|p| p.into_inner()),
+            pool: self,
+        }
     }
 
     /// Reserves `size` bytes for a new version of `name` owned by `conn` and
@@ -182,7 +208,12 @@ impl Pool {
                 };
                 self.publish_table(conn, id, length, Arc::new(manifest))?
             }
-            ObjectKind::Bytes => self.store().seal(conn, id, length, 0)?,
+            ObjectKind::Bytes => {
+                let mut store = self.store();
+                let sealed = store.seal(conn, id, length, 0)?;
+                store.commit()?;
+                sealed
+            }
         };
         self.versions_changed.notify(usize::MAX);
         Ok(sealed)
@@ -246,17 +277,27 @@ impl Pool {
             self.write_manifest(at, bytes)
                 .map_err(|e| abort(Some(space.id), e))?;
         }
-        self.store()
-            .seal_table(
-                conn,
-                id,
-                length,
-                manifest.rows(),
-                space.id,
-                encoded.file_len,
-                Some(manifest),
-            )
-            .map_err(|e| abort(Some(space.id), e.into()))
+        let mut store = self.store();
+        let sealed = store.seal_table(
+            conn,
+            id,
+            length,
+            manifest.rows(),
+            space.id,
+            encoded.file_len,
+            Some(manifest),
+        );
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                drop(store);
+                return Err(abort(Some(space.id), e.into()));
+            }
+        };
+        // Recorded before the reply (`--state-dir`): an acknowledged seal
+        // survives the server.
+        store.commit()?;
+        Ok(sealed)
     }
 
     /// Copies manifest bytes into room `reserve_manifest` handed out.

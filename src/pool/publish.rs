@@ -162,7 +162,8 @@ impl Pool {
                 .map_err(bad)?;
             self.write_manifest(space.low_offset, &encoded.low)?;
             self.write_manifest(space.high_offset, &encoded.high)?;
-            self.store()
+            let mut store = self.store();
+            let sealed = store
                 .publish(
                     conn,
                     NewVersion {
@@ -185,7 +186,11 @@ impl Pool {
                         ))
                     }
                     e => PoolError::from(e),
-                })
+                })?;
+            // Recorded before the reply (`--state-dir`): an acknowledged
+            // version survives the server.
+            store.commit()?;
+            Ok(sealed)
         })();
         if result.is_err() {
             let _ = self.store().abort(conn, space.id);

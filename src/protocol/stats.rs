@@ -41,4 +41,20 @@ pub struct StatsReply {
     pub evictions: u64,
     pub puts: u64,
     pub gets: u64,
+    // The three below are left out of the JSON when unset, so a server
+    // without `--state-dir` replies as before.
+    /// `--state-dir`, when the server keeps its tables across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// Versions the server found in its state directory when it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recovered_versions: u64,
+    /// The last write to the state directory's catalog failed (the message):
+    /// changes since may not survive a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

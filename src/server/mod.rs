@@ -62,12 +62,16 @@ pub struct Config {
     /// start (0: none; `None`: a quarter of the arena, at most 4 GiB, except on
     /// reserved hugepages, whose pool other programs share); see `preallocate`.
     pub preallocate_bytes: Option<u64>,
+    /// `--state-dir`: the arena in a tmpfs file and a catalog of its versions,
+    /// so a restarted server serves them again (`durable`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why the server could not start.
 #[derive(Debug)]
 pub enum StartError {
     Arena(crate::arena::ArenaError),
+    State(crate::durable::StateError),
     Socket { path: PathBuf, err: std::io::Error },
     SocketInUse(PathBuf),
     IoUringRequired,
@@ -78,6 +82,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Arena(e) => write!(f, "{e}"),
+            StartError::State(e) => write!(f, "{e}"),
             StartError::Socket { path, err } => write!(f, "cannot listen on {}: {err}", path.display()),
             StartError::SocketInUse(p) => write!(
                 f,
@@ -139,6 +144,67 @@ fn preallocate(shared: &Shared, budget: u64) {
     );
 }
 
+/// The pool of a `--state-dir` server: the directory locked, its catalog
+/// read, the arena file mapped, the recorded versions checked and restored.
+/// Returns how many were restored.
+fn durable_pool(
+    dir: &std::path::Path,
+    config: &Config,
+) -> Result<(Pool, crate::durable::StateDir, u64), StartError> {
+    use crate::durable::{Geometry, StateDir};
+    if config.hugepages == HugepageMode::Require {
+        return Err(StartError::State(crate::durable::StateError::Unsafe {
+            path: dir.to_owned(),
+            why: "--hugepages require: an arena in a state directory uses 4 KiB pages (tmpfs);                   hugetlbfs arenas are not supported yet"
+                .into(),
+        }));
+    }
+    let dir = StateDir::open(dir).map_err(StartError::State)?;
+    let len = config
+        .memory_bytes
+        .div_ceil(crate::arena::HUGEPAGE_BYTES)
+        .saturating_mul(crate::arena::HUGEPAGE_BYTES);
+    let geometry = Geometry {
+        arena_bytes: len,
+        large_align: crate::arena::PAGE_BYTES,
+    };
+    // The catalog first: a refusal (another --memory) must not touch the arena file.
+    let (catalog, replay) = dir.catalog(geometry).map_err(StartError::State)?;
+    let (arena, kept) =
+        Arena::open_file(&dir.arena_path(), config.memory_bytes).map_err(StartError::Arena)?;
+    if !kept && !replay.versions.is_empty() {
+        eprintln!(
+            "arrowpoold: the arena file {} was missing or of another size: the {} version(s) the catalog records are lost",
+            dir.arena_path().display(),
+            replay.versions.len()
+        );
+    }
+    if config.prefault {
+        arena
+            .ensure_allocated(0, arena.len())
+            .map_err(StartError::Arena)?;
+    }
+    let pool = Pool::with_large_align(arena, geometry.large_align).map_err(StartError::Arena)?;
+    pool.store().set_keep_versions(config.keep_versions);
+    let recorded = replay.versions.len();
+    let report = pool.recover(catalog, replay).map_err(|e| {
+        StartError::State(crate::durable::StateError::Catalog(
+            crate::durable::CatalogError(e.to_string()),
+        ))
+    })?;
+    for p in &report.problems {
+        eprintln!("arrowpoold: state directory: {p}");
+    }
+    eprintln!(
+        "arrowpoold: state directory {}: {} of {recorded} recorded version(s) restored ({}) in {:.3} s",
+        dir.path().display(),
+        report.restored,
+        human_bytes(report.bytes),
+        report.seconds
+    );
+    Ok((pool, dir, report.restored as u64))
+}
+
 impl Server {
     /// Creates the arena, binds the socket and starts one thread per core.
     pub fn start(config: Config) -> Result<Server, StartError> {
@@ -146,14 +212,23 @@ impl Server {
         // Everything that can refuse to start comes before the socket exists, so
         // no client ever connects to a server that is about to exit.
         let driver = listener::probe_driver(config.require_io_uring, config.force_polling)?;
-        let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
-            .map_err(StartError::Arena)?;
-        let pool = Pool::new(arena).map_err(StartError::Arena)?;
-        pool.store().set_keep_versions(config.keep_versions);
+        let (pool, state) = match &config.state_dir {
+            None => {
+                let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
+                    .map_err(StartError::Arena)?;
+                let pool = Pool::new(arena).map_err(StartError::Arena)?;
+                pool.store().set_keep_versions(config.keep_versions);
+                (pool, None)
+            }
+            Some(dir) => {
+                let (pool, dir, recovered) = durable_pool(dir, &config)?;
+                (pool, Some((dir, recovered)))
+            }
+        };
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();
-        let shared = Arc::new(Shared::new(pool, &config, driver, threads));
+        let shared = Arc::new(Shared::new(pool, &config, driver, threads, state));
         eprintln!(
             "arrowpoold: arena {} of {}, {} thread(s), io driver {}, socket {}",
             human_bytes(shared.pool.arena.len()),

@@ -30,10 +30,24 @@ pub struct Shared {
     handshaking: AtomicUsize,
     /// Open connections' socket fds, so shutdown can wake them.
     conns: Mutex<HashMap<ConnId, RawFd>>,
+    /// `--state-dir`, locked while the server runs.
+    pub state_dir: Option<crate::durable::StateDir>,
+    /// Versions recovered from it at start.
+    pub recovered_versions: u64,
 }
 
 impl Shared {
-    pub fn new(pool: Pool, config: &Config, io_driver: IoDriver, threads: usize) -> Shared {
+    pub fn new(
+        pool: Pool,
+        config: &Config,
+        io_driver: IoDriver,
+        threads: usize,
+        state: Option<(crate::durable::StateDir, u64)>,
+    ) -> Shared {
+        let (state_dir, recovered_versions) = match state {
+            Some((d, n)) => (Some(d), n),
+            None => (None, 0),
+        };
         Shared {
             pool: Arc::new(pool),
             shutting_down: AtomicBool::new(false),
@@ -45,6 +59,8 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             handshaking: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
+            state_dir,
+            recovered_versions,
         }
     }
 
@@ -110,6 +126,12 @@ impl Shared {
             evictions: s.evictions,
             puts: s.puts,
             gets: s.gets,
+            state_dir: self
+                .state_dir
+                .as_ref()
+                .map(|d| d.path().display().to_string()),
+            recovered_versions: self.recovered_versions,
+            catalog_error: self.pool.store().catalog_error(),
         }
     }
 }

@@ -150,7 +150,9 @@ pub fn pool_error(e: PoolError) -> ErrorReply {
     let code = match &e {
         PoolError::Store(e) => return store_error(e.clone()),
         PoolError::Memory(_) => ErrorCode::OutOfMemory,
-        PoolError::OutsideArena { .. } | PoolError::Manifest { .. } => ErrorCode::Internal,
+        PoolError::OutsideArena { .. } | PoolError::Manifest { .. } | PoolError::Catalog(_) => {
+            ErrorCode::Internal
+        }
         PoolError::InvalidTable { .. } | PoolError::InvalidDraft(_) => ErrorCode::InvalidData,
     };
     ErrorReply::new(code, e.to_string())

@@ -1,0 +1,455 @@
+//! `--state-dir` with real processes: a server killed with SIGKILL at random
+//! moments while a client puts, updates, appends and deletes comes back with
+//! every acknowledged version, byte for byte, and nothing else (the one
+//! request in flight at the kill may or may not have happened); damaged
+//! catalog records and manifests are reported and the rest recovered.
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Int64Array, RecordBatch};
+use common::{table, Server};
+
+/// A state directory on tmpfs, removed at the end.
+fn state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("arrowpool-state-")
+        .tempdir_in("/dev/shm")
+        .expect("a directory under /dev/shm")
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--memory", "256M", "--threads", "2", "--state-dir"];
+    let d = dir.to_str().unwrap();
+    args.push(d);
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
+}
+
+/// What a name should hold.
+#[derive(Clone, Debug, PartialEq)]
+enum Content {
+    Table(RecordBatch),
+    Bytes(Vec<u8>),
+}
+
+/// One batch owning its memory (no arena buffers), for comparing later.
+fn owned(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> RecordBatch {
+    arrow_select::concat::concat_batches(schema, batches).unwrap()
+}
+
+fn read(c: &arrowpool::Client, name: &str, like: &Content) -> Option<(u64, Content)> {
+    match like {
+        Content::Table(_) => {
+            let t = c.get(name).ok()?;
+            Some((t.version, Content::Table(owned(&t.schema, &t.batches))))
+        }
+        Content::Bytes(_) => {
+            let b = c.get_bytes(name).ok()?;
+            let version = c
+                .list()
+                .unwrap()
+                .into_iter()
+                .find(|e| e.name == name)
+                .map(|e| e.version)?;
+            Some((version, Content::Bytes(b.as_slice().to_vec())))
+        }
+    }
+}
+
+/// Tiny deterministic generator (no dependency): xorshift.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The state the client knows it made, and the request it had in flight.
+#[derive(Default)]
+struct Known {
+    acked: HashMap<String, (u64, Content)>,
+    /// (name, what it holds if the request took effect: `None` for a delete)
+    in_flight: Option<(String, Option<Content>)>,
+    requests: u64,
+}
+
+/// Puts, updates (one column replaced: the rest shared), appends (a batch
+/// added), blobs and deletes on a few names until the server dies.
+fn write_until_error(
+    c: &arrowpool::Client,
+    rng: &mut Rng,
+    known: &Mutex<Known>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let name = format!("t{}", rng.below(4));
+        let op = rng.below(10);
+        let result: Result<Option<(u64, Content)>, arrowpool::ClientError> = (|| {
+            let mut k = known.lock().unwrap();
+            k.requests += 1;
+            let present = k.acked.get(&name).cloned();
+            match (op, &present) {
+                (0, Some(_)) => {
+                    k.in_flight = Some((name.clone(), None));
+                    drop(k);
+                    c.delete(&name)?;
+                    Ok(None)
+                }
+                (1 | 2, _) => {
+                    let blob = format!("blob {} of {name}", rng.next())
+                        .repeat(1 + rng.below(2000) as usize);
+                    let bname = format!("b{name}");
+                    k.in_flight = Some((
+                        bname.clone(),
+                        Some(Content::Bytes(blob.clone().into_bytes())),
+                    ));
+                    drop(k);
+                    let info = c.put_bytes(&bname, blob.as_bytes())?;
+                    Ok(Some((info.version, Content::Bytes(blob.into_bytes()))))
+                }
+                (3..=5, Some((_, Content::Table(_)))) => {
+                    drop(k);
+                    // Update or append through a zero-copy get: the client
+                    // shares every column it does not change.
+                    let got = c.get(&name)?;
+                    let mut batches = got.batches.clone();
+                    if op == 3 {
+                        let n = batches[0].num_rows() as i64;
+                        let seed = rng.next() as i64 % 1000;
+                        let mut cols = batches[0].columns().to_vec();
+                        cols[0] = Arc::new(Int64Array::from_iter_values((0..n).map(|i| i * seed)));
+                        batches[0] = RecordBatch::try_new(got.schema.clone(), cols).unwrap();
+                    } else {
+                        let extra =
+                            table(1 + rng.below(5000) as usize, 1, rng.next() as i64 % 100).1;
+                        batches.extend(extra);
+                    }
+                    let content = Content::Table(owned(&got.schema, &batches));
+                    known.lock().unwrap().in_flight = Some((name.clone(), Some(content.clone())));
+                    let info = c.put(&name, &got.schema, &batches)?;
+                    Ok(Some((info.version, content)))
+                }
+                _ => {
+                    let (schema, batches) = table(
+                        1 + rng.below(60_000) as usize,
+                        1 + rng.below(3) as usize,
+                        rng.next() as i64 % 1000,
+                    );
+                    let content = Content::Table(owned(&schema, &batches));
+                    k.in_flight = Some((name.clone(), Some(content.clone())));
+                    drop(k);
+                    let info = c.put(&name, &schema, &batches)?;
+                    Ok(Some((info.version, content)))
+                }
+            }
+        })();
+        let mut k = known.lock().unwrap();
+        match result {
+            Ok(outcome) => {
+                let (name, _) = k.in_flight.take().expect("every request sets in_flight");
+                match outcome {
+                    Some(v) => {
+                        k.acked.insert(name, v);
+                    }
+                    None => {
+                        k.acked.remove(&name);
+                    }
+                }
+            }
+            // The server died; `in_flight` may or may not have happened.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Checks the restarted server against what the client knew: every
+/// acknowledged version with its bytes and number, the request in flight
+/// either done or not, nothing else. Folds the in-flight request's outcome
+/// into `known`.
+fn verify(server: &Server, known: &mut Known) {
+    let c = server.client();
+    let listed: HashMap<String, u64> = c
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.version))
+        .collect();
+    let in_flight = known.in_flight.take();
+    for (name, (version, content)) in known.acked.clone() {
+        let flight = in_flight.as_ref().filter(|(n, _)| *n == name);
+        match read(&c, &name, &content) {
+            Some((v, got)) if v == version && got == content => {}
+            Some((v, got))
+                if flight.is_some_and(|(_, c)| c.as_ref() == Some(&got)) && v > version =>
+            {
+                known.acked.insert(name.clone(), (v, got));
+            }
+            None if flight.is_some_and(|(_, c)| c.is_none()) => {
+                known.acked.remove(&name);
+            }
+            other => panic!(
+                "{name}: expected version {version} (or the request in flight), found {:?}",
+                other.map(|(v, _)| v)
+            ),
+        }
+    }
+    // A name the client never saw acknowledged can only be the one in flight.
+    for (name, version) in &listed {
+        if known.acked.contains_key(name) {
+            continue;
+        }
+        let Some((n, Some(content))) = &in_flight else {
+            panic!("{name} (version {version}) was never acknowledged");
+        };
+        assert_eq!(n, name, "{name} (version {version}) was never acknowledged");
+        let (v, got) = read(&c, name, content).expect("listed, so readable");
+        assert_eq!(&got, content, "{name}: the in-flight put's bytes");
+        known.acked.insert(name.clone(), (v, got));
+    }
+    assert_eq!(listed.len(), known.acked.len(), "listed {listed:?}");
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_acknowledged_version() {
+    let dir = state_dir();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+    let known = Arc::new(Mutex::new(Known::default()));
+    let empty_used = {
+        let s = start(dir.path(), &[]);
+        s.client().stats().unwrap().used_bytes
+    };
+    let rounds = 25;
+    for round in 0..rounds {
+        let mut server = start(dir.path(), &[]);
+        verify(&server, &mut known.lock().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (known, stop) = (known.clone(), stop.clone());
+            let c = server.client();
+            let mut rng = Rng(rng.next() | 1);
+            std::thread::spawn(move || write_until_error(&c, &mut rng, &known, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(30 + rng.below(400)));
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        let k = known.lock().unwrap();
+        eprintln!(
+            "round {round}: {} requests so far, {} names acknowledged",
+            k.requests,
+            k.acked.len()
+        );
+    }
+    let server = start(dir.path(), &[]);
+    let mut k = known.lock().unwrap();
+    verify(&server, &mut k);
+    assert!(
+        k.requests > rounds,
+        "the writer made requests: {}",
+        k.requests
+    );
+    assert!(server.stderr().contains("restored"), "{}", server.stderr());
+    // Memory accounting: once every name is deleted, the arena holds nothing
+    // (no chunk of a version that was not brought back stays allocated).
+    let c = server.client();
+    for name in k.acked.keys() {
+        c.delete(name).unwrap();
+    }
+    let s = c.stats().unwrap();
+    assert_eq!(s.used_bytes, empty_used, "{s:?}");
+    assert_eq!(s.names, 0);
+}
+
+#[test]
+fn a_clean_restart_keeps_numbers_sharing_and_memory() {
+    let dir = state_dir();
+    let (schema, batches) = table(50_000, 3, 1);
+    let (before, used, shared) = {
+        let s = start(dir.path(), &["--keep-versions", "2"]);
+        let c = s.client();
+        c.put("t", &schema, &batches).unwrap();
+        let got = c.get("t").unwrap();
+        let mut more = got.batches.clone();
+        more.extend(table(1000, 1, 2).1);
+        let info = c.put("t", &schema, &more).unwrap();
+        assert_eq!(info.version, 2);
+        c.put_bytes("b", b"kept").unwrap();
+        c.put_bytes("gone", b"deleted").unwrap();
+        c.delete("gone").unwrap();
+        let expected = owned(&schema, &more);
+        drop((got, more));
+        s.wait_until("the lease released", |st| st.leases == 0);
+        let list = c.list().unwrap();
+        let t = list.iter().find(|e| e.name == "t").unwrap();
+        assert_eq!(t.retained, vec![1]);
+        let st = c.stats().unwrap();
+        (expected, st.used_bytes, t.shared_bytes)
+    }; // killed here (Server's drop), like a crash
+    let s = start(dir.path(), &["--keep-versions", "2"]);
+    let c = s.client();
+    let st = c.stats().unwrap();
+    assert_eq!(
+        st.used_bytes, used,
+        "the same bytes in use after the restart"
+    );
+    assert_eq!(st.recovered_versions, 3, "{st:?}");
+    assert_eq!(st.state_dir.as_deref(), dir.path().to_str());
+    let t = c.get("t").unwrap();
+    assert_eq!(t.version, 2);
+    assert_eq!(owned(&t.schema, &t.batches), before);
+    assert_eq!(
+        owned(&schema, &c.get_version("t", 1).unwrap().batches),
+        owned(&schema, &batches)
+    );
+    let list = c.list().unwrap();
+    assert_eq!(
+        list.iter().find(|e| e.name == "t").unwrap().shared_bytes,
+        shared
+    );
+    assert_eq!(c.get_bytes("b").unwrap().as_slice(), b"kept");
+    // Numbers keep growing across the restart, also for a deleted name.
+    assert_eq!(c.put_bytes("gone", b"again").unwrap().version, 2);
+    assert_eq!(c.put("t", &schema, &batches).unwrap().version, 3);
+}
+
+#[test]
+fn a_second_server_and_a_wrong_memory_and_a_disk_directory_are_refused() {
+    let dir = state_dir();
+    let first = start(dir.path(), &[]);
+    first.client().put_bytes("x", b"1").unwrap();
+    let d = dir.path().to_str().unwrap();
+    let e = Server::try_start_with(&["--memory", "256M", "--state-dir", d])
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("in use by another arrowpoold")
+            && e.contains(&format!("pid {}", first.child.id())),
+        "{e}"
+    );
+    drop(first);
+    let e = Server::try_start_with(&["--memory", "128M", "--state-dir", d])
+        .err()
+        .unwrap();
+    assert!(e.contains("--memory 268435456"), "{e}");
+    // The refusal did not touch the arena: the table is still there.
+    let s = start(dir.path(), &[]);
+    assert_eq!(s.client().get_bytes("x").unwrap().as_slice(), b"1");
+    drop(s);
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let e = Server::try_start_with(&[
+        "--memory",
+        "64M",
+        "--state-dir",
+        disk.path().to_str().unwrap(),
+    ])
+    .err()
+    .unwrap();
+    assert!(e.contains("not on tmpfs"), "{e}");
+}
+
+/// Positions of `needle` in `hay`.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn flip(path: &PathBuf, at: &[usize]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    for &p in at {
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, p as u64).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5A], p as u64).unwrap();
+    }
+}
+
+#[test]
+fn a_damaged_catalog_record_or_manifest_is_reported_and_the_rest_recovered() {
+    let dir = state_dir();
+    let (schema, batches) = table(20_000, 2, 3);
+    let renamed = |name: &str| {
+        let fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = f.as_ref().clone();
+                if i == 0 {
+                    f.with_name(name)
+                } else {
+                    f
+                }
+            })
+            .collect();
+        Arc::new(arrow_schema::Schema::new(fields))
+    };
+    {
+        let s = start(dir.path(), &[]);
+        let c = s.client();
+        for name in ["alpha_table_one", "bravo_table_two", "charlie_table_three"] {
+            let sch = renamed(&format!("{name}_column"));
+            let b: Vec<RecordBatch> = batches
+                .iter()
+                .map(|b| RecordBatch::try_new(sch.clone(), b.columns().to_vec()).unwrap())
+                .collect();
+            c.put(name, &sch, &b).unwrap();
+        }
+    }
+    // The catalog record that names bravo, and the footer of charlie (its
+    // schema holds the first column's name) in the arena.
+    let catalog = dir.path().join("catalog");
+    let hits = find_all(&std::fs::read(&catalog).unwrap(), b"bravo_table_two");
+    assert_eq!(hits.len(), 1);
+    flip(&catalog, &[hits[0] + 3]);
+    let arena = dir.path().join("arena");
+    let hits = find_all(
+        &std::fs::read(&arena).unwrap(),
+        b"charlie_table_three_column",
+    );
+    assert!(!hits.is_empty());
+    flip(&arena, &hits.iter().map(|h| h + 2).collect::<Vec<_>>());
+    let s = start(dir.path(), &[]);
+    let c = s.client();
+    let names: Vec<String> = c.list().unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["alpha_table_one"]);
+    let log = s.stderr();
+    assert!(log.contains("is corrupt"), "{log}");
+    assert!(
+        log.contains("charlie_table_three") && log.contains("fails its checksum"),
+        "{log}"
+    );
+    assert!(log.contains("1 of 2 recorded version(s) restored"), "{log}");
+    assert_eq!(c.get("alpha_table_one").unwrap().rows, 20_000);
+    // The space of what was left out is free again: the arena takes a table
+    // as large as the rest of it.
+    let st = c.stats().unwrap();
+    assert!(st.free_bytes > 200 << 20, "{st:?}");
+    let started = Instant::now();
+    drop(s);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
