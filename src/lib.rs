@@ -10,7 +10,8 @@
 //! Listed bottom-up: each module uses only those above it (no cycles).
 //! ```text
 //! util, sys, paths     alloc ─> store ─> protocol (wire; uses store::ObjectKind)
-//! arena, ipc ────────────┴───────┴─> pool (arena + store + the one put) ─> ingest ─> server
+//!                                  └─> durable (state dir, catalog)
+//! arena, ipc ────────────┴───────┴──────┴─> pool (arena + store + the one put) ─> ingest ─> server
 //!                                                       client (protocol, arena, ipc, sys)
 //! ```
 //! - [`util`]: byte-size parsing and formatting, thread placement.
@@ -21,6 +22,10 @@
 //!   versions that reference them), versions, names, leases, LRU eviction,
 //!   capacity, the arena's regions. Pure bookkeeping with its own result types;
 //!   knows nothing of the wire.
+//! - [`durable`]: `--state-dir`: the directory (lock, tmpfs check) and the
+//!   catalog of durable versions, a log of checksummed records; the pool
+//!   writes the store's changes to it and recovers from it
+//!   (`pool/durable.rs`).
 //! - [`arena`]: the shared-memory arena: memfd, hugepages and fallbacks, mapping,
 //!   pages allocated ahead.
 //! - [`ipc`]: Arrow IPC files in the arena: size bounds, writing, zero-copy
