@@ -70,6 +70,8 @@ pub enum Scenario {
     Churn,
     /// Switching sources under a memory cap (a server of its own).
     Switch,
+    /// kill -9 of a `--state-dir` server holding 1 and 3 tables, to the first get (a server of its own).
+    Restart,
 }
 
 /// What `--hugepages` does.

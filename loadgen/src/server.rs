@@ -126,37 +126,23 @@ impl ServerProcess {
         hugepages: &str,
         log: &Path,
     ) -> Result<ServerProcess> {
-        let _ = std::fs::remove_file(socket);
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--memory")
-            .arg(memory_bytes.to_string())
-            .arg("--hugepages")
-            .arg(hugepages)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        cleanup().servers.push(child.id());
-        let mut server = ServerProcess {
-            child: Some(child),
-            log: log.to_owned(),
-        };
+        Self::start_with(bin, socket, memory_bytes, hugepages, log, &[])
+    }
+
+    /// `start` with more flags; the log is appended to (a restarted server's
+    /// lines follow the one before).
+    pub fn start_with(
+        bin: &Path,
+        socket: &Path,
+        memory_bytes: u64,
+        hugepages: &str,
+        log: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<ServerProcess> {
+        let mut server = Self::spawn(bin, socket, memory_bytes, hugepages, log, extra)?;
         let start = Instant::now();
         loop {
-            if let Some(child) = server.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    server.child = None;
-                    bail!(
-                        "arrowpoold exited at start ({status}):\n{}",
-                        server.log_tail()
-                    );
-                }
-            }
+            server.check_running()?;
             if socket.exists() && Client::connect(socket).is_ok() {
                 return Ok(server);
             }
@@ -171,11 +157,70 @@ impl ServerProcess {
         }
     }
 
+    /// An error with the end of its log if the server has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!(
+                    "arrowpoold exited at start ({status}):\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the server without waiting for it to listen.
+    pub fn spawn(
+        bin: &Path,
+        socket: &Path,
+        memory_bytes: u64,
+        hugepages: &str,
+        log: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<ServerProcess> {
+        let _ = std::fs::remove_file(socket);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--memory")
+            .arg(memory_bytes.to_string())
+            .arg("--hugepages")
+            .arg(hugepages)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        cleanup().servers.push(child.id());
+        Ok(ServerProcess {
+            child: Some(child),
+            log: log.to_owned(),
+        })
+    }
+
     /// The last lines the server wrote to its log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Kills the server with SIGKILL (a crash) and waits for it to be gone.
+    pub fn kill9(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            cleanup().servers.retain(|&p| p != child.id());
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// Stops the server with SIGTERM (the clean shutdown), SIGKILL after a timeout.

@@ -27,7 +27,9 @@ import collections
 import itertools
 import fcntl
 import mmap
+import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -71,6 +73,7 @@ _POPULATE_MIN = 8 << 20
 _MADV_POPULATE_WRITE = 23
 
 _UNSET: Any = object()
+_log = logging.getLogger("arrowpool")
 # A closed peer must be an EPIPE error, never a SIGPIPE (embedders may not ignore it).
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -93,10 +96,16 @@ class _Connection:
         self.pending_releases: collections.deque[int] = collections.deque()
         #: Live leases: token -> object id. dict set/pop are atomic under the GIL.
         self.leases: dict[int, int] = {}
+        #: The lease objects themselves, for a new connection to take over.
+        self.lease_objects: "weakref.WeakValueDictionary[int, _Lease]" = weakref.WeakValueDictionary()
+        #: (st_dev, st_ino) of the arena: the same after a restart with --state-dir.
+        self.arena_id: tuple[int, int] = (0, 0)
         self._tokens = itertools.count(1)
         self._request_ids = itertools.count(1)
         #: No request may be sent any more (closed, broken, or inherited through fork).
         self.dead = False
+        #: The server sent its shutdown notice before the stream ended.
+        self.shut_down = False
         #: close() was called while leases were alive: close when the last one goes.
         self.closing = False
         self.ro_mmap: mmap.mmap | None = None
@@ -111,6 +120,10 @@ class _Connection:
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = sock
+        #: Readable before a request is sent means the server closed the stream
+        #: (or sent its shutdown notice): the request goes to a new connection.
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         try:
             sock.settimeout(timeout)
             try:
@@ -164,6 +177,8 @@ class _Connection:
                 raise ProtocolError("server hello announces an empty arena")
             self.hello = hello
             self.arena_len = hello.arena_len
+            st = os.fstat(fds[0])
+            self.arena_id = (st.st_dev, st.st_ino)
             self.ro_mmap = mmap.mmap(
                 fds[0], hello.arena_len, mmap.MAP_SHARED, mmap.PROT_READ
             )
@@ -250,6 +265,12 @@ class _Connection:
         try:
             with self.lock:
                 if self.dead or self.closing or self.pid != os.getpid():
+                    raise _StaleConnection()
+                if self._poll.poll(0):
+                    # Nothing is owed to us: the server is gone (restarted,
+                    # stopped). Nothing was sent, so a new connection may retry.
+                    self.shut_down = self._shutdown_notice_pending()
+                    self.mark_dead()
                     raise _StaleConnection()
                 rid = next(self._request_ids)
                 frames = self._take_release_frames()
@@ -360,8 +381,50 @@ class _Connection:
 
     # --- leases -----------------------------------------------------------------
 
-    def new_lease(self, object_id: int) -> "_Lease":
-        return _Lease(self, object_id, next(self._tokens))
+    def new_lease(self, object_id: int, got: "proto.Got | None" = None, name: str = "") -> "_Lease":
+        lease = _Lease(self, object_id, next(self._tokens))
+        if got is not None:
+            lease.name, lease.version, lease.offset, lease.length = name, got.version, got.offset, got.length
+        return lease
+
+    def adopt(self, old: "_Connection") -> None:
+        """Takes over the leases of ``old``, a connection to a server that is gone,
+        when this one's server has the same arena (a restart with ``--state-dir``):
+        each held version is leased again here, so the new server does not reuse
+        its bytes while tables still point into them. A version the new server does
+        not have at the same place (it was replaced before the restart) cannot be
+        protected: logged, and the table stays readable until its bytes are reused.
+        With another arena (no ``--state-dir``) nothing is needed: the old mapping
+        keeps the old memory alive."""
+        if old.arena_id != self.arena_id or old.arena_id == (0, 0):
+            return
+        for lease in list(old.lease_objects.values()):
+            if lease.conn is not old or not lease.name:
+                continue
+            try:
+                body = self.request(proto.Kind.GET_VERSION, proto.GetVersion.encode(lease.version, lease.name))
+                got = proto.Get.decode_reply(body)
+            except ArrowpoolError as e:
+                _log.warning(
+                    "arrowpool: %r version %d, held across a server restart, is not on the new "
+                    "server (%s); get it again: its bytes may be reused",
+                    lease.name, lease.version, e,
+                )
+                continue
+            if (got.offset, got.length) != (lease.offset, lease.length):
+                self.pending_releases.append(got.object_id)
+                self._flush_if_pending()
+                _log.warning(
+                    "arrowpool: %r version %d, held across a server restart, lies elsewhere "
+                    "on the new server; get it again", lease.name, lease.version,
+                )
+                continue
+            old.leases.pop(lease.token, None)
+            lease.conn = self
+            lease.token = next(self._tokens)
+            self.leases[lease.token] = got.object_id
+            self.lease_objects[lease.token] = lease
+            lease.object_id = got.object_id
 
     def release(self, token: int) -> None:
         """Gives back one lease. Never blocks on the lock (may run inside ``__del__``
@@ -475,14 +538,17 @@ class _Lease:
     the arena mapping alive.
     """
 
-    __slots__ = ("conn", "object_id", "token", "arena", "__weakref__")
+    __slots__ = ("conn", "object_id", "token", "arena", "name", "version", "offset", "length", "__weakref__")
 
     def __init__(self, conn: _Connection, object_id: int, token: int):
         self.conn = conn
         self.object_id = object_id
         self.token = token
         self.arena = conn.ro_buffer
+        # What was leased, for a connection to a restarted server to lease it again.
+        self.name, self.version, self.offset, self.length = "", 0, 0, 0
         conn.leases[token] = object_id
+        conn.lease_objects[token] = self
 
     def release(self) -> None:
         """Idempotent: the first call gives the lease back."""
@@ -802,6 +868,9 @@ class Client:
         self.path = os.fspath(path) if path is not None else _server.default_socket()
         self.write = write
         self.timeout = timeout
+        #: Set by :func:`connect`: start the server again if it is gone when this
+        #: client reconnects (``memory`` as given there).
+        self._autostart: tuple[bool, str | None] = (False, None)
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
@@ -849,9 +918,30 @@ class Client:
             if conn is not None and conn.pid != pid:
                 conn.forget_after_fork()
             if conn is None or conn.dead or conn.pid != pid:
-                conn = _Connection(self.path, self.write, self.timeout)
+                old = conn if conn is not None and conn.pid == pid else None
+                try:
+                    conn = self._reconnect()
+                except ServerUnavailable as e:
+                    if old is not None and old.shut_down:
+                        old.shut_down = False  # said once
+                        raise ServerUnavailable(f"arrowpoold at {self.path} is shutting down (it said so); {e}") from e
+                    raise
                 self._conn = conn
+                if old is not None and old.lease_objects:
+                    conn.adopt(old)
             return conn
+
+    def _reconnect(self) -> _Connection:
+        """A new connection: after a fork, or after the server went away (stopped,
+        crashed, restarted). An autostarted client starts the server again."""
+        try:
+            return _Connection(self.path, self.write, self.timeout)
+        except ServerUnavailable:
+            start, memory = self._autostart
+            if not start:
+                raise
+            _server.ensure_server(self.path, memory=memory)
+            return _Connection(self.path, self.write, self.timeout)
 
     def _request(self, kind: int, body: bytes = b"", timeout: Any = _UNSET) -> tuple[_Connection, bytes]:
         # A connection found broken before anything was sent is replaced once; a
@@ -1146,7 +1236,7 @@ class Client:
         else:
             conn, body = self._request(proto.Kind.GET_VERSION, proto.GetVersion.encode(version, name))
         got = proto.Get.decode_reply(body)
-        lease = conn.new_lease(got.object_id)
+        lease = conn.new_lease(got.object_id, got, name)
         try:
             self._check_range(conn, got.offset, got.length)
         except BaseException:
@@ -1356,7 +1446,9 @@ def connect(
         return Client(path, write=write, timeout=timeout)
     # Try the server first: the common case, one connection, no probe.
     try:
-        return Client(path, write=write, timeout=timeout)
+        client = Client(path, write=write, timeout=timeout)
     except ServerUnavailable:
         _server.ensure_server(path, memory=memory)
-    return Client(path, write=write, timeout=timeout)
+        client = Client(path, write=write, timeout=timeout)
+    client._autostart = (True, memory)
+    return client

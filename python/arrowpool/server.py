@@ -24,6 +24,11 @@ output to ``<dir>/arrowpoold.log``, and waits until it accepts connections.
 - Its memory cap: ``$ARROWPOOL_MEMORY`` (``8G``, ``512M``...), else half of the
   machine's memory. The arena only reserves address space up front; pages are
   taken as tables arrive, and least-recently-used tables are evicted at the cap.
+- ``$ARROWPOOL_STATE_DIR`` (a directory on tmpfs, e.g. ``/dev/shm/arrowpool``): passed
+  as ``--state-dir``, so the tables survive the server (a crash, ``kill -9``,
+  ``arrowpool stop``), and a client that finds it gone starts it again on its next
+  request. Not the default: the tables' memory then stays taken while no server
+  runs, until the directory is removed.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from .errors import ArrowpoolError, ServerUnavailable
 
 SOCKET_ENV = "ARROWPOOL_SOCKET"
 MEMORY_ENV = "ARROWPOOL_MEMORY"
+STATE_DIR_ENV = "ARROWPOOL_STATE_DIR"
 SERVER_ENV = "ARROWPOOLD"
 SOCKET_NAME = "arrowpool.sock"
 LOG_NAME = "arrowpoold.log"
@@ -210,6 +216,9 @@ def ensure_server(
         binary = server_binary()
         log = log_path(path)
         args = [binary, "--socket", path, "--memory", memory or default_memory()]
+        state_dir = os.environ.get(STATE_DIR_ENV)
+        if state_dir:
+            args += ["--state-dir", state_dir]
         with open(log, "ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(args)}\n".encode())
         # `sh` starts the server in the background and exits at once: the server

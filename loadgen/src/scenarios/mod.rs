@@ -9,12 +9,14 @@
 //! small_ops  pipelined ping and get+release from several connections
 //! churn      1000 rounds of switch + update + append; fragmentation, bytes back
 //! switch     sources A, B, C, A under a memory cap of 1.5 tables (own server)
+//! restart    kill -9 of a --state-dir server with 1 and 3 tables, to the first get (own server)
 //! ```
 
 pub mod callbacks;
 pub mod churn;
 pub mod ingest;
 pub mod operations;
+pub mod restart;
 pub mod small_ops;
 pub mod switch;
 pub mod update;
