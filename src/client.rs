@@ -4,6 +4,13 @@
 //! Blocking and thread-safe: one connection guarded by a mutex, requests are
 //! sent and their replies read in order. Dropping the last array of a `get`
 //! releases its lease with a no-reply frame, so drops never wait on the server.
+//!
+//! A connection the server closed (it stopped, crashed or was restarted) is
+//! noticed before the next request is sent, and that request goes to a new
+//! connection. Tables got before stay readable (their mapping stays); when the
+//! new server has the same arena (`--state-dir`), their versions are leased
+//! again there, so it does not reuse their bytes. A request the server died
+//! in the middle of fails: it is never sent twice.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -140,12 +147,48 @@ struct Inner {
     read_only: Mapping,
     writable: Option<Mapping>,
     hello: ServerHello,
+    /// (st_dev, st_ino) of the arena: the same after a `--state-dir` restart.
+    arena_id: (u64, u64),
+    /// A request failed in a way that leaves the stream unusable.
+    dead: std::sync::atomic::AtomicBool,
+    /// Leases taken on this connection, for a new connection to take over.
+    leases: Mutex<Vec<std::sync::Weak<Lease>>>,
+}
+
+impl Inner {
+    /// Whether the next request must go to a new connection: this one broke,
+    /// or the server closed it (the stream is readable while nothing is owed
+    /// to us: checked under the connection's lock, so no reply is in flight).
+    fn stale(&self) -> bool {
+        if self.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if !conn.stream.buffer().is_empty() {
+            return true;
+        }
+        let mut fds = [rustix::event::PollFd::new(
+            conn.stream.get_ref(),
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap_or(1) > 0
+    }
+}
+
+/// What every clone of a `Client` shares: the server's path and the current
+/// connection, replaced when the server went away.
+#[derive(Debug)]
+struct State {
+    path: PathBuf,
+    write: bool,
+    timeout: Mutex<Option<Duration>>,
+    current: Mutex<Arc<Inner>>,
 }
 
 /// A connection to `arrowpoold`. Cheap to clone (shares the connection).
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    state: Arc<State>,
 }
 
 /// A table read from the store. Its arrays point into the shared arena and keep
@@ -191,13 +234,20 @@ fn schema_message(schema: &Schema) -> Result<Vec<u8>> {
 
 /// Keeps a lease: released when the last buffer built on it is dropped.
 struct Lease {
-    inner: Arc<Inner>,
-    object_id: u64,
+    /// The connection that holds it and its object id there (both change when
+    /// a new connection takes the lease over).
+    holder: Mutex<(Arc<Inner>, u64)>,
+    /// The mapping the buffers point into (the connection's that got it).
+    _mapping: Arc<Inner>,
+    name: String,
+    version: u64,
+    offset: u64,
+    length: u64,
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lease({})", self.object_id)
+        write!(f, "Lease({} v{})", self.name, self.version)
     }
 }
 
@@ -205,13 +255,15 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // Fire and forget: flag NO_REPLY means the server sends nothing back, so
         // the reply stream stays in step without reading here.
-        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (inner, object_id) = {
+            let h = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+            (h.0.clone(), h.1)
+        };
+        let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         let id = conn.next_id;
         conn.next_id += 1;
         let mut frame = Vec::with_capacity(HEADER_LEN + 8);
-        let release = Release {
-            object_id: self.object_id,
-        };
+        let release = Release { object_id };
         write_frame(&mut frame, id, Kind::Release as u16, FLAG_NO_REPLY, |o| {
             release.encode(o)
         });
@@ -232,6 +284,19 @@ impl Client {
 
     fn connect_with(path: impl AsRef<Path>, write: bool) -> Result<Client> {
         let path = path.as_ref();
+        let inner = Self::open(path, write, Some(DEFAULT_TIMEOUT))?;
+        Ok(Client {
+            state: Arc::new(State {
+                path: path.to_owned(),
+                write,
+                timeout: Mutex::new(Some(DEFAULT_TIMEOUT)),
+                current: Mutex::new(Arc::new(inner)),
+            }),
+        })
+    }
+
+    /// A new connection: socket, handshake, mappings.
+    fn open(path: &Path, write: bool, timeout: Option<Duration>) -> Result<Inner> {
         let stream = UnixStream::connect(path).map_err(|err| ClientError::Connect {
             path: path.to_owned(),
             err,
@@ -244,6 +309,9 @@ impl Client {
             ClientError::Handshake(format!("cannot map the arena: {e}"))
         };
         let read_only = Mapping::map(fds[0].as_fd(), len, false).map_err(map_err)?;
+        let arena_id = rustix::fs::fstat(&fds[0])
+            .map(|s| (s.st_dev, s.st_ino))
+            .unwrap_or((0, 0));
         let writable = if write {
             Some(Mapping::map(fds[1].as_fd(), len, true).map_err(map_err)?)
         } else {
@@ -251,32 +319,128 @@ impl Client {
         };
         // The mappings keep the memory; the descriptors are no longer needed.
         drop(fds);
-        stream.set_read_timeout(Some(DEFAULT_TIMEOUT)).ok();
-        Ok(Client {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(Conn {
-                    stream: std::io::BufReader::with_capacity(64 * 1024, stream),
-                    timeout: Some(DEFAULT_TIMEOUT),
-                    next_id: 1,
-                    out: Vec::with_capacity(256),
-                }),
-                read_only,
-                writable,
-                hello,
+        stream.set_read_timeout(timeout).ok();
+        Ok(Inner {
+            conn: Mutex::new(Conn {
+                stream: std::io::BufReader::with_capacity(64 * 1024, stream),
+                timeout,
+                next_id: 1,
+                out: Vec::with_capacity(256),
             }),
+            read_only,
+            writable,
+            hello,
+            arena_id,
+            dead: std::sync::atomic::AtomicBool::new(false),
+            leases: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The connection requests go to now, without checking it.
+    fn inner(&self) -> Arc<Inner> {
+        self.state
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The connection for the next request: the current one, or a new one
+    /// when the server closed it (see the module comment), which takes over
+    /// the leases of the old one if it maps the same arena.
+    fn live(&self) -> Result<Arc<Inner>> {
+        let mut current = self.state.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !current.stale() {
+            return Ok(current.clone());
+        }
+        let timeout = *self.state.timeout.lock().unwrap_or_else(|p| p.into_inner());
+        let new = Arc::new(
+            Self::open(&self.state.path, self.state.write, timeout).map_err(|e| {
+                ClientError::Disconnected(format!(
+                    "the connection to arrowpoold ended (it stopped or restarted) and a new one failed: {e}"
+                ))
+            })?,
+        );
+        let old = std::mem::replace(&mut *current, new.clone());
+        drop(current);
+        old.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        Self::adopt(&old, &new);
+        Ok(new)
+    }
+
+    /// Leases `old`'s held versions again on `new` when both map the same
+    /// arena (a `--state-dir` restart), so the new server keeps their bytes;
+    /// a version it lacks at the same place cannot be protected (logged).
+    fn adopt(old: &Arc<Inner>, new: &Arc<Inner>) {
+        if old.arena_id != new.arena_id || old.arena_id == (0, 0) {
+            return;
+        }
+        let leases: Vec<Arc<Lease>> = old
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for lease in leases {
+            let got = Self::request_on(new, Kind::GetVersion, None, |o| {
+                crate::protocol::get::GetVersion {
+                    version: lease.version,
+                    name: lease.name.clone(),
+                }
+                .encode(o)
+            })
+            .and_then(|body| Self::decode(body, Located::decode));
+            match got {
+                Ok(l) if (l.offset, l.length) == (lease.offset, lease.length) => {
+                    *lease.holder.lock().unwrap_or_else(|p| p.into_inner()) =
+                        (new.clone(), l.object_id);
+                    Self::track(new, &lease);
+                }
+                Ok(l) => {
+                    drop(Arc::new(Lease {
+                        holder: Mutex::new((new.clone(), l.object_id)),
+                        _mapping: new.clone(),
+                        name: String::new(),
+                        version: 0,
+                        offset: 0,
+                        length: 0,
+                    }));
+                    eprintln!(
+                        "arrowpool: {:?} version {}, held across a server restart, lies elsewhere on the new server; get it again",
+                        lease.name, lease.version
+                    );
+                }
+                Err(e) => eprintln!(
+                    "arrowpool: {:?} version {}, held across a server restart, is not on the new server ({e}); get it again: its bytes may be reused",
+                    lease.name, lease.version
+                ),
+            }
+        }
+    }
+
+    /// Remembers a lease on `inner` (for `adopt`), dropping entries of
+    /// released leases as the list grows.
+    fn track(inner: &Inner, lease: &Arc<Lease>) {
+        let mut list = inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        list.push(Arc::downgrade(lease));
     }
 
     /// What the server said at connect: arena size, memory kind, io driver.
     pub fn server_hello(&self) -> ServerHello {
-        self.inner.hello
+        self.inner().hello
     }
 
     /// Sends one request and waits for its reply body.
     /// Sets how long a request waits for its reply (`None`: forever). After a
     /// timeout the connection is closed and later calls fail.
     pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        *self.state.timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
+        let inner = self.inner();
+        let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.timeout = timeout;
         conn.stream.get_ref().set_read_timeout(timeout).ok();
     }
@@ -293,7 +457,35 @@ impl Client {
         timeout: Option<Option<Duration>>,
         encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
-        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.live()?;
+        Self::request_on(&inner, kind, timeout, encode)
+    }
+
+    /// One request on the connection `inner`; a failure that leaves its
+    /// stream out of step (or the server gone) marks it dead.
+    fn request_on(
+        inner: &Inner,
+        kind: Kind,
+        timeout: Option<Option<Duration>>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+    ) -> Result<Vec<u8>> {
+        let result = Self::request_locked(inner, kind, timeout, encode);
+        if let Err(
+            ClientError::Disconnected(_) | ClientError::TimedOut(_) | ClientError::Protocol(_),
+        ) = &result
+        {
+            inner.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn request_locked(
+        inner: &Inner,
+        kind: Kind,
+        timeout: Option<Option<Duration>>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+    ) -> Result<Vec<u8>> {
+        let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         let limit = timeout.unwrap_or(conn.timeout);
         if timeout.is_some() {
             conn.stream.get_ref().set_read_timeout(limit).ok();
@@ -508,7 +700,7 @@ impl Client {
             data.child_data().iter().all(|c| walk(c, map, out))
         }
         let mut out = Vec::new();
-        (walk(data, &self.inner.read_only, &mut out) && !out.is_empty()).then_some(out)
+        (walk(data, &self.inner().read_only, &mut out) && !out.is_empty()).then_some(out)
     }
 
     /// The publish path: new columns as IPC files in pending chunks, a draft
@@ -653,8 +845,11 @@ impl Client {
         pending: &mut Vec<u64>,
         write: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result<(u64, u64)> {
-        let writable = self.inner.writable.as_ref().ok_or(ClientError::ReadOnly)?;
-        let body = self.request(Kind::Create, |o| {
+        // The chunk is written through the mapping of the connection that
+        // created it, whatever connection later requests use.
+        let inner = self.live()?;
+        let writable = inner.writable.as_ref().ok_or(ClientError::ReadOnly)?;
+        let body = Self::request_on(&inner, Kind::Create, None, |o| {
             Create {
                 object_kind: kind,
                 size,
@@ -726,14 +921,16 @@ impl Client {
     /// Takes a lease on the current version of `name` and wraps its bytes in an
     /// Arrow buffer that releases the lease when dropped.
     fn lease(&self, name: &str, version: Option<u64>) -> Result<(Located, Buffer)> {
+        // The buffer lies in the mapping of the connection that got the lease.
+        let inner = self.live()?;
         let body = match version {
-            None => self.request(Kind::Get, |o| {
+            None => Self::request_on(&inner, Kind::Get, None, |o| {
                 Get {
                     name: name.to_owned(),
                 }
                 .encode(o)
             })?,
-            Some(version) => self.request(Kind::GetVersion, |o| {
+            Some(version) => Self::request_on(&inner, Kind::GetVersion, None, |o| {
                 crate::protocol::get::GetVersion {
                     version,
                     name: name.to_owned(),
@@ -743,11 +940,15 @@ impl Client {
         };
         let located = Self::decode(body, Located::decode)?;
         let lease = Arc::new(Lease {
-            inner: self.inner.clone(),
-            object_id: located.object_id,
+            holder: Mutex::new((inner.clone(), located.object_id)),
+            _mapping: inner.clone(),
+            name: name.to_owned(),
+            version: located.version,
+            offset: located.offset,
+            length: located.length,
         });
-        let bytes = self
-            .inner
+        Self::track(&inner, &lease);
+        let bytes = inner
             .read_only
             .slice(located.offset, located.length)
             .ok_or(ClientError::OutOfBounds {
@@ -767,7 +968,8 @@ impl Client {
     /// in this client's mapping of the arena: what a draft names existing
     /// buffers by, and a way to check that an array is zero-copy.
     pub fn arena_offset(&self, ptr: *const u8) -> Option<u64> {
-        let map = &self.inner.read_only;
+        let inner = self.inner();
+        let map = &inner.read_only;
         let (base, at) = (map.as_ptr() as usize, ptr as usize);
         (at >= base && at < base + map.len()).then(|| (at - base) as u64)
     }
@@ -887,7 +1089,8 @@ impl Client {
     /// Sends raw bytes (tests of malformed input) and reads one reply frame.
     #[doc(hidden)]
     pub fn raw_exchange(&self, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
-        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.live()?;
+        let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.stream
             .get_mut()
             .write_all(bytes)
@@ -897,8 +1100,9 @@ impl Client {
 
     /// The address range of the read-only mapping, for zero-copy checks.
     pub fn mapping_range(&self) -> std::ops::Range<usize> {
-        let start = self.inner.read_only.as_ptr() as usize;
-        start..start + self.inner.read_only.len()
+        let inner = self.inner();
+        let start = inner.read_only.as_ptr() as usize;
+        start..start + inner.read_only.len()
     }
 }
 

@@ -453,3 +453,66 @@ fn a_damaged_catalog_record_or_manifest_is_reported_and_the_rest_recovered() {
     drop(s);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn the_rust_client_reconnects_and_keeps_its_tables_leased() {
+    let dir = state_dir();
+    let (schema, batches) = table(30_000, 2, 9);
+    let mut s = start(dir.path(), &[]);
+    let c = s.client();
+    c.put("t", &schema, &batches).unwrap();
+    let held = c.get("t").unwrap();
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    // Started again on the same socket (the helper would pick a new one).
+    let socket = s.socket.clone();
+    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))
+        .args([
+            "--socket",
+            socket.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--threads",
+            "2",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(restarted);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "restarted server not listening");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // No error: the closed connection is noticed before the request is sent.
+    let again = c.get("t").unwrap();
+    assert_eq!(owned(&schema, &again.batches), owned(&schema, &batches));
+    assert_eq!(
+        c.stats().unwrap().leases,
+        2,
+        "the held table was leased again"
+    );
+    drop(again);
+    // Were the held version not leased, these puts could reuse its bytes.
+    for seed in [10, 11, 12] {
+        let (sch, b) = table(30_000, 2, seed);
+        c.put("t", &sch, &b).unwrap();
+    }
+    assert_eq!(owned(&schema, &held.batches), owned(&schema, &batches));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.stats().unwrap().leases != 0 {
+        assert!(Instant::now() < deadline, "the lease was not released");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
