@@ -139,6 +139,8 @@ struct Conn {
     out: Vec<u8>,
     /// How long a reply may take (`None`: forever).
     timeout: Option<Duration>,
+    /// When the last reply arrived (see `Inner::stale`).
+    last_reply: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -166,6 +168,12 @@ impl Inner {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if !conn.stream.buffer().is_empty() {
             return true;
+        }
+        // Right after a reply the server was there: no new server can have
+        // started since, so skip the syscall on back-to-back requests (a
+        // server that died in between fails that request, as it would anyway).
+        if conn.last_reply.elapsed() < STALE_CHECK_AFTER {
+            return false;
         }
         let mut fds = [rustix::event::PollFd::new(
             conn.stream.get_ref(),
@@ -326,6 +334,7 @@ impl Client {
                 timeout,
                 next_id: 1,
                 out: Vec::with_capacity(256),
+                last_reply: std::time::Instant::now(),
             }),
             read_only,
             writable,
@@ -533,6 +542,7 @@ impl Client {
             spin_until_readable(conn.stream.get_ref());
         }
         let (header, body) = read_frame(&mut conn.stream)?;
+        conn.last_reply = std::time::Instant::now();
         if header.kind == Kind::Shutdown as u16 {
             return Err(ClientError::Disconnected(
                 "the server is shutting down".into(),
@@ -1105,6 +1115,10 @@ impl Client {
         start..start + inner.read_only.len()
     }
 }
+
+/// Requests sent this soon after the last reply skip the check that the
+/// server closed the connection.
+const STALE_CHECK_AFTER: Duration = Duration::from_millis(1);
 
 /// How long a request polls for its reply before sleeping in `read`.
 const SPIN_MICROS: u64 = 40;
