@@ -112,6 +112,9 @@ pub struct NewVersion<'a> {
     /// blob (one new chunk, read as it is).
     pub manifest: Option<(ObjectId, u64)>,
     pub layout: Option<Arc<Manifest>>,
+    /// Brings back the spilled version of this number (its number is kept);
+    /// refused if the name's spilled version is another (or none).
+    pub restores: Option<u64>,
 }
 
 /// A column `find_column` found.
@@ -198,6 +201,36 @@ impl std::fmt::Display for RestoreError {
     }
 }
 
+/// A current version written to disk to make room (`--spill-dir`): it holds
+/// no arena bytes; a get brings it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spilled {
+    pub name: String,
+    pub number: u64,
+    pub kind: ObjectKind,
+    pub rows: u64,
+    /// Bytes it held in the arena.
+    pub data_bytes: u64,
+    pub file: std::path::PathBuf,
+    pub file_bytes: u64,
+}
+
+/// What a spiller needs to write a version out (`spill_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpillInfo {
+    pub name: String,
+    pub number: u64,
+    pub kind: ObjectKind,
+    pub rows: u64,
+    /// What a reader opens (`[0, footer end)` for tables).
+    pub offset: u64,
+    pub length: u64,
+    pub data_bytes: u64,
+}
+
+/// The connection that holds the lease of a version being spilled.
+pub const SPILL_CONN: ConnId = SERVER_SIDE_CONN_BIT | (SERVER_SIDE_CONN_BIT - 1);
+
 /// One name and its current version (`list`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -215,6 +248,8 @@ pub struct Entry {
     pub leases: u64,
     /// Since the object was last read or written.
     pub idle: std::time::Duration,
+    /// Spilled: on disk, not in the arena (a get brings it back).
+    pub on_disk: bool,
 }
 
 /// Unsealed creates (and manifest reservations) one connection may have at once.
@@ -283,6 +318,13 @@ pub enum StoreError {
         length: u64,
         capacity: u64,
     },
+    /// Room can be made by spilling this current version to disk
+    /// (`set_spill`): the caller writes it out (`spill_info`), calls
+    /// `finish_spill` or `abort_spill`, then asks again. The store holds a
+    /// lease on it meanwhile, so it is not freed while it is read.
+    NeedsSpill {
+        victim: ObjectId,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -330,6 +372,9 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::LengthTooLarge { object_id, length, capacity } => {
                 write!(f, "object {object_id}: sealed length {length} exceeds its capacity {capacity}")
+            }
+            StoreError::NeedsSpill { victim } => {
+                write!(f, "version {victim} must be spilled to make room")
             }
         }
     }
@@ -475,6 +520,11 @@ pub struct StoreStats {
     pub evictions: u64,
     pub puts: u64,
     pub gets: u64,
+    /// Current versions on disk (`--spill-dir`), their files' bytes, and
+    /// versions spilled since start.
+    pub spilled_versions: u64,
+    pub spilled_bytes: u64,
+    pub spills: u64,
 }
 
 #[derive(Debug)]
@@ -504,6 +554,13 @@ pub struct Store {
     /// Changes to durable versions not yet taken (`record_changes`); `None`
     /// when nothing records them.
     changes: Option<Vec<Change>>,
+    /// Current versions are spilled instead of evicted (`set_spill`).
+    spill: bool,
+    /// Name -> its current version, on disk.
+    spilled: HashMap<String, Spilled>,
+    /// Spill files no longer needed, for the caller to remove.
+    spill_garbage: Vec<std::path::PathBuf>,
+    spills: u64,
     next_id: ObjectId,
     clock: u64,
     evictions: u64,
@@ -533,6 +590,10 @@ impl Store {
             last_version: HashMap::new(),
             conns: HashMap::new(),
             changes: None,
+            spill: false,
+            spilled: HashMap::new(),
+            spill_garbage: Vec::new(),
+            spills: 0,
             next_id: 1,
             clock: 0,
             evictions: 0,
@@ -764,6 +825,70 @@ impl Store {
         self.keep_versions
     }
 
+    /// From now on, making room spills current versions (`NeedsSpill`)
+    /// instead of dropping them; retained older versions are still dropped.
+    pub fn set_spill(&mut self, on: bool) {
+        self.spill = on;
+    }
+
+    fn pin(&mut self, id: ObjectId) {
+        let c = self.conns.entry(SPILL_CONN).or_default();
+        *c.leases.entry(id).or_insert(0) += 1;
+        c.lease_count += 1;
+        self.versions
+            .get_mut(&id)
+            .expect("pinned versions exist")
+            .leases += 1;
+    }
+
+    /// What to write out for victim `id` of a `NeedsSpill`.
+    pub fn spill_info(&self, id: ObjectId) -> Option<SpillInfo> {
+        let v = self.versions.get(&id)?;
+        Some(SpillInfo {
+            name: v.name.clone(),
+            number: v.number,
+            kind: v.kind,
+            rows: v.rows,
+            offset: v.offset,
+            length: v.length,
+            data_bytes: v.data_bytes,
+        })
+    }
+
+    /// Victim `id` is on disk (`spilled`): if it is still its name's current
+    /// version and nobody else holds it, it leaves the arena (its chunks
+    /// freed as eviction frees them) and becomes the name's spilled version;
+    /// else nothing changes and `false` says the file is not needed.
+    pub fn finish_spill(&mut self, id: ObjectId, spilled: Spilled) -> bool {
+        let _ = self.release(SPILL_CONN, id);
+        let Some(v) = self.versions.get(&id) else {
+            return false;
+        };
+        let name = v.name.clone();
+        if self.names.get(&name) != Some(&id) || v.leases > 0 {
+            return false;
+        }
+        self.evict(id);
+        self.spills += 1;
+        self.spilled.insert(name, spilled);
+        true
+    }
+
+    /// Writing victim `id` out failed: it stays where it was.
+    pub fn abort_spill(&mut self, id: ObjectId) {
+        let _ = self.release(SPILL_CONN, id);
+    }
+
+    /// The spilled version of `name`, if it has one.
+    pub fn spilled(&self, name: &str) -> Option<Spilled> {
+        self.spilled.get(name).cloned()
+    }
+
+    /// Spill files no longer needed (replaced, deleted, brought back).
+    pub fn take_spill_garbage(&mut self) -> Vec<std::path::PathBuf> {
+        std::mem::take(&mut self.spill_garbage)
+    }
+
     pub fn regions(&self) -> Regions {
         self.regions
     }
@@ -910,6 +1035,12 @@ impl Store {
             for (_, id) in candidates {
                 if self.freed_by(id, region) == 0 {
                     continue;
+                }
+                let v = &self.versions[&id];
+                if self.spill && self.names.get(&v.name) == Some(&id) {
+                    // Written to disk by the caller, outside the lock.
+                    self.pin(id);
+                    return Err(StoreError::NeedsSpill { victim: id });
                 }
                 self.evict(id);
                 if let Some(r) = self.allocator(region).alloc(size, align) {
@@ -1157,6 +1288,7 @@ impl Store {
                 shared: &[],
                 manifest,
                 layout,
+                restores: None,
             },
         )
     }
@@ -1168,6 +1300,15 @@ impl Store {
     /// was (the writer's chunks still pending).
     pub fn publish(&mut self, conn: ConnId, v: NewVersion<'_>) -> Result<SealInfo, StoreError> {
         let current = self.version(v.name);
+        if let Some(n) = v.restores {
+            if self.spilled.get(v.name).map(|s| s.number) != Some(n) || current.is_some() {
+                return Err(StoreError::InvalidObject {
+                    object_id: 0,
+                    reason:
+                        "the spilled version being brought back was replaced or deleted meanwhile",
+                });
+            }
+        }
         if let Some(expected) = v.if_version {
             if current != Some(expected) {
                 return Err(StoreError::VersionConflict {
@@ -1250,11 +1391,19 @@ impl Store {
             c.refs += 1;
             data_bytes += c.length;
         }
-        let number = {
-            let n = self.last_version.entry(v.name.to_owned()).or_insert(0);
-            *n += 1;
-            *n
+        let number = match v.restores {
+            Some(n) => n,
+            None => {
+                let n = self.last_version.entry(v.name.to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            }
         };
+        // A new version of a spilled name (or the spilled one brought back):
+        // its file is no longer needed.
+        if let Some(s) = self.spilled.remove(v.name) {
+            self.spill_garbage.push(s.file);
+        }
         let (read_offset, read_length, manifest) = match manifest {
             None => {
                 let c = &self.chunks[&v.new_chunks[0].0];
@@ -1520,6 +1669,10 @@ impl Store {
 
     /// Unbinds `name`; its version is freed now or at its last release.
     pub fn delete(&mut self, name: &str) -> Result<(), StoreError> {
+        if let Some(s) = self.spilled.remove(name) {
+            self.spill_garbage.push(s.file);
+            return Ok(());
+        }
         let id = self
             .names
             .remove(name)
@@ -1586,9 +1739,23 @@ impl Store {
                         .collect(),
                     leases: v.leases,
                     idle: v.last_use_at.elapsed(),
+                    on_disk: false,
                 }
             })
             .collect();
+        v.extend(self.spilled.values().map(|s| Entry {
+            name: s.name.clone(),
+            object_id: 0,
+            version: s.number,
+            kind: s.kind,
+            rows: s.rows,
+            bytes: s.data_bytes,
+            shared_bytes: 0,
+            retained: Vec::new(),
+            leases: 0,
+            idle: std::time::Duration::ZERO,
+            on_disk: true,
+        }));
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -1635,6 +1802,9 @@ impl Store {
             evictions: self.evictions,
             puts: self.puts,
             gets: self.gets,
+            spilled_versions: self.spilled.len() as u64,
+            spilled_bytes: self.spilled.values().map(|s| s.file_bytes).sum(),
+            spills: self.spills,
         }
     }
 

@@ -80,6 +80,11 @@ struct Args {
     /// survive the server, not a reboot. One server per directory.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// When a put needs room, write least-recently-used tables to DIR (a disk
+    /// directory) instead of dropping them; a get brings them back. A full or
+    /// failing disk refuses the put and keeps the table in memory.
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
             Preallocate::Bytes(n) => Some(n),
         },
         state_dir: args.state_dir,
+        spill_dir: args.spill_dir,
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -412,6 +412,7 @@ impl<'a> Placer<'a> {
                 self.conn,
                 self.name,
                 None,
+                None,
                 &chunks,
                 &[],
                 manifest,

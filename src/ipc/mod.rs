@@ -182,6 +182,24 @@ pub fn open_file(
     decode(buffer, projection)
 }
 
+/// Writes the table of the IPC file `bytes` (a checked version in the
+/// arena, read in place) to `out` as a compact IPC file of its own: what a
+/// spilled version's file holds. The bytes must stay unchanged meanwhile
+/// (the caller holds a lease).
+pub fn copy_file(bytes: &[u8], out: impl std::io::Write) -> Result<(), ArrowError> {
+    let ptr = std::ptr::NonNull::new(bytes.as_ptr() as *mut u8)
+        .ok_or_else(|| ArrowError::ParseError("null buffer".into()))?;
+    // SAFETY: the Buffer borrows `bytes` without owning them (a unit owner);
+    // every buffer and array made from it is dropped before this returns.
+    let buffer = unsafe { Buffer::from_custom_allocation(ptr, bytes.len(), Arc::new(())) };
+    let (schema, batches) = decode(&buffer, None)?;
+    let mut w = arrow_ipc::writer::FileWriter::try_new(out, &schema)?;
+    for b in &batches {
+        w.write(b)?;
+    }
+    w.finish()
+}
+
 /// Decodes every batch without per-element validation: a batch's `num_rows`
 /// is what its header claims, which its columns' lengths must still be checked
 /// against (`check`).

@@ -108,6 +108,9 @@ impl StoreGuard<'_> {
 
 impl Drop for StoreGuard<'_> {
     fn drop(&mut self) {
+        for file in self.guard.store.take_spill_garbage() {
+            let _ = std::fs::remove_file(file);
+        }
         if self.guard.catalog.is_some() && self.guard.store.has_changes() {
             // Logged and kept for `stats` by `commit`; no one to answer here.
             let _ = self.commit();

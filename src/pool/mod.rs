@@ -20,6 +20,7 @@
 
 mod durable;
 mod publish;
+mod spill;
 
 pub use durable::{Recovery, StoreGuard};
 
@@ -46,6 +47,8 @@ pub struct Pool {
     store: Mutex<durable::Locked>,
     /// Notified on every seal (and by the server at shutdown); `wait` listens.
     pub versions_changed: event_listener::Event,
+    /// `--spill-dir`: where versions go instead of being evicted.
+    spill_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// Why reserving or sealing failed. A reservation whose pages could not be
@@ -79,6 +82,9 @@ pub enum PoolError {
     /// The change happened, but the state directory's catalog could not
     /// record it: it may not survive a restart.
     Catalog(String),
+    /// Making room needed a version spilled to disk, and writing it failed
+    /// (full or failing disk): it stayed in memory, the request was refused.
+    Spill(String),
 }
 
 impl std::fmt::Display for PoolError {
@@ -98,6 +104,7 @@ impl std::fmt::Display for PoolError {
                 f,
                 "object {object_id}: cannot lay out its manifest ({error}); it was aborted"
             ),
+            PoolError::Spill(m) => write!(f, "{m}"),
             PoolError::Catalog(m) => write!(
                 f,
                 "the change was made but not recorded in the state directory ({m}); it will not survive a restart"
@@ -154,6 +161,7 @@ impl Pool {
                 catalog_error: None,
             }),
             versions_changed: event_listener::Event::new(),
+            spill_dir: std::sync::OnceLock::new(),
         };
         // SAFETY: the magic's granule belongs to no chunk or manifest (the
         // store never hands it out) and nobody has a mapping yet: the server
@@ -184,7 +192,7 @@ impl Pool {
         kind: ObjectKind,
         size: u64,
     ) -> Result<Reservation, PoolError> {
-        let r = self.store().create(conn, name, kind, size)?;
+        let r = self.making_room(|s| s.create(conn, name, kind, size))?;
         if let Err(e) = self.arena.ensure_allocated(r.offset, r.capacity) {
             let _ = self.store().abort(conn, r.object_id);
             return Err(PoolError::Memory(e));
@@ -264,9 +272,8 @@ impl Pool {
         let (low, high) = manifest.sizes().map_err(|e| abort(None, bad(e)))?;
         let name = self.store().pending_name(conn, id)?;
         let space = self
-            .store()
-            .reserve_manifest(conn, &name, low, high)
-            .map_err(|e| abort(None, e.into()))?;
+            .making_room(|s| s.reserve_manifest(conn, &name, low, high))
+            .map_err(|e| abort(None, e))?;
         let encoded = manifest
             .encode(space.low_offset, space.high_offset)
             .map_err(|e| abort(Some(space.id), bad(e)))?;

@@ -128,6 +128,7 @@ impl Pool {
             conn,
             name,
             if_version,
+            None,
             &new_chunks,
             &shared,
             Arc::new(manifest),
@@ -147,6 +148,7 @@ impl Pool {
         conn: u64,
         name: &str,
         if_version: Option<u64>,
+        restores: Option<u64>,
         new_chunks: &[(ObjectId, u64)],
         shared: &[ObjectId],
         manifest: Arc<Manifest>,
@@ -155,7 +157,7 @@ impl Pool {
         let rows = manifest.rows();
         let bad = |error| PoolError::Manifest { object_id, error };
         let (low, high) = manifest.sizes().map_err(bad)?;
-        let space = self.store().reserve_manifest(conn, name, low, high)?;
+        let space = self.making_room(|s| s.reserve_manifest(conn, name, low, high))?;
         let result = (|| {
             let encoded = manifest
                 .encode(space.low_offset, space.high_offset)
@@ -174,6 +176,7 @@ impl Pool {
                         shared,
                         manifest: Some((space.id, encoded.file_len)),
                         layout: Some(manifest.clone()),
+                        restores,
                     },
                 )
                 .map_err(|e| match e {

@@ -36,4 +36,8 @@ pub struct ListEntry {
     pub leases: u64,
     /// Milliseconds since the object was last read or written.
     pub idle_ms: u64,
+    /// Spilled to disk (`--spill-dir`): a get brings it back into memory.
+    /// Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_disk: bool,
 }

@@ -53,6 +53,16 @@ pub struct StatsReply {
     /// changes since may not survive a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_error: Option<String>,
+    /// `--spill-dir`, when versions go to disk instead of being evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<String>,
+    /// Current versions on disk, their files' bytes, spills since start.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spilled_versions: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spilled_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spills: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

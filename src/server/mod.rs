@@ -65,6 +65,9 @@ pub struct Config {
     /// `--state-dir`: the arena in a tmpfs file and a catalog of its versions,
     /// so a restarted server serves them again (`durable`).
     pub state_dir: Option<PathBuf>,
+    /// `--spill-dir`: versions that must leave the arena go there instead of
+    /// being dropped, and come back on get (`pool/spill.rs`).
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -72,6 +75,7 @@ pub struct Config {
 pub enum StartError {
     Arena(crate::arena::ArenaError),
     State(crate::durable::StateError),
+    Spill { path: PathBuf, err: std::io::Error },
     Socket { path: PathBuf, err: std::io::Error },
     SocketInUse(PathBuf),
     IoUringRequired,
@@ -83,6 +87,11 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Arena(e) => write!(f, "{e}"),
             StartError::State(e) => write!(f, "{e}"),
+            StartError::Spill { path, err } => write!(
+                f,
+                "cannot use --spill-dir {}: {err} (it must be a directory this user can write)",
+                path.display()
+            ),
             StartError::Socket { path, err } => write!(f, "cannot listen on {}: {err}", path.display()),
             StartError::SocketInUse(p) => write!(
                 f,
@@ -225,6 +234,21 @@ impl Server {
                 (pool, Some((dir, recovered)))
             }
         };
+        if let Some(dir) = &config.spill_dir {
+            let removed = pool.enable_spill(dir).map_err(|err| StartError::Spill {
+                path: dir.clone(),
+                err,
+            })?;
+            eprintln!(
+                "arrowpoold: versions that must leave memory are spilled to {}{}",
+                dir.display(),
+                if removed > 0 {
+                    format!(" ({removed} file(s) of an earlier server removed: spills do not survive a restart yet)")
+                } else {
+                    String::new()
+                }
+            );
+        }
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();

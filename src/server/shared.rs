@@ -132,6 +132,10 @@ impl Shared {
                 .map(|d| d.path().display().to_string()),
             recovered_versions: self.recovered_versions,
             catalog_error: self.pool.store().catalog_error(),
+            spill_dir: self.pool.spill_dir().map(|d| d.display().to_string()),
+            spilled_versions: s.spilled_versions,
+            spilled_bytes: s.spilled_bytes,
+            spills: s.spills,
         }
     }
 }

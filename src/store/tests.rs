@@ -436,6 +436,7 @@ proptest! {
                             shared: &shared,
                             manifest: Some((m.id, m.high_offset + 5_000)),
                             layout: None,
+                            restores: None,
                         });
                         if r.is_err() {
                             s.abort(conn, m.id).unwrap();
@@ -672,4 +673,78 @@ fn kept_versions_are_readable_by_number_and_evicted_first() {
     s.delete("other").unwrap();
     s.check_invariants();
     assert_eq!(s.stats().used_bytes, s.empty_used_bytes());
+}
+
+#[test]
+fn spilling_pins_the_victim_and_keeps_its_number_when_it_comes_back() {
+    let mut s = Store::new(64 * MB, 4096);
+    s.set_spill(true);
+    let data = s.regions().high_start - s.regions().low_end;
+    put(&mut s, 1, "a", data / 2).unwrap();
+    put(&mut s, 1, "b", data / 3).unwrap();
+    // No room for c: a (least recently used) must be spilled first, and is
+    // pinned meanwhile.
+    let victim = match s.create(1, "c", ObjectKind::Table, data / 2) {
+        Err(StoreError::NeedsSpill { victim }) => victim,
+        r => panic!("expected NeedsSpill, got {r:?}"),
+    };
+    let info = s.spill_info(victim).unwrap();
+    assert_eq!((info.name.as_str(), info.number), ("a", 1));
+    assert!(s.stats().leases >= 1, "pinned");
+    // A failed write leaves it where it was.
+    s.abort_spill(victim);
+    assert_eq!(s.stats().leases, 0);
+    assert_eq!(s.version("a"), Some(1));
+    let victim = match s.create(1, "c", ObjectKind::Table, data / 2) {
+        Err(StoreError::NeedsSpill { victim }) => victim,
+        r => panic!("expected NeedsSpill, got {r:?}"),
+    };
+    let spilled = Spilled {
+        name: "a".into(),
+        number: 1,
+        kind: ObjectKind::Table,
+        rows: 1,
+        data_bytes: data / 2,
+        file: "/spill/a".into(),
+        file_bytes: data / 2,
+    };
+    assert!(s.finish_spill(victim, spilled.clone()));
+    s.check_invariants();
+    let c = s.create(1, "c", ObjectKind::Table, data / 2).unwrap();
+    s.seal(1, c.object_id, data / 2, 1).unwrap();
+    assert_eq!(s.version("a"), None);
+    assert_eq!(s.spilled("a"), Some(spilled.clone()));
+    assert!(s
+        .list()
+        .iter()
+        .any(|e| e.name == "a" && e.on_disk && e.version == 1));
+    // Bringing it back keeps number 1 and drops the file; a second attempt is refused.
+    s.delete("c").unwrap();
+    let back = s.create(2, "a", ObjectKind::Table, data / 2).unwrap();
+    let restore = |s: &mut Store, id| {
+        s.publish(
+            2,
+            NewVersion {
+                name: "a",
+                if_version: None,
+                rows: 1,
+                new_chunks: &[(id, data / 2)],
+                shared: &[],
+                manifest: None,
+                layout: None,
+                restores: Some(1),
+            },
+        )
+    };
+    assert_eq!(restore(&mut s, back.object_id).unwrap().version, 1);
+    assert_eq!(
+        s.take_spill_garbage(),
+        vec![std::path::PathBuf::from("/spill/a")]
+    );
+    let again = s.create(2, "a", ObjectKind::Table, 4096).unwrap();
+    assert!(restore(&mut s, again.object_id).is_err());
+    s.abort(2, again.object_id).unwrap();
+    // The next put of a gets number 2.
+    assert_eq!(put(&mut s, 1, "a", 4096).unwrap().version, 2);
+    s.check_invariants();
 }

@@ -21,6 +21,7 @@ pub fn apply(ctx: &Ctx<'_>) -> Reply {
             retained: e.retained,
             leases: e.leases,
             idle_ms: e.idle.as_millis() as u64,
+            on_disk: e.on_disk,
         })
         .collect();
     json(&entries)

@@ -109,10 +109,10 @@ pub async fn handle(ctx: &Ctx<'_>, request_id: u64, flags: u16, req: Request, ou
 async fn dispatch(ctx: &Ctx<'_>, req: Request) -> Reply {
     match req {
         Request::Ping(_) => ping::apply(),
-        Request::Create(r) => create::apply(ctx, r),
+        Request::Create(r) => create::apply(ctx, r).await,
         Request::Seal(r) => seal::apply(ctx, r).await,
         Request::Abort(r) => abort::apply(ctx, r),
-        Request::Get(r) => get::apply(ctx, r),
+        Request::Get(r) => get::apply(ctx, r).await,
         Request::Release(r) => release::apply(ctx, r),
         Request::Delete(r) => delete::apply(ctx, r),
         Request::List(_) => list::apply(ctx),
@@ -120,7 +120,7 @@ async fn dispatch(ctx: &Ctx<'_>, req: Request) -> Reply {
         Request::Wait(r) => wait::apply(ctx, r).await,
         Request::Ingest(r) => ingest::apply(ctx, r).await,
         Request::Publish(r) => publish::apply(ctx, r).await,
-        Request::GetVersion(r) => get::apply_version(ctx, r),
+        Request::GetVersion(r) => get::apply_version(ctx, r).await,
     }
 }
 
@@ -141,6 +141,7 @@ pub fn store_error(e: StoreError) -> ErrorReply {
         }
         StoreError::LimitExceeded(_) => ErrorCode::LimitExceeded,
         StoreError::VersionConflict { .. } => ErrorCode::VersionConflict,
+        StoreError::NeedsSpill { .. } => ErrorCode::Internal,
     };
     ErrorReply::new(code, e.to_string())
 }
@@ -153,6 +154,7 @@ pub fn pool_error(e: PoolError) -> ErrorReply {
         PoolError::OutsideArena { .. } | PoolError::Manifest { .. } | PoolError::Catalog(_) => {
             ErrorCode::Internal
         }
+        PoolError::Spill(_) => ErrorCode::OutOfMemory,
         PoolError::InvalidTable { .. } | PoolError::InvalidDraft(_) => ErrorCode::InvalidData,
     };
     ErrorReply::new(code, e.to_string())

@@ -1,0 +1,254 @@
+//! `--spill-dir`: when a reservation needs room, the least recently used
+//! current version is written to disk instead of being dropped, and a get of
+//! it brings it back.
+//!
+//! ```text
+//! reserve ─> store: no room ─> NeedsSpill(victim, leased by the store) ─> write DIR/arrowpool-spill-*.arrow
+//!     ▲          (outside the lock: tmp file, fsync, rename)     ├─ ok:   finish_spill (chunks freed) ─┐
+//!     └──────────────────────── ask again ◄────────────────────────┴─ fail: abort_spill, refused ◄─────┘
+//! get ─> NotFound, spilled ─> bring_back: reserve (may spill others), read the file into the chunk,
+//!                              check as a seal does, publish with the same version number ─> get
+//! ```
+//! A table's file is a compact Arrow IPC file of its own (arrow's writer over
+//! the version's zero-copy batches); a blob's is its bytes. Writes are
+//! buffered and synced before the version leaves memory: a failing or full
+//! disk is an error for the request that needed room and the table stays
+//! where it was. Bringing back reads the file from the page cache or disk
+//! into a new chunk (one copy) rather than serving from the file: readers
+//! then get the same zero-copy mapping as for any other version, and the
+//! file is deleted once the version is back.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ipc::manifest::Manifest;
+use crate::store::{NewVersion, ObjectId, ObjectKind, Spilled, Store, StoreError};
+
+use super::{Pool, PoolError};
+
+/// Spills one request may cause before it gives up (each frees at least one
+/// version's chunks, so this bounds only pathological fragmentation).
+const SPILLS_PER_REQUEST_MAX: usize = 64;
+/// Spill files are named `arrowpool-spill-<id>-v<version>.arrow`.
+pub const SPILL_PREFIX: &str = "arrowpool-spill-";
+
+impl Pool {
+    /// Spill versions to `dir` instead of evicting them. Files a previous
+    /// server left there (`arrowpool-spill-*`) are removed: spilled versions
+    /// do not survive a restart yet.
+    pub fn enable_spill(&self, dir: &Path) -> std::io::Result<usize> {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let probe = dir.join(format!("{SPILL_PREFIX}probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")?;
+        std::fs::remove_file(&probe)?;
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(SPILL_PREFIX)
+            {
+                let _ = std::fs::remove_file(entry.path());
+                removed += 1;
+            }
+        }
+        let _ = self.spill_dir.set(dir.to_owned());
+        self.store().set_spill(true);
+        Ok(removed)
+    }
+
+    pub fn spill_dir(&self) -> Option<&Path> {
+        self.spill_dir.get().map(PathBuf::as_path)
+    }
+
+    /// Runs `f` on the store, writing victims to disk while it asks for room.
+    pub(super) fn making_room<T>(
+        &self,
+        mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, PoolError> {
+        for _ in 0..SPILLS_PER_REQUEST_MAX {
+            let r = f(&mut self.store());
+            match r {
+                Err(StoreError::NeedsSpill { victim }) => self.spill(victim)?,
+                r => return r.map_err(PoolError::from),
+            }
+        }
+        Err(PoolError::Spill(format!(
+            "spilled {SPILLS_PER_REQUEST_MAX} versions and the request still does not fit (the arena is fragmented)"
+        )))
+    }
+
+    /// Writes victim `victim` to the spill directory and lets it leave the
+    /// arena; on failure it stays and the error says why.
+    fn spill(&self, victim: ObjectId) -> Result<(), PoolError> {
+        let Some(dir) = self.spill_dir() else {
+            self.store().abort_spill(victim);
+            return Err(PoolError::Spill("no --spill-dir".into()));
+        };
+        let Some(info) = self.store().spill_info(victim) else {
+            return Ok(());
+        };
+        let began = Instant::now();
+        let file = dir.join(format!("{SPILL_PREFIX}{victim}-v{}.arrow", info.number));
+        let tmp = file.with_extension("tmp");
+        let write = || -> std::io::Result<u64> {
+            let f = std::fs::File::create_new(&tmp)?;
+            let mut w = BufWriter::with_capacity(8 << 20, f);
+            let bytes = self
+                .arena
+                .mapping()
+                .slice(info.offset, info.length)
+                .ok_or_else(|| std::io::Error::other("the version lies outside the arena"))?;
+            match info.kind {
+                ObjectKind::Table => {
+                    crate::ipc::copy_file(bytes, &mut w).map_err(std::io::Error::other)?
+                }
+                ObjectKind::Bytes => w.write_all(bytes)?,
+            }
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            let n = f.metadata()?.len();
+            std::fs::rename(&tmp, &file)?;
+            Ok(n)
+        };
+        match write() {
+            Ok(file_bytes) => {
+                let kept = self.store().finish_spill(
+                    victim,
+                    Spilled {
+                        name: info.name.clone(),
+                        number: info.number,
+                        kind: info.kind,
+                        rows: info.rows,
+                        data_bytes: info.data_bytes,
+                        file: file.clone(),
+                        file_bytes,
+                    },
+                );
+                if kept {
+                    eprintln!(
+                        "arrowpoold: spilled {:?} version {} ({}) to {} in {:.2} s",
+                        info.name,
+                        info.number,
+                        crate::util::human_bytes(file_bytes),
+                        file.display(),
+                        began.elapsed().as_secs_f64()
+                    );
+                } else {
+                    // Replaced, deleted or leased meanwhile: not needed.
+                    let _ = std::fs::remove_file(&file);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.store().abort_spill(victim);
+                Err(PoolError::Spill(format!(
+                    "no room without spilling {:?} version {} ({}), and writing it to {} failed: {e}; \
+                     it stays in memory and this request was refused",
+                    info.name,
+                    info.number,
+                    crate::util::human_bytes(info.data_bytes),
+                    dir.display()
+                )))
+            }
+        }
+    }
+
+    /// Brings the spilled version of `name` back into the arena, with its
+    /// number. `false` when it has none (never spilled, or brought back by
+    /// someone else meanwhile).
+    pub fn bring_back(&self, name: &str) -> Result<bool, PoolError> {
+        let Some(s) = self.store().spilled(name) else {
+            return Ok(false);
+        };
+        let conn = self.store().server_side_conn();
+        let result = self.read_back(conn, &s);
+        self.store().disconnect(conn);
+        match result {
+            // Someone else brought it back (or replaced it) meanwhile.
+            Err(PoolError::Store(StoreError::InvalidObject { object_id: 0, .. })) => Ok(false),
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.versions_changed.notify(usize::MAX);
+                Ok(true)
+            }
+        }
+    }
+
+    fn read_back(&self, conn: u64, s: &Spilled) -> Result<(), PoolError> {
+        let began = Instant::now();
+        let read = |dest: &mut [u8]| -> std::io::Result<usize> {
+            let mut f = std::fs::File::open(&s.file)?;
+            let n = f.metadata()?.len() as usize;
+            let dest = dest
+                .get_mut(..n)
+                .ok_or_else(|| std::io::Error::other("the spill file grew"))?;
+            f.read_exact(dest)?;
+            Ok(n)
+        };
+        let failed = |e: std::io::Error| {
+            PoolError::Spill(format!(
+                "cannot bring {:?} version {} back from {}: {e}",
+                s.name,
+                s.number,
+                s.file.display()
+            ))
+        };
+        let size = std::fs::metadata(&s.file).map_err(failed)?.len().max(1);
+        match s.kind {
+            ObjectKind::Table => {
+                let (id, written, manifest) =
+                    self.write_chunk(conn, &s.name, size, read)
+                        .map_err(|e| match e {
+                            super::PutError::Pool(p) => p,
+                            super::PutError::Write(io) => failed(io),
+                        })?;
+                self.publish_manifest(
+                    conn,
+                    &s.name,
+                    None,
+                    Some(s.number),
+                    &[(id, written)],
+                    &[],
+                    Arc::new(manifest),
+                    id,
+                )?;
+            }
+            ObjectKind::Bytes => {
+                let r = self.reserve(conn, &s.name, ObjectKind::Bytes, size)?;
+                let dest = self.writable(&r)?;
+                let n = read(dest).map_err(failed)? as u64;
+                let mut store = self.store();
+                store.publish(
+                    conn,
+                    NewVersion {
+                        name: &s.name,
+                        if_version: None,
+                        rows: 0,
+                        new_chunks: &[(r.object_id, n)],
+                        shared: &[],
+                        manifest: None,
+                        layout: None::<Arc<Manifest>>,
+                        restores: Some(s.number),
+                    },
+                )?;
+                store.commit()?;
+            }
+        }
+        eprintln!(
+            "arrowpoold: brought {:?} version {} back from disk in {:.2} s",
+            s.name,
+            s.number,
+            began.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}

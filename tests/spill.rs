@@ -1,0 +1,189 @@
+//! `--spill-dir` with a real server: under the memory cap the least recently
+//! used table goes to disk instead of away, `list` and `stats` say where each
+//! version is, a get brings it back with its bytes and number, delete and
+//! new versions remove its file, and a full disk refuses the put while the
+//! table stays in memory.
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use common::{table, Server};
+
+fn owned(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> RecordBatch {
+    arrow_select::concat::concat_batches(schema, batches).unwrap()
+}
+
+fn spill_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn on_disk(c: &arrowpool::Client) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.on_disk)
+        .map(|e| e.name)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn switching_back_to_a_spilled_table_brings_it_back() {
+    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let s = Server::start_with(&[
+        "--memory",
+        "64M",
+        "--threads",
+        "2",
+        "--spill-dir",
+        spill.path().to_str().unwrap(),
+    ]);
+    let c = s.client();
+    // About 25 MB each: two fit in 64M, three do not.
+    let a = table(700_000, 2, 1);
+    let b = table(700_000, 2, 2);
+    let d = table(700_000, 2, 3);
+    c.put("a", &a.0, &a.1).unwrap();
+    c.put("b", &b.0, &b.1).unwrap();
+    c.put_bytes("blob", &vec![7u8; 3 << 20]).unwrap();
+    assert!(on_disk(&c).is_empty());
+    c.put("d", &d.0, &d.1).unwrap();
+    // The least recently used went to disk, not away.
+    assert_eq!(on_disk(&c), ["a"]);
+    let st = c.stats().unwrap();
+    assert_eq!((st.spilled_versions, st.spills), (1, 1), "{st:?}");
+    assert!(st.spilled_bytes > 10 << 20, "{st:?}");
+    assert_eq!(st.spill_dir.as_deref(), spill.path().to_str());
+    assert_eq!(spill_files(spill.path()).len(), 1);
+    assert!(
+        s.stderr().contains("spilled \"a\" version 1"),
+        "{}",
+        s.stderr()
+    );
+    // A get brings it back, same bytes, same number (making room spills b).
+    let got = c.get("a").unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(owned(&a.0, &got.batches), owned(&a.0, &a.1));
+    drop(got);
+    assert_eq!(on_disk(&c), ["b"]);
+    assert_eq!(
+        spill_files(spill.path()).len(),
+        1,
+        "a's file went when it came back"
+    );
+    // A blob spills and comes back too: e needs more room than the blob (least
+    // recently used) frees, so d goes as well.
+    let e = table(700_000, 2, 4);
+    c.put("e", &e.0, &e.1).unwrap();
+    assert_eq!(on_disk(&c), ["b", "blob", "d"]);
+    let blob = c.get_bytes("blob").unwrap();
+    assert_eq!(blob.as_slice(), &vec![7u8; 3 << 20][..]);
+    // A new version of a spilled name replaces it (its file goes); delete of a
+    // spilled name removes it and its file.
+    let spilled: Vec<String> = on_disk(&c);
+    assert!(!spilled.is_empty());
+    let first = spilled[0].clone();
+    c.put_bytes(&first, b"new").unwrap();
+    assert!(!on_disk(&c).contains(&first));
+    assert_eq!(
+        c.list()
+            .unwrap()
+            .iter()
+            .find(|x| x.name == first)
+            .unwrap()
+            .version,
+        2
+    );
+    for name in on_disk(&c) {
+        c.delete(&name).unwrap();
+    }
+    assert!(on_disk(&c).is_empty());
+    assert!(
+        spill_files(spill.path()).is_empty(),
+        "{:?}",
+        spill_files(spill.path())
+    );
+    assert_eq!(c.stats().unwrap().spilled_versions, 0);
+}
+
+/// A spill directory on a 4 MiB tmpfs (root only: it mounts one).
+#[test]
+fn a_full_spill_disk_refuses_the_put_and_keeps_the_table() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: cannot mount a small tmpfs; the full-disk case is not checked here");
+        return;
+    }
+    let mnt = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let s = Server::start_with(&[
+        "--memory",
+        "64M",
+        "--threads",
+        "2",
+        "--spill-dir",
+        mnt.path().to_str().unwrap(),
+    ]);
+    let c = s.client();
+    let a = table(700_000, 2, 1);
+    let b = table(700_000, 2, 2);
+    let d = table(700_000, 2, 3);
+    c.put("a", &a.0, &a.1).unwrap();
+    c.put("b", &b.0, &b.1).unwrap();
+    let started = std::time::Instant::now();
+    let e = c.put("d", &d.0, &d.1).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no hang, no retry loop"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("writing it to") && msg.contains("stays in memory"),
+        "{msg}"
+    );
+    assert!(msg.contains("No space left on device"), "{msg}");
+    // Nothing moved: both tables are where they were, no partial file left.
+    assert!(on_disk(&c).is_empty());
+    assert_eq!(owned(&a.0, &c.get("a").unwrap().batches), owned(&a.0, &a.1));
+    assert_eq!(owned(&b.0, &c.get("b").unwrap().batches), owned(&b.0, &b.1));
+    assert!(
+        spill_files(mnt.path()).is_empty(),
+        "{:?}",
+        spill_files(mnt.path())
+    );
+    // Once there is room (a delete), puts work again.
+    c.delete("b").unwrap();
+    c.put("d", &d.0, &d.1).unwrap();
+}
+
+#[test]
+fn a_spill_dir_that_cannot_be_written_is_refused_at_start() {
+    let e = Server::try_start_with(&["--memory", "16M", "--spill-dir", "/proc/arrowpool-spill"])
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("cannot use --spill-dir /proc/arrowpool-spill"),
+        "{e}"
+    );
+}
