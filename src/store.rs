@@ -488,6 +488,9 @@ struct Version {
     /// LRU clock value of the last get or seal.
     last_use: u64,
     last_use_at: Instant,
+    /// A spill file holding exactly this version (it was brought back from
+    /// it): evicting it again needs no write.
+    disk_copy: Option<Spilled>,
 }
 
 #[derive(Debug, Default)]
@@ -803,6 +806,7 @@ impl Store {
                 leases: 0,
                 last_use,
                 last_use_at: Instant::now(),
+                disk_copy: None,
             },
         );
         self.restore_last_version(&record.name, record.number);
@@ -1038,6 +1042,18 @@ impl Store {
                 }
                 let v = &self.versions[&id];
                 if self.spill && self.names.get(&v.name) == Some(&id) {
+                    if let Some(copy) = self.versions.get_mut(&id).and_then(|v| v.disk_copy.take())
+                    {
+                        // Its file is still on disk: leaving costs no write.
+                        let name = copy.name.clone();
+                        self.evict(id);
+                        self.spills += 1;
+                        self.spilled.insert(name, copy);
+                        if let Some(r) = self.allocator(region).alloc(size, align) {
+                            return Ok(r);
+                        }
+                        continue;
+                    }
                     // Written to disk by the caller, outside the lock.
                     self.pin(id);
                     return Err(StoreError::NeedsSpill { victim: id });
@@ -1145,6 +1161,9 @@ impl Store {
     fn free_version(&mut self, id: ObjectId) {
         let v = self.versions.remove(&id).expect("freeing a known version");
         assert_eq!(v.leases, 0, "freeing version {id} that is still leased");
+        if let Some(copy) = v.disk_copy {
+            self.spill_garbage.push(copy.file);
+        }
         for batch in v.layout.iter().flat_map(|(_, columns)| columns) {
             for key in batch.iter().filter_map(ColumnLayout::key) {
                 if let Some(list) = self.columns.get_mut(&key) {
@@ -1399,10 +1418,16 @@ impl Store {
                 *n
             }
         };
-        // A new version of a spilled name (or the spilled one brought back):
-        // its file is no longer needed.
+        // A new version of a spilled name: its file is no longer needed. The
+        // spilled version brought back keeps it, as a copy that makes its
+        // next spill free.
+        let mut disk_copy = None;
         if let Some(s) = self.spilled.remove(v.name) {
-            self.spill_garbage.push(s.file);
+            if v.restores.is_some() {
+                disk_copy = Some(s);
+            } else {
+                self.spill_garbage.push(s.file);
+            }
         }
         let (read_offset, read_length, manifest) = match manifest {
             None => {
@@ -1434,8 +1459,13 @@ impl Store {
                 leases: 0,
                 last_use,
                 last_use_at: Instant::now(),
+                disk_copy: None,
             },
         );
+        self.versions
+            .get_mut(&vid)
+            .expect("just inserted")
+            .disk_copy = disk_copy;
         if self.changes.is_some() {
             let record = self.version_record(vid);
             self.push_change(Change::Published(record));

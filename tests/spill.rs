@@ -76,18 +76,25 @@ fn switching_back_to_a_spilled_table_brings_it_back() {
     assert_eq!(owned(&a.0, &got.batches), owned(&a.0, &a.1));
     drop(got);
     assert_eq!(on_disk(&c), ["b"]);
-    assert_eq!(
-        spill_files(spill.path()).len(),
-        1,
-        "a's file went when it came back"
-    );
+    // a's file stays while a is unchanged: spilling it again writes nothing.
+    assert_eq!(spill_files(spill.path()).len(), 2);
+    let spills = c.stats().unwrap().spills;
     // A blob spills and comes back too: e needs more room than the blob (least
     // recently used) frees, so d goes as well.
     let e = table(700_000, 2, 4);
     c.put("e", &e.0, &e.1).unwrap();
     assert_eq!(on_disk(&c), ["b", "blob", "d"]);
+    // a goes out next on its old file, without a second write.
+    let writes_of_a = s.stderr().matches("spilled \"a\"").count();
+    let f = table(700_000, 2, 5);
+    c.put("f", &f.0, &f.1).unwrap();
+    assert!(on_disk(&c).contains(&"a".to_string()), "{:?}", on_disk(&c));
+    assert_eq!(s.stderr().matches("spilled \"a\"").count(), writes_of_a);
+    assert!(c.stats().unwrap().spills > spills);
     let blob = c.get_bytes("blob").unwrap();
     assert_eq!(blob.as_slice(), &vec![7u8; 3 << 20][..]);
+    drop(blob);
+    s.wait_until("the blob released", |st| st.leases == 0);
     // A new version of a spilled name replaces it (its file goes); delete of a
     // spilled name removes it and its file.
     let spilled: Vec<String> = on_disk(&c);
@@ -104,8 +111,8 @@ fn switching_back_to_a_spilled_table_brings_it_back() {
             .version,
         2
     );
-    for name in on_disk(&c) {
-        c.delete(&name).unwrap();
+    for e in c.list().unwrap() {
+        c.delete(&e.name).unwrap();
     }
     assert!(on_disk(&c).is_empty());
     assert!(

@@ -72,6 +72,8 @@ pub enum Scenario {
     Switch,
     /// kill -9 of a `--state-dir` server holding 1 and 3 tables, to the first get (a server of its own).
     Restart,
+    /// Switch back to a source spilled to disk (`--spill-dir`) vs ingest its Parquet again (a server of its own).
+    Spill,
 }
 
 /// What `--hugepages` does.

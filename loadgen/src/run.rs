@@ -315,6 +315,11 @@ fn run_scenarios(
             scenarios::switch::run(r, bin, server_hugepages, socket_dir)
         })?;
     }
+    if let (Some(bin), true) = (bin, wanted(Scenario::Spill)) {
+        step("switch back with spill (--spill-dir)", || {
+            scenarios::spill::run(r, bin, server_hugepages, socket_dir)
+        })?;
+    }
     if let (Some(bin), true) = (bin, wanted(Scenario::Restart)) {
         step("restart after kill -9 (--state-dir)", || {
             scenarios::restart::run(r, bin, server_hugepages, socket_dir)

@@ -737,14 +737,28 @@ fn spilling_pins_the_victim_and_keeps_its_number_when_it_comes_back() {
         )
     };
     assert_eq!(restore(&mut s, back.object_id).unwrap().version, 1);
+    // The file stays as its copy: spilling it again writes nothing.
+    assert!(s.take_spill_garbage().is_empty());
+    // b used since: a is the least recently used now.
+    let l = s.get(1, "b").unwrap();
+    s.release(1, l.object_id).unwrap();
+    let c = s.create(1, "c", ObjectKind::Table, data / 2).unwrap();
+    assert_eq!(
+        s.spilled("a").map(|x| x.number),
+        Some(1),
+        "spilled without NeedsSpill"
+    );
+    s.abort(1, c.object_id).unwrap();
+    let back = s.create(2, "a", ObjectKind::Table, data / 2).unwrap();
+    assert_eq!(restore(&mut s, back.object_id).unwrap().version, 1);
+    let again = s.create(2, "a", ObjectKind::Table, 4096).unwrap();
+    assert!(restore(&mut s, again.object_id).is_err());
+    s.abort(2, again.object_id).unwrap();
+    // The next put of a gets number 2; the old version's file goes with it.
+    assert_eq!(put(&mut s, 1, "a", 4096).unwrap().version, 2);
     assert_eq!(
         s.take_spill_garbage(),
         vec![std::path::PathBuf::from("/spill/a")]
     );
-    let again = s.create(2, "a", ObjectKind::Table, 4096).unwrap();
-    assert!(restore(&mut s, again.object_id).is_err());
-    s.abort(2, again.object_id).unwrap();
-    // The next put of a gets number 2.
-    assert_eq!(put(&mut s, 1, "a", 4096).unwrap().version, 2);
     s.check_invariants();
 }

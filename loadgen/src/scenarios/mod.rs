@@ -10,6 +10,7 @@
 //! churn      1000 rounds of switch + update + append; fragmentation, bytes back
 //! switch     sources A, B, C, A under a memory cap of 1.5 tables (own server)
 //! restart    kill -9 of a --state-dir server with 1 and 3 tables, to the first get (own server)
+//! spill      switch back to a source spilled to disk vs ingest its Parquet again (own server)
 //! ```
 
 pub mod callbacks;
@@ -18,6 +19,7 @@ pub mod ingest;
 pub mod operations;
 pub mod restart;
 pub mod small_ops;
+pub mod spill;
 pub mod switch;
 pub mod update;
 
