@@ -170,8 +170,12 @@ pub enum Change {
     /// A version was published: it is its name's current version now.
     Published(VersionRecord),
     /// A version is no longer current nor retained (a newer one, delete,
-    /// eviction): a restart must not bring it back.
+    /// eviction), or a spilled one is gone (brought back, replaced,
+    /// deleted): a restart must not bring it back.
     Forgotten { name: String, number: u64 },
+    /// A current version left the arena for a spill file (`--spill-dir`);
+    /// its `Published` record was forgotten just before.
+    Spilled(Spilled),
 }
 
 /// Why `Store::restore` refused a version.
@@ -643,6 +647,14 @@ impl Store {
         }
     }
 
+    /// A spilled entry leaves the store (brought back, replaced, deleted).
+    fn forget_spilled(&mut self, s: &Spilled) {
+        self.push_change(Change::Forgotten {
+            name: s.name.clone(),
+            number: s.number,
+        });
+    }
+
     fn version_record(&self, id: ObjectId) -> VersionRecord {
         let v = &self.versions[&id];
         VersionRecord {
@@ -688,6 +700,24 @@ impl Store {
             .collect();
         last.sort();
         (records, last)
+    }
+
+    /// Every spilled version, by name (for a fresh catalog).
+    pub fn spilled_state(&self) -> Vec<Spilled> {
+        let mut v: Vec<Spilled> = self.spilled.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Brings back a spilled entry a catalog recorded (its file checked by
+    /// the caller); ignored when the name has a current version already.
+    pub fn restore_spilled(&mut self, s: Spilled) -> bool {
+        if self.names.contains_key(&s.name) {
+            return false;
+        }
+        self.restore_last_version(&s.name, s.number);
+        self.spilled.insert(s.name.clone(), s);
+        true
     }
 
     /// Raises the last number handed out for `name` to at least `number`, so
@@ -874,6 +904,7 @@ impl Store {
         }
         self.evict(id);
         self.spills += 1;
+        self.push_change(Change::Spilled(spilled.clone()));
         self.spilled.insert(name, spilled);
         true
     }
@@ -1048,6 +1079,7 @@ impl Store {
                         let name = copy.name.clone();
                         self.evict(id);
                         self.spills += 1;
+                        self.push_change(Change::Spilled(copy.clone()));
                         self.spilled.insert(name, copy);
                         if let Some(r) = self.allocator(region).alloc(size, align) {
                             return Ok(r);
@@ -1423,6 +1455,7 @@ impl Store {
         // next spill free.
         let mut disk_copy = None;
         if let Some(s) = self.spilled.remove(v.name) {
+            self.forget_spilled(&s);
             if v.restores.is_some() {
                 disk_copy = Some(s);
             } else {
@@ -1700,6 +1733,7 @@ impl Store {
     /// Unbinds `name`; its version is freed now or at its last release.
     pub fn delete(&mut self, name: &str) -> Result<(), StoreError> {
         if let Some(s) = self.spilled.remove(name) {
+            self.forget_spilled(&s);
             self.spill_garbage.push(s.file);
             return Ok(());
         }

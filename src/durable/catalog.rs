@@ -12,6 +12,9 @@
 //!                chunks u32, then (offset u64, reserved bytes u64, length u64) each
 //!   2 forgotten  name, number u64
 //!   3 numbered   name, last number handed out u64 (written by a rewrite)
+//!   4 spilled    name, number u64, kind u8, rows u64, data bytes u64, file bytes u64,
+//!                file path (length u32, bytes): the version is in a spill file
+//!                (`--spill-dir`); a later `forgotten` of the same name and number ends it
 //! name: length u32, UTF-8 bytes. Integers little-endian.
 //! ```
 //! A change is appended (one `pwrite`) before the request that made it is
@@ -29,7 +32,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::store::{Change, ChunkRecord, ObjectKind, VersionRecord};
+use crate::store::{Change, ChunkRecord, ObjectKind, Spilled, VersionRecord};
 
 const MAGIC: &[u8; 8] = b"APCATLG\0";
 const FORMAT: u32 = 1;
@@ -43,6 +46,7 @@ const PAYLOAD_MAX: u32 = 64 << 20;
 const PUBLISHED: u8 = 1;
 const FORGOTTEN: u8 = 2;
 const NUMBERED: u8 = 3;
+const SPILLED: u8 = 4;
 
 /// What the arena looked like when the catalog was made: a restart must map
 /// the same arena the same way.
@@ -68,6 +72,7 @@ pub enum Record {
         name: String,
         number: u64,
     },
+    Spilled(Spilled),
 }
 
 /// What reading a catalog found.
@@ -77,6 +82,8 @@ pub struct Replay {
     pub versions: Vec<(VersionRecord, u32)>,
     /// The highest version number each name ever had.
     pub last_numbers: Vec<(String, u64)>,
+    /// Versions in spill files, not forgotten since.
+    pub spilled: Vec<Spilled>,
     /// Damage found and skipped, one line each.
     pub problems: Vec<String>,
     pub records: u64,
@@ -147,6 +154,19 @@ fn encode_record(out: &mut Vec<u8>, record: &Record) {
                     p.extend_from_slice(&n.to_le_bytes());
                 }
             }
+        }
+        Record::Spilled(s) => {
+            p.push(SPILLED);
+            put_name(&mut p, &s.name);
+            p.extend_from_slice(&s.number.to_le_bytes());
+            p.push(s.kind as u8);
+            for n in [s.rows, s.data_bytes, s.file_bytes] {
+                p.extend_from_slice(&n.to_le_bytes());
+            }
+            use std::os::unix::ffi::OsStrExt;
+            let path = s.file.as_os_str().as_bytes();
+            p.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            p.extend_from_slice(path);
         }
         Record::Forgotten { name, number } | Record::Numbered { name, number } => {
             p.push(if matches!(record, Record::Forgotten { .. }) {
@@ -242,6 +262,28 @@ fn decode_record(payload: &[u8]) -> Option<Record> {
                 manifest_crc,
             }
         }
+        SPILLED => {
+            let name = r.name()?;
+            let number = r.u64()?;
+            let kind = match r.u8()? {
+                0 => ObjectKind::Table,
+                1 => ObjectKind::Bytes,
+                _ => return None,
+            };
+            let (rows, data_bytes, file_bytes) = (r.u64()?, r.u64()?, r.u64()?);
+            let n = r.u32()? as usize;
+            use std::os::unix::ffi::OsStrExt;
+            let file = PathBuf::from(std::ffi::OsStr::from_bytes(r.take(n)?));
+            Record::Spilled(Spilled {
+                name,
+                number,
+                kind,
+                rows,
+                data_bytes,
+                file,
+                file_bytes,
+            })
+        }
         t @ (FORGOTTEN | NUMBERED) => {
             let name = r.name()?;
             let number = r.u64()?;
@@ -315,6 +357,7 @@ pub fn replay(bytes: &[u8]) -> Replay {
     let mut live: Vec<Option<(VersionRecord, u32)>> = Vec::new();
     let mut index: HashMap<(String, u64), usize> = HashMap::new();
     let mut last: HashMap<String, u64> = HashMap::new();
+    let mut spilled: HashMap<(String, u64), Spilled> = HashMap::new();
     let mut at = HEADER_BYTES as usize;
     while at + 8 <= bytes.len() {
         match record_at(bytes, at) {
@@ -335,6 +378,7 @@ pub fn replay(bytes: &[u8]) -> Replay {
                     Record::Forgotten { name, number } => {
                         let n = last.entry(name.clone()).or_insert(0);
                         *n = (*n).max(number);
+                        spilled.remove(&(name.clone(), number));
                         if let Some(i) = index.remove(&(name, number)) {
                             live[i] = None;
                         }
@@ -342,6 +386,11 @@ pub fn replay(bytes: &[u8]) -> Replay {
                     Record::Numbered { name, number } => {
                         let n = last.entry(name).or_insert(0);
                         *n = (*n).max(number);
+                    }
+                    Record::Spilled(s) => {
+                        let n = last.entry(s.name.clone()).or_insert(0);
+                        *n = (*n).max(s.number);
+                        spilled.insert((s.name.clone(), s.number), s);
                     }
                 }
             }
@@ -372,6 +421,9 @@ pub fn replay(bytes: &[u8]) -> Replay {
         }
     }
     out.versions = live.into_iter().flatten().collect();
+    let mut spilled: Vec<Spilled> = spilled.into_values().collect();
+    spilled.sort_by(|a, b| (&a.name, a.number).cmp(&(&b.name, b.number)));
+    out.spilled = spilled;
     let mut last: Vec<(String, u64)> = last.into_iter().collect();
     last.sort();
     out.last_numbers = last;
@@ -437,6 +489,7 @@ impl Catalog {
         &mut self,
         versions: &[(VersionRecord, u32)],
         last_numbers: &[(String, u64)],
+        spilled: &[Spilled],
     ) -> Result<(), CatalogError> {
         let mut bytes = encode_header(self.geometry);
         for (name, number) in last_numbers {
@@ -456,6 +509,9 @@ impl Catalog {
                     manifest_crc: *manifest_crc,
                 },
             );
+        }
+        for s in spilled {
+            encode_record(&mut bytes, &Record::Spilled(s.clone()));
         }
         let tmp = self.path.with_extension("new");
         let write = || -> std::io::Result<File> {
@@ -512,6 +568,7 @@ impl Catalog {
                     name: name.clone(),
                     number: *number,
                 },
+                Change::Spilled(s) => Record::Spilled(s.clone()),
             };
             encode_record(&mut bytes, &record);
         }
@@ -581,7 +638,7 @@ mod tests {
         let path = dir.join("catalog");
         let (mut c, r) = Catalog::open(&path, G).unwrap();
         assert!(r.versions.is_empty());
-        c.rewrite(&[], &[]).unwrap();
+        c.rewrite(&[], &[], &[]).unwrap();
         let crc = |v: &VersionRecord| v.number as u32 * 7;
         c.append(&[Change::Published(table("a", 1, 1 << 16))], crc)
             .unwrap();
@@ -624,7 +681,7 @@ mod tests {
         let dir = temp_dir("damage");
         let path = dir.join("catalog");
         let (mut c, _) = Catalog::open(&path, G).unwrap();
-        c.rewrite(&[], &[]).unwrap();
+        c.rewrite(&[], &[], &[]).unwrap();
         let crc = |_: &VersionRecord| 1;
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             c.append(
@@ -671,7 +728,7 @@ mod tests {
             c.wants_rewrite(),
             "a freshly opened catalog is rewritten first"
         );
-        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[]).unwrap();
+        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[]).unwrap();
         assert!(!c.wants_rewrite());
         let mut n = 1;
         while !c.wants_rewrite() {

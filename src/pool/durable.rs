@@ -82,7 +82,7 @@ impl StoreGuard<'_> {
                     (v, crc)
                 })
                 .collect();
-            catalog.rewrite(&versions, &last)
+            catalog.rewrite(&versions, &last, &locked.store.spilled_state())
         } else {
             catalog.append(&changes, |v| manifest_crc(arena, v))
         };
@@ -137,6 +137,8 @@ pub struct Recovery {
     pub restored: usize,
     /// Data bytes they hold (shared chunks once).
     pub bytes: u64,
+    /// Spilled versions whose files were found.
+    pub restored_spilled: usize,
     /// One line per version left out, and per damaged catalog record.
     pub problems: Vec<String>,
     pub seconds: f64,
@@ -220,6 +222,35 @@ impl Pool {
             }
         }
         report.bytes = counted.values().sum();
+        // Spilled versions: their files must still be there, whole.
+        for s in replay.spilled {
+            let found = std::fs::metadata(&s.file).map(|m| m.len());
+            match found {
+                Ok(n) if n == s.file_bytes => {
+                    let (name, number) = (s.name.clone(), s.number);
+                    if store.restore_spilled(s) {
+                        report.restored_spilled += 1;
+                    } else {
+                        report.problems.push(format!(
+                            "spilled version {number} of {name:?} left out: the name has a version in memory"
+                        ));
+                    }
+                }
+                Ok(n) => report.problems.push(format!(
+                    "spilled version {} of {:?} left out: its file {} has {n} bytes, the catalog says {}",
+                    s.number,
+                    s.name,
+                    s.file.display(),
+                    s.file_bytes
+                )),
+                Err(e) => report.problems.push(format!(
+                    "spilled version {} of {:?} left out: its file {}: {e}",
+                    s.number,
+                    s.name,
+                    s.file.display()
+                )),
+            }
+        }
         // Whatever the store kept, written afresh: the old log's dead records go.
         let (versions, last) = store.durable_state();
         let versions: Vec<(VersionRecord, u32)> = versions
@@ -230,7 +261,7 @@ impl Pool {
             })
             .collect();
         catalog
-            .rewrite(&versions, &last)
+            .rewrite(&versions, &last, &store.spilled_state())
             .map_err(|e| PoolError::Catalog(e.to_string()))?;
         store.record_changes();
         store.guard.catalog = Some(catalog);

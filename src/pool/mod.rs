@@ -49,6 +49,8 @@ pub struct Pool {
     pub versions_changed: event_listener::Event,
     /// `--spill-dir`: where versions go instead of being evicted.
     spill_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// When this pool was made (ms since the epoch): part of spill file names.
+    started_unix_ms: u128,
 }
 
 /// Why reserving or sealing failed. A reservation whose pages could not be
@@ -162,6 +164,9 @@ impl Pool {
             }),
             versions_changed: event_listener::Event::new(),
             spill_dir: std::sync::OnceLock::new(),
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
         };
         // SAFETY: the magic's granule belongs to no chunk or manifest (the
         // store never hands it out) and nobody has a mapping yet: the server

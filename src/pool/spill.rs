@@ -31,13 +31,13 @@ use super::{Pool, PoolError};
 /// Spills one request may cause before it gives up (each frees at least one
 /// version's chunks, so this bounds only pathological fragmentation).
 const SPILLS_PER_REQUEST_MAX: usize = 64;
-/// Spill files are named `arrowpool-spill-<id>-v<version>.arrow`.
+/// Spill files are named `arrowpool-spill-<server start ms>-<id>-v<version>.arrow`.
 pub const SPILL_PREFIX: &str = "arrowpool-spill-";
 
 impl Pool {
     /// Spill versions to `dir` instead of evicting them. Files a previous
-    /// server left there (`arrowpool-spill-*`) are removed: spilled versions
-    /// do not survive a restart yet.
+    /// server left there (`arrowpool-spill-*`) are removed unless a spilled
+    /// version recovered from the state directory's catalog is in them.
     pub fn enable_spill(&self, dir: &Path) -> std::io::Result<usize> {
         use std::os::unix::fs::DirBuilderExt;
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -48,8 +48,18 @@ impl Pool {
         let probe = dir.join(format!("{SPILL_PREFIX}probe-{}", std::process::id()));
         std::fs::write(&probe, b"")?;
         std::fs::remove_file(&probe)?;
+        let keep: std::collections::HashSet<PathBuf> = self
+            .store()
+            .spilled_state()
+            .into_iter()
+            .filter_map(|s| s.file.canonicalize().ok())
+            .collect();
         let mut removed = 0;
         for entry in std::fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            if keep.contains(&path.canonicalize().unwrap_or_else(|_| path.clone())) {
+                continue;
+            }
             if entry
                 .file_name()
                 .to_string_lossy()
@@ -59,7 +69,7 @@ impl Pool {
                 removed += 1;
             }
         }
-        let _ = self.spill_dir.set(dir.to_owned());
+        let _ = self.spill_dir.set(dir.canonicalize()?);
         self.store().set_spill(true);
         Ok(removed)
     }
@@ -96,7 +106,12 @@ impl Pool {
             return Ok(());
         };
         let began = Instant::now();
-        let file = dir.join(format!("{SPILL_PREFIX}{victim}-v{}.arrow", info.number));
+        // Object ids start again at each server start: the start time keeps
+        // the names of files an earlier server left apart.
+        let file = dir.join(format!(
+            "{SPILL_PREFIX}{}-{victim}-v{}.arrow",
+            self.started_unix_ms, info.number
+        ));
         let tmp = file.with_extension("tmp");
         let write = || -> std::io::Result<u64> {
             let f = std::fs::File::create_new(&tmp)?;

@@ -205,13 +205,22 @@ fn durable_pool(
         eprintln!("arrowpoold: state directory: {p}");
     }
     eprintln!(
-        "arrowpoold: state directory {}: {} of {recorded} recorded version(s) restored ({}) in {:.3} s",
+        "arrowpoold: state directory {}: {} of {recorded} recorded version(s) restored ({}){} in {:.3} s",
         dir.path().display(),
         report.restored,
         human_bytes(report.bytes),
+        if report.restored_spilled > 0 {
+            format!(", {} spilled version(s) found on disk", report.restored_spilled)
+        } else {
+            String::new()
+        },
         report.seconds
     );
-    Ok((pool, dir, report.restored as u64))
+    Ok((
+        pool,
+        dir,
+        (report.restored + report.restored_spilled) as u64,
+    ))
 }
 
 impl Server {
@@ -243,7 +252,9 @@ impl Server {
                 "arrowpoold: versions that must leave memory are spilled to {}{}",
                 dir.display(),
                 if removed > 0 {
-                    format!(" ({removed} file(s) of an earlier server removed: spills do not survive a restart yet)")
+                    format!(
+                        " ({removed} file(s) of an earlier server that no catalog names removed)"
+                    )
                 } else {
                     String::new()
                 }

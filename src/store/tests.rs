@@ -396,6 +396,7 @@ fn replay(durable: &mut BTreeMap<(String, u64), VersionRecord>, changes: Vec<Cha
                     "forgot a version never published"
                 );
             }
+            Change::Spilled(s) => panic!("no spilling in this model: {s:?}"),
         }
     }
 }

@@ -36,7 +36,7 @@ pub async fn apply_version(ctx: &Ctx<'_>, req: GetVersion) -> Reply {
 }
 
 fn spilled(ctx: &Ctx<'_>, name: &str) -> bool {
-    ctx.shared.pool.spill_dir().is_some() && ctx.shared.pool.store().spilled(name).is_some()
+    ctx.shared.pool.store().spilled(name).is_some()
 }
 
 async fn bring_back(ctx: &Ctx<'_>, name: &str) -> Result<(), ErrorReply> {
