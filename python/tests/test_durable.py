@@ -106,3 +106,25 @@ def test_an_autostarted_server_with_a_state_dir_comes_back_with_its_tables(runti
     assert c.stats()["recovered_versions"] == 1
     assert os.path.exists(os.path.join(state_dir, "catalog"))
     assert server_binary().exists()
+
+
+def test_a_spilled_table_is_listed_on_disk_and_comes_back(tmp_path):
+    spill = tmp_path / "spill"
+    s = Server(tmp_path, memory="64M", extra=("--spill-dir", str(spill)))
+    try:
+        c = arrowpool.connect(s.socket)
+        a, b, d = table(1, 1_000_000), table(2, 1_000_000), table(3, 1_000_000)
+        c.put("a", a)
+        c.put("b", b)
+        c.put("d", d)  # no room for three: a, the least recently used, goes to disk
+        where = {e["name"]: e.get("on_disk", False) for e in c.list()}
+        assert where == {"a": True, "b": False, "d": False}
+        assert c.stats()["spilled_versions"] == 1
+        assert len(list(spill.iterdir())) == 1
+        got = c.get("a")  # brought back; b goes to disk to make room
+        assert got.equals(a)
+        assert c.version("a") == 1
+        assert {e["name"] for e in c.list() if e.get("on_disk")} == {"b"}
+        assert c.get_pandas("b").shape == (1_000_000, 3)
+    finally:
+        s.stop()
