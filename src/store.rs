@@ -568,6 +568,8 @@ pub struct Store {
     /// Spill files no longer needed, for the caller to remove.
     spill_garbage: Vec<std::path::PathBuf>,
     spills: u64,
+    /// The version a copy is being written of (`next_copy_candidate`).
+    copying: Option<ObjectId>,
     next_id: ObjectId,
     clock: u64,
     evictions: u64,
@@ -601,6 +603,7 @@ impl Store {
             spilled: HashMap::new(),
             spill_garbage: Vec::new(),
             spills: 0,
+            copying: None,
             next_id: 1,
             clock: 0,
             evictions: 0,
@@ -906,6 +909,56 @@ impl Store {
         self.spills += 1;
         self.push_change(Change::Spilled(spilled.clone()));
         self.spilled.insert(name, spilled);
+        true
+    }
+
+    /// The least recently used current version without a disk copy (and
+    /// not being spilled or copied), pinned, when more than `high_water`
+    /// bytes are in use: for writing a copy ahead of need (`finish_copy`).
+    pub fn next_copy_candidate(&mut self, high_water: u64) -> Option<(ObjectId, SpillInfo)> {
+        let used = self.regions.end
+            - (self.data.free_bytes() + self.low.free_bytes() + self.high.free_bytes());
+        if used <= high_water {
+            return None;
+        }
+        let pinned = self.conns.get(&SPILL_CONN);
+        let id = self
+            .names
+            .values()
+            .filter(|id| {
+                self.versions[id].disk_copy.is_none()
+                    && !pinned.is_some_and(|c| c.leases.contains_key(id))
+            })
+            .min_by_key(|id| self.versions[id].last_use)
+            .copied()?;
+        self.pin(id);
+        self.copying = Some(id);
+        Some((id, self.spill_info(id)?))
+    }
+
+    /// Whether a copy is being written ahead (its version is held meanwhile).
+    pub fn copying(&self) -> bool {
+        self.copying.is_some()
+    }
+
+    /// Writing a copy ahead failed: nothing changes.
+    pub fn abort_copy(&mut self, id: ObjectId) {
+        self.copying = None;
+        let _ = self.release(SPILL_CONN, id);
+    }
+
+    /// A copy of version `id` is on disk (`next_copy_candidate`): kept as its
+    /// disk copy if it is still current; `false` if the file is not needed.
+    pub fn finish_copy(&mut self, id: ObjectId, copy: Spilled) -> bool {
+        self.copying = None;
+        let _ = self.release(SPILL_CONN, id);
+        let Some(v) = self.versions.get(&id) else {
+            return false;
+        };
+        if self.names.get(&v.name) != Some(&id) {
+            return false;
+        }
+        self.versions.get_mut(&id).expect("seen").disk_copy = Some(copy);
         true
     }
 

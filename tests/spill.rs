@@ -47,6 +47,8 @@ fn switching_back_to_a_spilled_table_brings_it_back() {
         "2",
         "--spill-dir",
         spill.path().to_str().unwrap(),
+        "--spill-ahead",
+        "off",
     ]);
     let c = s.client();
     // About 25 MB each: two fit in 64M, three do not.
@@ -151,6 +153,8 @@ fn a_full_spill_disk_refuses_the_put_and_keeps_the_table() {
         "2",
         "--spill-dir",
         mnt.path().to_str().unwrap(),
+        "--spill-ahead",
+        "off",
     ]);
     let c = s.client();
     let a = table(700_000, 2, 1);
@@ -209,6 +213,8 @@ fn spilled_versions_survive_a_restart_with_a_state_dir() {
         "2",
         "--spill-dir",
         spill.path().to_str().unwrap(),
+        "--spill-ahead",
+        "off",
         "--state-dir",
         state.path().to_str().unwrap(),
     ];
@@ -250,4 +256,44 @@ fn spilled_versions_survive_a_restart_with_a_state_dir() {
     let c = s.client();
     assert_eq!(on_disk(&c), ["b"], "{}", s.stderr());
     assert_eq!(owned(&b.0, &c.get("b").unwrap().batches), owned(&b.0, &b.1));
+}
+
+#[test]
+fn copies_written_ahead_make_room_without_a_write() {
+    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let s = Server::start_with(&[
+        "--memory",
+        "64M",
+        "--threads",
+        "2",
+        "--spill-dir",
+        spill.path().to_str().unwrap(),
+        "--spill-ahead",
+        "0.3",
+    ]);
+    let c = s.client();
+    let a = table(700_000, 2, 1);
+    let b = table(700_000, 2, 2);
+    let d = table(700_000, 2, 3);
+    c.put("a", &a.0, &a.1).unwrap();
+    c.put("b", &b.0, &b.1).unwrap();
+    // Over 30% in use: both get copies in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.stderr().matches("ahead of need").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", s.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(spill_files(spill.path()).len(), 2);
+    assert!(
+        on_disk(&c).is_empty(),
+        "copies, not spills: both still in memory"
+    );
+    c.put("d", &d.0, &d.1).unwrap();
+    assert_eq!(on_disk(&c), ["a"]);
+    assert!(
+        !s.stderr().contains("spilled \"a\""),
+        "a left on its copy, without a write at put time: {}",
+        s.stderr()
+    );
+    assert_eq!(owned(&a.0, &c.get("a").unwrap().batches), owned(&a.0, &a.1));
 }

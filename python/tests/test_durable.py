@@ -110,7 +110,7 @@ def test_an_autostarted_server_with_a_state_dir_comes_back_with_its_tables(runti
 
 def test_a_spilled_table_is_listed_on_disk_and_comes_back(tmp_path):
     spill = tmp_path / "spill"
-    s = Server(tmp_path, memory="64M", extra=("--spill-dir", str(spill)))
+    s = Server(tmp_path, memory="64M", extra=("--spill-dir", str(spill), "--spill-ahead", "off"))
     try:
         c = arrowpool.connect(s.socket)
         a, b, d = table(1, 1_000_000), table(2, 1_000_000), table(3, 1_000_000)

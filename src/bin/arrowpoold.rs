@@ -85,6 +85,27 @@ struct Args {
     /// failing disk refuses the put and keeps the table in memory.
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
+    /// With --spill-dir: once more than this fraction of --memory is in use,
+    /// write copies of the least recently used tables to DIR in the
+    /// background, so that making room later drops them without waiting for
+    /// a write (disk space: one file per copied table). `off`: write only when
+    /// room is needed.
+    #[arg(long, default_value = "0.5", value_parser = parse_fraction)]
+    spill_ahead: SpillAhead,
+}
+
+/// `--spill-ahead`: a fraction of the arena, or off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SpillAhead(Option<f64>);
+
+fn parse_fraction(s: &str) -> Result<SpillAhead, String> {
+    if s == "off" {
+        return Ok(SpillAhead(None));
+    }
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(SpillAhead(Some(f))),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1, or off")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,6 +165,7 @@ fn main() -> ExitCode {
         },
         state_dir: args.state_dir,
         spill_dir: args.spill_dir,
+        spill_ahead: args.spill_ahead.0,
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

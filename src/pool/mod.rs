@@ -51,6 +51,8 @@ pub struct Pool {
     spill_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// When this pool was made (ms since the epoch): part of spill file names.
     started_unix_ms: u128,
+    /// Reservations waiting for a copy written ahead (it starts no new one).
+    waiting_for_room: std::sync::atomic::AtomicUsize,
 }
 
 /// Why reserving or sealing failed. A reservation whose pages could not be
@@ -164,6 +166,7 @@ impl Pool {
             }),
             versions_changed: event_listener::Event::new(),
             spill_dir: std::sync::OnceLock::new(),
+            waiting_for_room: std::sync::atomic::AtomicUsize::new(0),
             started_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),

@@ -31,6 +31,9 @@ use super::{Pool, PoolError};
 /// Spills one request may cause before it gives up (each frees at least one
 /// version's chunks, so this bounds only pathological fragmentation).
 const SPILLS_PER_REQUEST_MAX: usize = 64;
+/// How long a reservation waits for a copy being written ahead, in steps.
+const COPY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(120);
+const COPY_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(5);
 /// Spill files are named `arrowpool-spill-<server start ms>-<id>-v<version>.arrow`.
 pub const SPILL_PREFIX: &str = "arrowpool-spill-";
 
@@ -83,10 +86,29 @@ impl Pool {
         &self,
         mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, PoolError> {
-        for _ in 0..SPILLS_PER_REQUEST_MAX {
-            let r = f(&mut self.store());
+        let mut waited = std::time::Duration::ZERO;
+        let mut spills = 0;
+        while spills < SPILLS_PER_REQUEST_MAX {
+            let (r, copying) = {
+                let mut store = self.store();
+                let r = f(&mut store);
+                (r, store.copying())
+            };
             match r {
-                Err(StoreError::NeedsSpill { victim }) => self.spill(victim)?,
+                Err(StoreError::NeedsSpill { victim }) => {
+                    self.spill(victim)?;
+                    spills += 1;
+                }
+                // The version a copy is being written of cannot go until the
+                // copy is done (then it goes without a write): wait for it.
+                Err(StoreError::OutOfMemory { .. }) if copying && waited < COPY_WAIT_MAX => {
+                    self.waiting_for_room
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(COPY_WAIT_STEP);
+                    self.waiting_for_room
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    waited += COPY_WAIT_STEP;
+                }
                 r => return r.map_err(PoolError::from),
             }
         }
@@ -106,35 +128,8 @@ impl Pool {
             return Ok(());
         };
         let began = Instant::now();
-        // Object ids start again at each server start: the start time keeps
-        // the names of files an earlier server left apart.
-        let file = dir.join(format!(
-            "{SPILL_PREFIX}{}-{victim}-v{}.arrow",
-            self.started_unix_ms, info.number
-        ));
-        let tmp = file.with_extension("tmp");
-        let write = || -> std::io::Result<u64> {
-            let f = std::fs::File::create_new(&tmp)?;
-            let mut w = BufWriter::with_capacity(8 << 20, f);
-            let bytes = self
-                .arena
-                .mapping()
-                .slice(info.offset, info.length)
-                .ok_or_else(|| std::io::Error::other("the version lies outside the arena"))?;
-            match info.kind {
-                ObjectKind::Table => {
-                    crate::ipc::copy_file(bytes, &mut w).map_err(std::io::Error::other)?
-                }
-                ObjectKind::Bytes => w.write_all(bytes)?,
-            }
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            let n = f.metadata()?.len();
-            std::fs::rename(&tmp, &file)?;
-            Ok(n)
-        };
-        match write() {
-            Ok(file_bytes) => {
+        match self.write_spill_file(dir, victim, &info) {
+            Ok((file, file_bytes)) => {
                 let kept = self.store().finish_spill(
                     victim,
                     Spilled {
@@ -163,7 +158,6 @@ impl Pool {
                 Ok(())
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
                 self.store().abort_spill(victim);
                 Err(PoolError::Spill(format!(
                     "no room without spilling {:?} version {} ({}), and writing it to {} failed: {e}; \
@@ -173,6 +167,105 @@ impl Pool {
                     crate::util::human_bytes(info.data_bytes),
                     dir.display()
                 )))
+            }
+        }
+    }
+
+    /// Writes version `id` (described by `info`, held by the caller) to a new
+    /// file in `dir`: `.tmp`, synced, renamed. Returns the file and its size;
+    /// on failure nothing is left behind.
+    fn write_spill_file(
+        &self,
+        dir: &Path,
+        id: ObjectId,
+        info: &crate::store::SpillInfo,
+    ) -> std::io::Result<(PathBuf, u64)> {
+        // Object ids start again at each server start: the start time keeps
+        // the names of files an earlier server left apart.
+        let file = dir.join(format!(
+            "{SPILL_PREFIX}{}-{id}-v{}.arrow",
+            self.started_unix_ms, info.number
+        ));
+        let tmp = file.with_extension("tmp");
+        let write = || -> std::io::Result<u64> {
+            let f = std::fs::File::create_new(&tmp)?;
+            let mut w = BufWriter::with_capacity(8 << 20, f);
+            let bytes = self
+                .arena
+                .mapping()
+                .slice(info.offset, info.length)
+                .ok_or_else(|| std::io::Error::other("the version lies outside the arena"))?;
+            match info.kind {
+                ObjectKind::Table => {
+                    crate::ipc::copy_file(bytes, &mut w).map_err(std::io::Error::other)?
+                }
+                ObjectKind::Bytes => w.write_all(bytes)?,
+            }
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            let n = f.metadata()?.len();
+            std::fs::rename(&tmp, &file)?;
+            Ok(n)
+        };
+        match write() {
+            Ok(n) => Ok((file, n)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writing ahead (`--spill-ahead`): while more than `high_water` bytes of
+    /// the arena are in use, writes a copy of the least recently used current
+    /// version that has none, so that its eviction later costs no write.
+    /// `Ok(false)` when there is nothing to do.
+    pub fn copy_ahead(&self, high_water: u64) -> Result<bool, String> {
+        let Some(dir) = self.spill_dir() else {
+            return Ok(false);
+        };
+        if self.waiting_for_room.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Ok(false);
+        }
+        let Some((id, info)) = self.store().next_copy_candidate(high_water) else {
+            return Ok(false);
+        };
+        let began = Instant::now();
+        match self.write_spill_file(dir, id, &info) {
+            Ok((file, file_bytes)) => {
+                let kept = self.store().finish_copy(
+                    id,
+                    Spilled {
+                        name: info.name.clone(),
+                        number: info.number,
+                        kind: info.kind,
+                        rows: info.rows,
+                        data_bytes: info.data_bytes,
+                        file: file.clone(),
+                        file_bytes,
+                    },
+                );
+                if kept {
+                    eprintln!(
+                        "arrowpoold: wrote a copy of {:?} version {} ({}) ahead of need in {:.2} s",
+                        info.name,
+                        info.number,
+                        crate::util::human_bytes(file_bytes),
+                        began.elapsed().as_secs_f64()
+                    );
+                } else {
+                    let _ = std::fs::remove_file(&file);
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                self.store().abort_copy(id);
+                Err(format!(
+                    "writing a copy of {:?} version {} to {} failed: {e}",
+                    info.name,
+                    info.number,
+                    dir.display()
+                ))
             }
         }
     }

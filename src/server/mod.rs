@@ -68,6 +68,10 @@ pub struct Config {
     /// `--spill-dir`: versions that must leave the arena go there instead of
     /// being dropped, and come back on get (`pool/spill.rs`).
     pub spill_dir: Option<PathBuf>,
+    /// With a spill directory: above this fraction of the arena in use, a
+    /// background thread writes copies of the least recently used versions
+    /// ahead of need (`None`: never).
+    pub spill_ahead: Option<f64>,
 }
 
 /// Why the server could not start.
@@ -223,6 +227,34 @@ fn durable_pool(
     ))
 }
 
+/// Writes copies of least recently used versions ahead of need while more
+/// than `high_water` bytes of the arena are in use (`Pool::copy_ahead`), so
+/// that making room later only drops them. A write failure (full disk) is
+/// logged and retried after a pause, never in a loop.
+fn copy_ahead(shared: &Shared, high_water: u64) {
+    const IDLE: Duration = Duration::from_millis(100);
+    const AFTER_FAILURE: Duration = Duration::from_secs(30);
+    let sleep_unless_stopping = |d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !shared.shutting_down.load(Ordering::Relaxed) {
+            std::thread::sleep(IDLE.min(d));
+        }
+    };
+    while !shared.shutting_down.load(Ordering::Relaxed) {
+        match shared.pool.copy_ahead(high_water) {
+            Ok(true) => {}
+            Ok(false) => sleep_unless_stopping(IDLE),
+            Err(e) => {
+                eprintln!(
+                    "arrowpoold: {e}; writing ahead pauses for {} s",
+                    AFTER_FAILURE.as_secs()
+                );
+                sleep_unless_stopping(AFTER_FAILURE);
+            }
+        }
+    }
+}
+
 impl Server {
     /// Creates the arena, binds the socket and starts one thread per core.
     pub fn start(config: Config) -> Result<Server, StartError> {
@@ -292,6 +324,15 @@ impl Server {
             let handle = std::thread::Builder::new()
                 .name("arrowpool-prealloc".into())
                 .spawn(move || preallocate(&shared, budget))
+                .map_err(StartError::Runtime)?;
+            workers.push(handle);
+        }
+        if let (Some(_), Some(fraction)) = (&config.spill_dir, config.spill_ahead) {
+            let high_water = (shared.pool.arena.len() as f64 * fraction.clamp(0.0, 1.0)) as u64;
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name("arrowpool-spill-ahead".into())
+                .spawn(move || copy_ahead(&shared, high_water))
                 .map_err(StartError::Runtime)?;
             workers.push(handle);
         }
