@@ -232,6 +232,21 @@ pub struct SpillInfo {
     pub data_bytes: u64,
 }
 
+impl SpillInfo {
+    /// The spilled entry for this version, once written to `file`.
+    pub fn spilled_to(&self, file: std::path::PathBuf, file_bytes: u64) -> Spilled {
+        Spilled {
+            name: self.name.clone(),
+            number: self.number,
+            kind: self.kind,
+            rows: self.rows,
+            data_bytes: self.data_bytes,
+            file,
+            file_bytes,
+        }
+    }
+}
+
 /// The connection that holds the lease of a version being spilled.
 pub const SPILL_CONN: ConnId = SERVER_SIDE_CONN_BIT | (SERVER_SIDE_CONN_BIT - 1);
 

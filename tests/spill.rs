@@ -37,24 +37,39 @@ fn on_disk(c: &arrowpool::Client) -> Vec<String> {
     v
 }
 
-#[test]
-fn switching_back_to_a_spilled_table_brings_it_back() {
-    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let s = Server::start_with(&[
+/// A server of 64 MiB spilling to `dir`, with `extra` flags.
+fn spilling(dir: &Path, ahead: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
         "--memory",
         "64M",
         "--threads",
         "2",
         "--spill-dir",
-        spill.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--spill-ahead",
-        "off",
-    ]);
+        ahead,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
+}
+
+type Table = (arrow_schema::SchemaRef, Vec<RecordBatch>);
+
+/// Three tables of about 25 MB: two fit in 64M, three do not.
+fn three() -> (Table, Table, Table) {
+    (
+        table(700_000, 2, 1),
+        table(700_000, 2, 2),
+        table(700_000, 2, 3),
+    )
+}
+
+#[test]
+fn switching_back_to_a_spilled_table_brings_it_back() {
+    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let s = spilling(spill.path(), "off", &[]);
     let c = s.client();
-    // About 25 MB each: two fit in 64M, three do not.
-    let a = table(700_000, 2, 1);
-    let b = table(700_000, 2, 2);
-    let d = table(700_000, 2, 3);
+    let (a, b, d) = three();
     c.put("a", &a.0, &a.1).unwrap();
     c.put("b", &b.0, &b.1).unwrap();
     c.put_bytes("blob", &vec![7u8; 3 << 20]).unwrap();
@@ -146,20 +161,9 @@ fn a_full_spill_disk_refuses_the_put_and_keeps_the_table() {
         }
     }
     let _unmount = Unmount(mnt.path());
-    let s = Server::start_with(&[
-        "--memory",
-        "64M",
-        "--threads",
-        "2",
-        "--spill-dir",
-        mnt.path().to_str().unwrap(),
-        "--spill-ahead",
-        "off",
-    ]);
+    let s = spilling(mnt.path(), "off", &[]);
     let c = s.client();
-    let a = table(700_000, 2, 1);
-    let b = table(700_000, 2, 2);
-    let d = table(700_000, 2, 3);
+    let (a, b, d) = three();
     c.put("a", &a.0, &a.1).unwrap();
     c.put("b", &b.0, &b.1).unwrap();
     let started = std::time::Instant::now();
@@ -206,23 +210,10 @@ fn spilled_versions_survive_a_restart_with_a_state_dir() {
         .prefix("arrowpool-state-")
         .tempdir_in("/dev/shm")
         .unwrap();
-    let args = [
-        "--memory",
-        "64M",
-        "--threads",
-        "2",
-        "--spill-dir",
-        spill.path().to_str().unwrap(),
-        "--spill-ahead",
-        "off",
-        "--state-dir",
-        state.path().to_str().unwrap(),
-    ];
-    let a = table(700_000, 2, 1);
-    let b = table(700_000, 2, 2);
-    let d = table(700_000, 2, 3);
+    let state_arg = ["--state-dir", state.path().to_str().unwrap()];
+    let (a, b, d) = three();
     {
-        let s = Server::start_with(&args);
+        let s = spilling(spill.path(), "off", &state_arg);
         let c = s.client();
         c.put("a", &a.0, &a.1).unwrap();
         c.put("b", &b.0, &b.1).unwrap();
@@ -231,7 +222,7 @@ fn spilled_versions_survive_a_restart_with_a_state_dir() {
         // A stray file of an earlier server that no catalog names.
         std::fs::write(spill.path().join("arrowpool-spill-1-1-v1.arrow"), b"x").unwrap();
     } // kill -9
-    let s = Server::start_with(&args);
+    let s = spilling(spill.path(), "off", &state_arg);
     let c = s.client();
     assert_eq!(on_disk(&c), ["a"], "{}", s.stderr());
     assert_eq!(
@@ -252,7 +243,7 @@ fn spilled_versions_survive_a_restart_with_a_state_dir() {
     // And again: b, spilled by this server, comes back after another kill -9.
     drop(c);
     drop(s);
-    let s = Server::start_with(&args);
+    let s = spilling(spill.path(), "off", &state_arg);
     let c = s.client();
     assert_eq!(on_disk(&c), ["b"], "{}", s.stderr());
     assert_eq!(owned(&b.0, &c.get("b").unwrap().batches), owned(&b.0, &b.1));
@@ -261,20 +252,9 @@ fn spilled_versions_survive_a_restart_with_a_state_dir() {
 #[test]
 fn copies_written_ahead_make_room_without_a_write() {
     let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let s = Server::start_with(&[
-        "--memory",
-        "64M",
-        "--threads",
-        "2",
-        "--spill-dir",
-        spill.path().to_str().unwrap(),
-        "--spill-ahead",
-        "0.3",
-    ]);
+    let s = spilling(spill.path(), "0.3", &[]);
     let c = s.client();
-    let a = table(700_000, 2, 1);
-    let b = table(700_000, 2, 2);
-    let d = table(700_000, 2, 3);
+    let (a, b, d) = three();
     c.put("a", &a.0, &a.1).unwrap();
     c.put("b", &b.0, &b.1).unwrap();
     // Over 30% in use: both get copies in the background.

@@ -207,6 +207,13 @@ impl Reader<'_> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
+    fn kind(&mut self) -> Option<ObjectKind> {
+        match self.u8()? {
+            0 => Some(ObjectKind::Table),
+            1 => Some(ObjectKind::Bytes),
+            _ => None,
+        }
+    }
     fn name(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
@@ -222,11 +229,7 @@ fn decode_record(payload: &[u8]) -> Option<Record> {
         PUBLISHED => {
             let name = r.name()?;
             let number = r.u64()?;
-            let kind = match r.u8()? {
-                0 => ObjectKind::Table,
-                1 => ObjectKind::Bytes,
-                _ => return None,
-            };
+            let kind = r.kind()?;
             let (rows, offset, length) = (r.u64()?, r.u64()?, r.u64()?);
             let (manifest, manifest_crc) = match r.u8()? {
                 0 => (None, 0),
@@ -265,11 +268,7 @@ fn decode_record(payload: &[u8]) -> Option<Record> {
         SPILLED => {
             let name = r.name()?;
             let number = r.u64()?;
-            let kind = match r.u8()? {
-                0 => ObjectKind::Table,
-                1 => ObjectKind::Bytes,
-                _ => return None,
-            };
+            let kind = r.kind()?;
             let (rows, data_bytes, file_bytes) = (r.u64()?, r.u64()?, r.u64()?);
             let n = r.u32()? as usize;
             use std::os::unix::ffi::OsStrExt;

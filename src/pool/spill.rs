@@ -130,18 +130,9 @@ impl Pool {
         let began = Instant::now();
         match self.write_spill_file(dir, victim, &info) {
             Ok((file, file_bytes)) => {
-                let kept = self.store().finish_spill(
-                    victim,
-                    Spilled {
-                        name: info.name.clone(),
-                        number: info.number,
-                        kind: info.kind,
-                        rows: info.rows,
-                        data_bytes: info.data_bytes,
-                        file: file.clone(),
-                        file_bytes,
-                    },
-                );
+                let kept = self
+                    .store()
+                    .finish_spill(victim, info.spilled_to(file.clone(), file_bytes));
                 if kept {
                     eprintln!(
                         "arrowpoold: spilled {:?} version {} ({}) to {} in {:.2} s",
@@ -224,7 +215,11 @@ impl Pool {
         let Some(dir) = self.spill_dir() else {
             return Ok(false);
         };
-        if self.waiting_for_room.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if self
+            .waiting_for_room
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
             return Ok(false);
         }
         let Some((id, info)) = self.store().next_copy_candidate(high_water) else {
@@ -233,18 +228,9 @@ impl Pool {
         let began = Instant::now();
         match self.write_spill_file(dir, id, &info) {
             Ok((file, file_bytes)) => {
-                let kept = self.store().finish_copy(
-                    id,
-                    Spilled {
-                        name: info.name.clone(),
-                        number: info.number,
-                        kind: info.kind,
-                        rows: info.rows,
-                        data_bytes: info.data_bytes,
-                        file: file.clone(),
-                        file_bytes,
-                    },
-                );
+                let kept = self
+                    .store()
+                    .finish_copy(id, info.spilled_to(file.clone(), file_bytes));
                 if kept {
                     eprintln!(
                         "arrowpoold: wrote a copy of {:?} version {} ({}) ahead of need in {:.2} s",
