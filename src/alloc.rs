@@ -189,6 +189,11 @@ impl Allocator {
         new_size
     }
 
+    /// Whether `[offset, offset + size)` is exactly one live allocation.
+    pub fn is_live(&self, offset: u64, size: u64) -> bool {
+        self.live.get(&offset) == Some(&size)
+    }
+
     /// Checks every invariant; used by tests after each step.
     pub fn check_invariants(&self) {
         let mut ranges: Vec<(u64, u64, bool)> =

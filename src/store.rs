@@ -1950,6 +1950,28 @@ impl Store {
         self.data.check_invariants();
         self.low.check_invariants();
         self.high.check_invariants();
+        for c in self.chunks.values() {
+            assert!(
+                self.data.is_live(c.offset, c.alloc_bytes),
+                "chunk at {} (+{}) is not one allocation",
+                c.offset,
+                c.alloc_bytes
+            );
+        }
+        for v in self.versions.values() {
+            if let Some(m) = v.manifest {
+                assert!(
+                    self.low.is_live(m.low.0, m.low.1),
+                    "manifest low of {} not allocated",
+                    v.name
+                );
+                assert!(
+                    self.high.is_live(m.high.0, m.high.1),
+                    "manifest high of {} not allocated",
+                    v.name
+                );
+            }
+        }
         let chunk_bytes: u64 = self.chunks.values().map(|c| c.alloc_bytes).sum();
         assert_eq!(
             chunk_bytes,

@@ -23,7 +23,11 @@ fn state_dir() -> tempfile::TempDir {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--memory", "256M", "--threads", "2", "--state-dir"];
+    start_sized(dir, "256M", extra)
+}
+
+fn start_sized(dir: &Path, memory: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--memory", memory, "--threads", "2", "--state-dir"];
     let d = dir.to_str().unwrap();
     args.push(d);
     args.extend_from_slice(extra);
@@ -198,10 +202,28 @@ fn verify(server: &Server, known: &mut Known) {
             None if flight.is_some_and(|(_, c)| c.is_none()) => {
                 known.acked.remove(&name);
             }
-            other => panic!(
-                "{name}: expected version {version} (or the request in flight), found {:?}",
-                other.map(|(v, _)| v)
-            ),
+            other => {
+                let detail = match (&other, &content) {
+                    (Some((_, Content::Table(g))), Content::Table(e)) => format!(
+                        "rows {} vs {}, schema equal {}, columns equal {:?}",
+                        g.num_rows(),
+                        e.num_rows(),
+                        g.schema() == e.schema(),
+                        (0..g.num_columns().min(e.num_columns()))
+                            .map(|i| g.column(i).to_data() == e.column(i).to_data())
+                            .collect::<Vec<_>>()
+                    ),
+                    (Some((_, Content::Bytes(g))), Content::Bytes(e)) => {
+                        format!("bytes {} vs {}", g.len(), e.len())
+                    }
+                    _ => String::new(),
+                };
+                panic!(
+                    "{name}: expected version {version} (or the request in flight), found {:?}: {detail}; server log:\n{}",
+                    other.as_ref().map(|(v, _)| *v),
+                    server.stderr()
+                )
+            }
         }
     }
     // A name the client never saw acknowledged can only be the one in flight.
@@ -222,6 +244,12 @@ fn verify(server: &Server, known: &mut Known) {
 
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_version() {
+    kill_9_rounds("256M", &[]);
+}
+
+/// Rounds of writing and `kill -9`, each followed by a restart that must
+/// serve exactly what was acknowledged.
+fn kill_9_rounds(memory: &str, extra: &[&str]) {
     let dir = state_dir();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -232,12 +260,12 @@ fn kill_9_at_random_moments_loses_no_acknowledged_version() {
     let mut rng = Rng(seed);
     let known = Arc::new(Mutex::new(Known::default()));
     let empty_used = {
-        let s = start(dir.path(), &[]);
+        let s = start_sized(dir.path(), memory, extra);
         s.client().stats().unwrap().used_bytes
     };
     let rounds = 25;
     for round in 0..rounds {
-        let mut server = start(dir.path(), &[]);
+        let mut server = start_sized(dir.path(), memory, extra);
         verify(&server, &mut known.lock().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
@@ -258,7 +286,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_version() {
             k.acked.len()
         );
     }
-    let server = start(dir.path(), &[]);
+    let server = start_sized(dir.path(), memory, extra);
     let mut k = known.lock().unwrap();
     verify(&server, &mut k);
     assert!(
@@ -514,5 +542,39 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Spilling without any kill: every version read back is the one written.
+#[test]
+fn spilling_and_bringing_back_keep_every_version_exact() {
+    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = spill.path().to_str().unwrap().to_owned();
+    let server = Server::start_with(&[
+        "--memory",
+        "6M",
+        "--threads",
+        "2",
+        "--spill-dir",
+        &d,
+        "--spill-ahead",
+        "0.4",
+    ]);
+    let known = Arc::new(Mutex::new(Known::default()));
+    let mut rng = Rng(7);
+    for _ in 0..20 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (known, stop) = (known.clone(), stop.clone());
+            let c = server.client();
+            let mut rng = Rng(rng.next() | 1);
+            std::thread::spawn(move || write_until_error(&c, &mut rng, &known, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        let mut k = known.lock().unwrap();
+        k.in_flight = None;
+        verify(&server, &mut k);
     }
 }

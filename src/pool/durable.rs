@@ -263,6 +263,8 @@ impl Pool {
         catalog
             .rewrite(&versions, &last, &store.spilled_state())
             .map_err(|e| PoolError::Catalog(e.to_string()))?;
+        #[cfg(debug_assertions)]
+        store.check_invariants();
         store.record_changes();
         store.guard.catalog = Some(catalog);
         drop(store);
