@@ -15,8 +15,9 @@
 //! disk is an error for the request that needed room and the table stays
 //! where it was. Bringing back reads the file from the page cache or disk
 //! into a new chunk (one copy) rather than serving from the file: readers
-//! then get the same zero-copy mapping as for any other version, and the
-//! file is deleted once the version is back.
+//! then get the same zero-copy mapping as for any other version. The file is
+//! kept while the brought-back version is current (it leaves again without a
+//! write) and deleted with it; `--spill-ahead` writes such files ahead of need.
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
