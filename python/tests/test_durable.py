@@ -1,12 +1,10 @@
 """A server with ``--state-dir`` killed with SIGKILL and started again: the client's
 next request goes to the new server without an error, tables it holds stay readable
-and leased (a later put does not overwrite them), and an autostarted server with
-``$ARROWPOOL_STATE_DIR`` is started again by the next request."""
+and leased (a later put does not overwrite them)."""
 
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import tempfile
 import time
@@ -16,10 +14,8 @@ import pyarrow as pa
 import pytest
 
 import arrowpool
-from arrowpool import server as srv
 
-from conftest import Server, leases_of, server_binary
-from test_autostart import runtime_dir  # noqa: F401  (fixture)
+from conftest import Server, leases_of
 
 
 @pytest.fixture
@@ -89,32 +85,6 @@ def test_a_held_version_the_new_server_lacks_is_logged_and_stays_readable(tmp_pa
         assert held.equals(table(1))
     finally:
         s.stop()
-
-
-def test_an_autostarted_server_with_a_state_dir_comes_back_with_its_tables(runtime_dir, state_dir, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("ARROWPOOL_STATE_DIR", state_dir)
-    c = arrowpool.connect()
-    c.put("kept", table(5))
-    pid = srv.server_pid(c.path)
-    os.kill(pid, signal.SIGKILL)
-    # Gone (or a zombie: every descriptor closed), not only its listener: a
-    # request sent while a server is dying fails like any request the server
-    # dies in the middle of.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-        except FileNotFoundError:
-            break
-        time.sleep(0.01)
-    got = c.get("kept")  # starts the server again, which finds the table
-    assert got.equals(table(5))
-    assert srv.server_pid(c.path) != pid
-    assert c.stats()["recovered_versions"] == 1
-    assert os.path.exists(os.path.join(state_dir, "catalog"))
-    assert server_binary().exists()
 
 
 def test_a_spilled_table_is_listed_on_disk_and_comes_back(tmp_path):
