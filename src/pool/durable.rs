@@ -299,9 +299,15 @@ impl Pool {
                 let Some(((lo, ll), (ho, hl))) = v.manifest else {
                     return Err("a table without a manifest".into());
                 };
-                let in_low = lo >= crate::store::MAGIC_BYTES && lo + ll <= regions.low_end;
-                let in_high = ho >= regions.high_start && ho + hl <= regions.end;
-                if !in_low || !in_high || v.offset != 0 || v.length <= ho || v.length > ho + hl {
+                let in_low =
+                    lo >= crate::store::MAGIC_BYTES && lo.saturating_add(ll) <= regions.low_end;
+                let in_high = ho >= regions.high_start && ho.saturating_add(hl) <= regions.end;
+                if !in_low
+                    || !in_high
+                    || v.offset != 0
+                    || v.length <= ho
+                    || v.length > ho.saturating_add(hl)
+                {
                     return Err("its manifest is not where a manifest goes".into());
                 }
                 if manifest_crc(&self.arena, v) != crc {
@@ -326,7 +332,8 @@ impl Pool {
                 let inside = |b: &crate::ipc::manifest::BufferRef| {
                     b.length == 0
                         || v.chunks.iter().any(|c| {
-                            b.offset >= c.offset && b.offset + b.length <= c.offset + c.length
+                            b.offset >= c.offset
+                                && b.offset.saturating_add(b.length) <= c.offset + c.length
                         })
                 };
                 let all = manifest
@@ -367,14 +374,17 @@ fn claim(claimed: &mut BTreeMap<u64, (u64, u64, u64)>, v: &VersionRecord) -> Res
             .range(..o)
             .next_back()
             .is_some_and(|(_, &(end, _, _))| end > o);
-        let after = claimed.range(o..o + a.max(1)).next().is_some();
+        let after = claimed
+            .range(o..o.saturating_add(a.max(1)))
+            .next()
+            .is_some();
         before || after
     };
     if let Some(r) = ranges.iter().find(|r| overlaps(claimed, r)) {
         return Err(r.0);
     }
     for (o, a, l) in ranges {
-        claimed.insert(o, (o + a, a, l));
+        claimed.insert(o, (o.saturating_add(a), a, l));
     }
     Ok(())
 }
