@@ -67,6 +67,9 @@ pub mod arena;
 #[allow(unsafe_code)] // zero-copy buffers over the mapping; writing a pending range
 pub mod client;
 pub mod durable;
+#[cfg(feature = "flight")]
+#[allow(unsafe_code)] // do_get: buffers over the server's mapping that own a lease
+pub mod flight;
 pub mod ingest;
 #[allow(unsafe_code)] // borrowed buffers for the seal check; skipping validation on open
 pub mod ipc;

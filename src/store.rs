@@ -983,6 +983,13 @@ impl Store {
     }
 
     /// The spilled version of `name`, if it has one.
+    /// The schema of table version `id` (from its manifest), without taking
+    /// a lease or counting as a use: for listings.
+    pub fn table_schema(&self, id: ObjectId) -> Option<arrow_schema::SchemaRef> {
+        let (manifest, _) = self.versions.get(&id)?.layout.as_ref()?;
+        Some(manifest.schema.clone())
+    }
+
     pub fn spilled(&self, name: &str) -> Option<Spilled> {
         self.spilled.get(name).cloned()
     }

@@ -92,6 +92,27 @@ struct Args {
     /// room is needed.
     #[arg(long, default_value = "0.5", value_parser = parse_fraction)]
     spill_ahead: SpillAhead,
+    /// Serve Arrow Flight (gRPC) on ADDR:PORT beside the socket, e.g.
+    /// 127.0.0.1:8815 (port 0: any free port; `arrowpool stats` shows it).
+    /// An address other than loopback needs TLS and tokens, or --flight-insecure.
+    #[arg(long, value_name = "ADDR:PORT")]
+    flight: Option<std::net::SocketAddr>,
+    /// With --flight: the server's TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "flight_tls_key")]
+    flight_tls_cert: Option<PathBuf>,
+    /// With --flight: the private key of --flight-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "flight_tls_cert")]
+    flight_tls_key: Option<PathBuf>,
+    /// With TLS: require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "flight_tls_cert")]
+    flight_tls_client_ca: Option<PathBuf>,
+    /// With --flight: bearer tokens and their roles, one `ROLE TOKEN [EXPIRES]`
+    /// a line (roles read, write, admin); read again when it changes. Mode 600.
+    #[arg(long, value_name = "FILE")]
+    flight_tokens: Option<PathBuf>,
+    /// Allow --flight on a non-loopback address without TLS or tokens (logged).
+    #[arg(long)]
+    flight_insecure: bool,
 }
 
 /// `--spill-ahead`: a fraction of the arena, or off.
@@ -166,6 +187,19 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         spill_dir: args.spill_dir,
         spill_ahead: args.spill_ahead.0,
+        flight: args.flight.map(|addr| arrowpool::flight::FlightConfig {
+            addr,
+            tls: args
+                .flight_tls_cert
+                .zip(args.flight_tls_key)
+                .map(|(cert, key)| arrowpool::flight::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.flight_tls_client_ca,
+                }),
+            tokens: args.flight_tokens,
+            insecure: args.flight_insecure,
+        }),
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -52,6 +52,12 @@ mod read;
 mod schema;
 mod write;
 
+// The parallel IPC writer, for the Flight service's puts.
+#[cfg(feature = "flight")]
+pub(crate) use schema::has_dictionary;
+#[cfg(feature = "flight")]
+pub(crate) use write::{layout, write as write_parallel};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;

@@ -63,6 +63,9 @@ pub struct StatsReply {
     pub spilled_bytes: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spills: u64,
+    /// `--flight`: the address the Arrow Flight service listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

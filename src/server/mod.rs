@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::arena::{Arena, HugepageMode};
 use crate::pool::Pool;
 use crate::util::human_bytes;
+pub(crate) use requests::{ingest_error, pool_error, store_error};
 pub use shared::Shared;
 
 /// Which I/O driver a core's runtime uses.
@@ -72,6 +73,9 @@ pub struct Config {
     /// background thread writes copies of the least recently used versions
     /// ahead of need (`None`: never).
     pub spill_ahead: Option<f64>,
+    /// `--flight`: an Arrow Flight service on TCP beside the socket.
+    #[cfg(feature = "flight")]
+    pub flight: Option<crate::flight::FlightConfig>,
 }
 
 /// Why the server could not start.
@@ -79,9 +83,17 @@ pub struct Config {
 pub enum StartError {
     Arena(crate::arena::ArenaError),
     State(crate::durable::StateError),
-    Spill { path: PathBuf, err: std::io::Error },
+    Spill {
+        path: PathBuf,
+        err: std::io::Error,
+    },
     Unsupported(&'static str),
-    Socket { path: PathBuf, err: std::io::Error },
+    /// The Flight listener could not start (address, TLS files, tokens).
+    Flight(String),
+    Socket {
+        path: PathBuf,
+        err: std::io::Error,
+    },
     SocketInUse(PathBuf),
     IoUringRequired,
     Runtime(std::io::Error),
@@ -93,6 +105,7 @@ impl std::fmt::Display for StartError {
             StartError::Arena(e) => write!(f, "{e}"),
             StartError::State(e) => write!(f, "{e}"),
             StartError::Unsupported(m) => write!(f, "{m}"),
+            StartError::Flight(m) => write!(f, "{m}"),
             StartError::Spill { path, err } => write!(
                 f,
                 "cannot use --spill-dir {}: {err} (it must be a directory this user can write)",
@@ -119,6 +132,8 @@ impl std::error::Error for StartError {}
 pub struct Server {
     shared: Arc<Shared>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    #[cfg(feature = "flight")]
+    flight: Option<crate::flight::Running>,
 }
 
 /// Allocates the first `budget` bytes of the data region, in steps, while the
@@ -257,6 +272,23 @@ fn copy_ahead(shared: &Shared, high_water: u64) {
     }
 }
 
+/// How the Flight listener is secured, for the start line.
+#[cfg(feature = "flight")]
+fn describe_flight(f: Option<&crate::flight::FlightConfig>) -> String {
+    let Some(f) = f else { return String::new() };
+    let tls = match &f.tls {
+        None => "no TLS",
+        Some(t) if t.client_ca.is_some() => "TLS with client certificates",
+        Some(_) => "TLS",
+    };
+    let tokens = if f.tokens.is_some() {
+        "tokens"
+    } else {
+        "no tokens (every caller may write)"
+    };
+    format!(" ({tls}, {tokens})")
+}
+
 impl Server {
     /// Creates the arena, binds the socket and starts one thread per core.
     pub fn start(config: Config) -> Result<Server, StartError> {
@@ -303,6 +335,11 @@ impl Server {
                 }
             );
         }
+        #[cfg(feature = "flight")]
+        let flight = match &config.flight {
+            Some(f) => Some(crate::flight::bind(f).map_err(StartError::Flight)?),
+            None => None,
+        };
         let std_listener = listener::bind(&config.socket, config.socket_mode)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| async_channel::bounded(1024)).unzip();
@@ -347,13 +384,31 @@ impl Server {
                 .map_err(StartError::Runtime)?;
             workers.push(handle);
         }
+        #[cfg(feature = "flight")]
+        let flight = match flight {
+            Some(bound) => {
+                let running = bound.serve(shared.clone()).map_err(StartError::Flight)?;
+                eprintln!(
+                    "arrowpoold: Arrow Flight on {}{}",
+                    running.addr,
+                    describe_flight(config.flight.as_ref())
+                );
+                Some(running)
+            }
+            None => None,
+        };
         let accept_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("arrowpool-accept".into())
             .spawn(move || listener::accept_loop(std_listener, accept_shared, senders))
             .map_err(StartError::Runtime)?;
         workers.push(handle);
-        Ok(Server { shared, workers })
+        Ok(Server {
+            shared,
+            workers,
+            #[cfg(feature = "flight")]
+            flight,
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -362,12 +417,18 @@ impl Server {
 
     /// Stops accepting, tells every client (shutdown notice), waits up to
     /// `grace` for connections to close, removes the socket file.
-    pub fn shutdown(self, grace: Duration) {
+    pub fn shutdown(mut self, grace: Duration) {
+        #[cfg(feature = "flight")]
+        let flight = self.flight.take();
         let shared = &self.shared;
         shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = std::fs::remove_file(&shared.socket_path);
         shared.pool.versions_changed.notify(usize::MAX);
         shared.close_all_connections();
+        #[cfg(feature = "flight")]
+        if let Some(f) = flight {
+            f.stop();
+        }
         let start = Instant::now();
         while shared.connection_count() > 0 && start.elapsed() < grace {
             std::thread::sleep(Duration::from_millis(10));

@@ -34,6 +34,8 @@ pub struct Shared {
     pub state_dir: Option<crate::durable::StateDir>,
     /// Versions recovered from it at start.
     pub recovered_versions: u64,
+    /// `--flight`: the address the Flight service listens on.
+    pub flight: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -61,6 +63,7 @@ impl Shared {
             conns: Mutex::new(HashMap::new()),
             state_dir,
             recovered_versions,
+            flight: std::sync::OnceLock::new(),
         }
     }
 
@@ -136,6 +139,7 @@ impl Shared {
             spilled_versions: s.spilled_versions,
             spilled_bytes: s.spilled_bytes,
             spills: s.spills,
+            flight: self.flight.get().cloned(),
         }
     }
 }

@@ -25,7 +25,7 @@ pub async fn apply(ctx: &Ctx<'_>, req: Ingest) -> Reply {
 
 /// `Ingest` for the file's problems, `OutOfMemory` when the table does not
 /// fit, `Internal` for bugs. The message is the ingest error's: it names the file.
-fn ingest_error(e: IngestError) -> ErrorReply {
+pub fn ingest_error(e: IngestError) -> ErrorReply {
     let code = match &e {
         IngestError::Store {
             err: PoolError::Memory(_) | PoolError::Store(StoreError::OutOfMemory { .. }),

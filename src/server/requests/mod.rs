@@ -17,6 +17,8 @@ mod seal;
 mod stats;
 mod wait;
 
+pub(crate) use ingest::ingest_error;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

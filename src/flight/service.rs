@@ -1,0 +1,671 @@
+//! The `FlightService` methods, on the server's pool.
+
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::error::FlightError;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use arrow_ipc::writer::IpcWriteOptions;
+use arrow_schema::{Schema, SchemaRef};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{self, Refusal, Role, Tokens};
+use super::ticket::{self, IngestAction, Wanted};
+use crate::pool::{Pool, PoolError};
+use crate::protocol::{ErrorCode, ErrorReply};
+use crate::server::Shared;
+use crate::store::{ConnId, Location, ObjectKind, StoreError};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Largest Flight message `do_get` sends. gRPC frames are copied anyway; a
+/// few MiB amortise the per-message cost without holding much in flight.
+const MESSAGE_BYTES: usize = 4 << 20;
+
+pub struct Service {
+    shared: Arc<Shared>,
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Service {
+    pub fn new(shared: Arc<Shared>, tokens: Option<Arc<Tokens>>, _tls: bool) -> Service {
+        Service { shared, tokens }
+    }
+
+    /// The caller's role: from its token, or every role without a token file.
+    fn role<T>(&self, req: &Request<T>) -> Result<Role, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Role::Admin);
+        };
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::token_of)
+            .ok_or_else(|| Status::unauthenticated(Refusal::Missing.to_string()))?;
+        tokens
+            .role(&token)
+            .map_err(|r| Status::unauthenticated(r.to_string()))
+    }
+
+    /// Refuses callers below `need`, and every call while shutting down.
+    fn require<T>(&self, req: &Request<T>, need: Role, what: &str) -> Result<Role, Status> {
+        let role = self.role(req)?;
+        if role < need {
+            return Err(Status::permission_denied(format!(
+                "{what} needs the {} role; this token has the {} role",
+                need.as_str(),
+                role.as_str()
+            )));
+        }
+        if self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        Ok(role)
+    }
+
+    fn pool(&self) -> Arc<Pool> {
+        self.shared.pool.clone()
+    }
+}
+
+/// Runs `f` on tokio's blocking pool (it may read a disk or copy gigabytes).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::internal("a Flight worker panicked"))?
+}
+
+/// The gRPC status for an error reply of the socket protocol.
+fn status(e: ErrorReply) -> Status {
+    let m = e.message;
+    match e.code {
+        ErrorCode::NotFound => Status::not_found(m),
+        ErrorCode::OutOfMemory => Status::resource_exhausted(m),
+        ErrorCode::InvalidData | ErrorCode::Malformed | ErrorCode::InvalidObject => {
+            Status::invalid_argument(m)
+        }
+        ErrorCode::Ingest => Status::invalid_argument(m),
+        ErrorCode::LimitExceeded => Status::resource_exhausted(m),
+        ErrorCode::ShuttingDown => Status::unavailable(m),
+        ErrorCode::ReadOnly => Status::permission_denied(m),
+        ErrorCode::VersionConflict => Status::failed_precondition(m),
+        ErrorCode::Timeout => Status::deadline_exceeded(m),
+        ErrorCode::UnknownKind | ErrorCode::Internal => Status::internal(m),
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    status(crate::server::store_error(e))
+}
+
+fn pool_status(e: PoolError) -> Status {
+    status(crate::server::pool_error(e))
+}
+
+/// A server-side connection holding one lease; dropping it releases the
+/// lease. Table buffers made over the arena own it, so the bytes stay while
+/// any array (a batch being encoded) exists.
+struct Lease {
+    pool: AssertUnwindSafe<Arc<Pool>>,
+    conn: ConnId,
+    loc: Option<Location>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.store().disconnect(self.conn);
+    }
+}
+
+impl Lease {
+    /// Leases the current version of `name` (or version `version`),
+    /// bringing it back from the spill directory when it is there.
+    fn take(pool: &Arc<Pool>, name: &str, version: Option<u64>) -> Result<Lease, Status> {
+        let conn = pool.store().server_side_conn();
+        let mut lease = Lease {
+            pool: AssertUnwindSafe(pool.clone()),
+            conn,
+            loc: None,
+        };
+        let get = || match version {
+            None => pool.store().get(conn, name),
+            Some(v) => pool.store().get_version(conn, name, v),
+        };
+        let loc = match get() {
+            Err(StoreError::NotFound { .. } | StoreError::VersionNotKept { .. })
+                if pool.store().spilled(name).is_some() =>
+            {
+                pool.bring_back(name).map_err(pool_status)?;
+                get()
+            }
+            r => r,
+        }
+        .map_err(store_status)?;
+        lease.loc = Some(loc);
+        Ok(lease)
+    }
+
+    fn location(&self) -> Location {
+        self.loc.expect("a taken lease has a location")
+    }
+}
+
+/// The table a lease holds, decoded in place (zero-copy), projected to
+/// `columns`; the batches own the lease.
+fn open(lease: Lease, columns: Option<&[String]>) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    let loc = lease.location();
+    if loc.kind != ObjectKind::Table {
+        return Err(Status::failed_precondition(
+            "this name holds bytes, not a table: read it over the Unix socket (get_bytes)",
+        ));
+    }
+    let bytes = lease
+        .pool
+        .arena
+        .mapping()
+        .slice(loc.offset, loc.length)
+        .ok_or_else(|| Status::internal("the version lies outside the arena"))?;
+    let ptr =
+        NonNull::new(bytes.as_ptr() as *mut u8).ok_or_else(|| Status::internal("null mapping"))?;
+    let len = bytes.len();
+    // SAFETY: `ptr..ptr+len` lies in the server's mapping of the arena
+    // (checked by `slice`), which lives as long as the pool the lease holds
+    // an Arc of. The lease keeps the version's chunks from being freed or
+    // reused while any buffer exists, and sealed chunks are never written.
+    let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(lease)) };
+    let projection = match columns {
+        None => None,
+        Some(cols) => {
+            let schema = crate::ipc::file_schema(buffer.as_slice())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Some(
+                cols.iter()
+                    .map(|c| column_index(&schema, c))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        }
+    };
+    crate::ipc::open_file(&buffer, projection).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn column_index(schema: &Schema, name: &str) -> Result<usize, Status> {
+    schema.index_of(name).map_err(|_| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        Status::invalid_argument(format!(
+            "no column {name:?}; the table has {}",
+            names.join(", ")
+        ))
+    })
+}
+
+fn project(schema: &SchemaRef, columns: Option<&[String]>) -> Result<SchemaRef, Status> {
+    match columns {
+        None => Ok(schema.clone()),
+        Some(cols) => {
+            let idx = cols
+                .iter()
+                .map(|c| column_index(schema, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Arc::new(
+                schema
+                    .project(&idx)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            ))
+        }
+    }
+}
+
+/// What `FlightInfo.app_metadata` carries.
+#[derive(serde::Serialize)]
+struct InfoMetadata {
+    version: u64,
+    on_disk: bool,
+}
+
+fn flight_info(
+    name: &str,
+    version: u64,
+    schema: &Schema,
+    rows: u64,
+    bytes: u64,
+    on_disk: bool,
+    columns: Option<&[String]>,
+) -> Result<FlightInfo, Status> {
+    let ticket = Ticket::new(ticket::ticket_for(name, version, columns));
+    let metadata = serde_json::to_vec(&InfoMetadata { version, on_disk }).unwrap_or_default();
+    FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))
+        .map(|i| {
+            i.with_descriptor(FlightDescriptor::new_path(vec![name.to_owned()]))
+                .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+                .with_total_records(rows as i64)
+                .with_total_bytes(bytes as i64)
+                .with_ordered(true)
+                .with_app_metadata(metadata)
+        })
+}
+
+/// The schema of a spilled version, from its file's footer.
+fn spilled_schema(file: &std::path::Path) -> Option<SchemaRef> {
+    let f = std::fs::File::open(file).ok()?;
+    let r = arrow_ipc::reader::FileReader::try_new(std::io::BufReader::new(f), None).ok()?;
+    Some(r.schema())
+}
+
+/// Every table whose name starts with `prefix`, as `FlightInfo`s, without
+/// taking leases (a listing does not count as a use).
+fn list(pool: &Pool, prefix: &str) -> Result<Vec<FlightInfo>, Status> {
+    let entries = pool.store().list();
+    let mut out = Vec::new();
+    for e in entries {
+        if e.kind != ObjectKind::Table || !e.name.starts_with(prefix) {
+            continue;
+        }
+        let schema = if e.on_disk {
+            pool.store()
+                .spilled(&e.name)
+                .and_then(|s| spilled_schema(&s.file))
+        } else {
+            pool.store().table_schema(e.object_id)
+        };
+        // Replaced or deleted since the listing began: leave it out.
+        let Some(schema) = schema else { continue };
+        out.push(flight_info(
+            &e.name, e.version, &schema, e.rows, e.bytes, e.on_disk, None,
+        )?);
+    }
+    Ok(out)
+}
+
+/// A server-side connection for one put; closing it aborts what is pending.
+struct PutConn<'a> {
+    pool: &'a Pool,
+    id: ConnId,
+}
+
+impl Drop for PutConn<'_> {
+    fn drop(&mut self) {
+        self.pool.store().disconnect(self.id);
+    }
+}
+
+/// Writes `batches` into the arena as one IPC file (every core copying),
+/// checks it as a seal does and publishes it as the new version of `name`.
+fn put(
+    pool: &Pool,
+    name: &str,
+    if_version: Option<u64>,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(crate::store::SealInfo, u64), Status> {
+    let conn = PutConn {
+        pool,
+        id: pool.store().server_side_conn(),
+    };
+    let layout = crate::ingest::layout(schema, batches)
+        .map_err(|e| Status::invalid_argument(format!("cannot lay the table out: {e}")))?;
+    // Each writer thread's `FileWriter` would emit the dictionaries again for
+    // its first batch, which the layout (one writer) has only once: tables
+    // with dictionaries are written by one thread.
+    let dictionaries = schema
+        .fields()
+        .iter()
+        .any(|f| crate::ingest::has_dictionary(f.data_type()));
+    let threads = if dictionaries {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let mapping = pool.arena.mapping();
+    let base = mapping.as_ptr() as usize;
+    let prepare = move |part: &mut [u8]| {
+        let offset = (part.as_ptr() as usize).wrapping_sub(base) as u64;
+        mapping.populate_write_once(offset, part.len() as u64);
+    };
+    let written = pool.write_chunk(conn.id, name, layout.file_len() as u64, |dest| {
+        crate::ingest::write_parallel(dest, schema, batches, &layout, threads, &prepare)
+            .map(|(n, _)| n)
+    });
+    let (id, len, manifest) = written.map_err(|e| match e {
+        crate::pool::PutError::Pool(e) => pool_status(e),
+        crate::pool::PutError::Write(e) => {
+            Status::invalid_argument(format!("cannot write the table: {e}"))
+        }
+    })?;
+    let sealed = pool
+        .publish_manifest(
+            conn.id,
+            name,
+            if_version,
+            None,
+            &[(id, len)],
+            &[],
+            Arc::new(manifest),
+            id,
+        )
+        .map_err(pool_status)?;
+    drop(conn);
+    pool.versions_changed.notify(usize::MAX);
+    Ok((sealed, len))
+}
+
+/// What a `do_put` answers (one `PutResult`, JSON app metadata).
+#[derive(serde::Serialize)]
+struct PutReply {
+    name: String,
+    version: u64,
+    rows: u64,
+    /// Bytes of the IPC file written into the arena.
+    bytes: u64,
+}
+
+fn result_json<T: serde::Serialize>(v: &T) -> BoxStream<arrow_flight::Result> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    Box::pin(futures::stream::iter([Ok(arrow_flight::Result::new(body))]))
+}
+
+const ACTIONS: [(&str, &str); 3] = [
+    (
+        "delete",
+        "Unbind a table name (body: the name). Readers keep what they hold. Role: write.",
+    ),
+    (
+        "ingest",
+        "Read a Parquet file or directory on the server's file system into a table \
+         (body: JSON {\"name\", \"path\", \"columns\"?}); replies with the ingest's figures. Role: admin.",
+    ),
+    (
+        "stats",
+        "The server's counters as JSON (as `arrowpool stats`). Role: admin.",
+    ),
+];
+
+#[tonic::async_trait]
+impl arrow_flight::flight_service_server::FlightService for Service {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    /// Checks the caller's token (basic authentication whose password is the
+    /// token, or a bearer header) and hands it back as a bearer header.
+    async fn handshake(
+        &self,
+        req: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        self.require(&req, Role::Read, "handshake")?;
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::token_of);
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(HandshakeResponse {
+                protocol_version: 0,
+                payload: Default::default(),
+            })])));
+        if let Some(t) = token {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                response.metadata_mut().insert("authorization", v);
+            }
+        }
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        req: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.require(&req, Role::Read, "list_flights")?;
+        let prefix = String::from_utf8(req.get_ref().expression.to_vec())
+            .map_err(|_| Status::invalid_argument("criteria: a name prefix in UTF-8"))?;
+        let pool = self.pool();
+        let infos = blocking(move || list(&pool, &prefix)).await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            infos.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        req: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.require(&req, Role::Read, "get_flight_info")?;
+        let wanted = ticket::parse_descriptor(req.get_ref()).map_err(Status::invalid_argument)?;
+        let pool = self.pool();
+        let info = blocking(move || {
+            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
+            let loc = lease.location();
+            let schema = pool
+                .store()
+                .table_schema(loc.object_id)
+                .ok_or_else(|| Status::failed_precondition("this name holds bytes, not a table"))?;
+            let schema = project(&schema, wanted.columns.as_deref())?;
+            flight_info(
+                &wanted.name,
+                loc.version,
+                &schema,
+                loc.rows,
+                loc.length,
+                false,
+                wanted.columns.as_deref(),
+            )
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _req: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "poll_flight_info: every table is ready; use get_flight_info",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        req: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        self.require(&req, Role::Read, "get_schema")?;
+        let wanted = ticket::parse_descriptor(req.get_ref()).map_err(Status::invalid_argument)?;
+        let pool = self.pool();
+        let schema = blocking(move || {
+            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
+            let schema = pool
+                .store()
+                .table_schema(lease.location().object_id)
+                .ok_or_else(|| Status::failed_precondition("this name holds bytes, not a table"))?;
+            project(&schema, wanted.columns.as_deref())
+        })
+        .await?;
+        let options = IpcWriteOptions::default();
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
+            .try_into()
+            .map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        self.require(&req, Role::Read, "do_get")?;
+        let wanted: Wanted =
+            ticket::parse_ticket(&req.get_ref().ticket).map_err(Status::invalid_argument)?;
+        let pool = self.pool();
+        let (schema, batches) = blocking(move || {
+            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
+            open(lease, wanted.columns.as_deref())
+        })
+        .await?;
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            .with_max_flight_data_size(MESSAGE_BYTES)
+            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn do_put(
+        &self,
+        req: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        self.require(&req, Role::Write, "do_put")?;
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("do_put: the stream was empty"))?;
+        let descriptor = first.flight_descriptor.clone().ok_or_else(|| {
+            Status::invalid_argument("do_put: the first message has no descriptor naming the table")
+        })?;
+        let target = ticket::parse_put(&descriptor).map_err(Status::invalid_argument)?;
+        crate::protocol::check_name(&target.name)
+            .map_err(|e| Status::invalid_argument(format!("table name: {e}")))?;
+        let data = futures::stream::once(async { Ok(first) })
+            .chain(input.map_err(FlightError::from))
+            .boxed();
+        let mut batches_in =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+        // The table arrives whole before it is written: bounded by the arena
+        // (it could never be stored otherwise).
+        let limit = self.shared.pool.arena.len() as usize;
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(b) = batches_in.next().await {
+            let b = b.map_err(|e| match e {
+                FlightError::Tonic(s) => *s,
+                e => Status::invalid_argument(format!("do_put: {e}")),
+            })?;
+            bytes += b.get_array_memory_size();
+            if bytes > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "do_put of {:?}: the table is larger than the arena ({}); it can never fit",
+                    target.name,
+                    crate::util::human_bytes(limit as u64)
+                )));
+            }
+            batches.push(b);
+        }
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => batches_in
+                .schema()
+                .cloned()
+                .ok_or_else(|| Status::invalid_argument("do_put: the stream carried no schema"))?,
+        };
+        let pool = self.pool();
+        let name = target.name.clone();
+        let (sealed, bytes) =
+            blocking(move || put(&pool, &name, target.if_version, &schema, &batches)).await?;
+        let reply = PutReply {
+            name: target.name,
+            version: sealed.version,
+            rows: sealed.rows,
+            bytes,
+        };
+        let metadata = serde_json::to_vec(&reply).unwrap_or_default();
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+            PutResult {
+                app_metadata: metadata.into(),
+            },
+        )]))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _req: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange is not offered"))
+    }
+
+    async fn do_action(
+        &self,
+        req: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let kind = req.get_ref().r#type.clone();
+        match kind.as_str() {
+            "delete" => {
+                self.require(&req, Role::Write, "the delete action")?;
+                let name = String::from_utf8(req.get_ref().body.to_vec())
+                    .map_err(|_| Status::invalid_argument("delete: the body is the table name"))?;
+                self.shared
+                    .pool
+                    .store()
+                    .delete(&name)
+                    .map_err(store_status)?;
+                Ok(Response::new(result_json(&serde_json::json!({
+                    "deleted": name
+                }))))
+            }
+            "ingest" => {
+                self.require(
+                    &req,
+                    Role::Admin,
+                    "the ingest action (reads the server's files)",
+                )?;
+                let a: IngestAction = serde_json::from_slice(&req.get_ref().body)
+                    .map_err(|e| Status::invalid_argument(format!("ingest: {e}")))?;
+                let ingest = crate::protocol::ingest::Ingest {
+                    name: a.name,
+                    path: a.path,
+                    columns: a.columns,
+                };
+                // The checks the socket's decoder makes (name rules, lengths).
+                let mut probe = Vec::new();
+                ingest
+                    .encode(&mut probe)
+                    .map_err(|e| Status::invalid_argument(format!("ingest: {e}")))?;
+                let (pool, settings) = (self.pool(), self.shared.ingest);
+                let reply = blocking(move || {
+                    crate::ingest::ingest(&pool, settings, 0, &ingest)
+                        .map_err(|e| status(crate::server::ingest_error(e)))
+                })
+                .await?;
+                Ok(Response::new(result_json(&reply)))
+            }
+            "stats" => {
+                self.require(&req, Role::Admin, "the stats action")?;
+                Ok(Response::new(result_json(&self.shared.stats())))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action {other:?}; list_actions names delete, ingest and stats"
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.require(&req, Role::Read, "list_actions")?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            ACTIONS.iter().map(|(t, d)| {
+                Ok(ActionType {
+                    r#type: (*t).into(),
+                    description: (*d).into(),
+                })
+            }),
+        ))))
+    }
+}
