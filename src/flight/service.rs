@@ -557,7 +557,13 @@ impl arrow_flight::flight_service_server::FlightService for Service {
                 FlightError::Tonic(s) => *s,
                 e => Status::invalid_argument(format!("do_put: {e}")),
             })?;
-            bytes += b.get_array_memory_size();
+            // The bytes the batch's arrays span (their buffers slice whole
+            // messages, which `get_array_memory_size` would count per column).
+            bytes += b
+                .columns()
+                .iter()
+                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+                .sum::<usize>();
             if bytes > limit {
                 return Err(Status::resource_exhausted(format!(
                     "do_put of {:?}: the table is larger than the arena ({}); it can never fit",
