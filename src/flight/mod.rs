@@ -72,6 +72,10 @@ pub struct Running {
 /// Threads of the Flight runtime: gRPC framing and encoding. Bulk copies of
 /// puts run on the blocking pool with every core.
 const WORKERS: usize = 2;
+/// HTTP/2 flow-control window (stream and connection) this server grants.
+const WINDOW_BYTES: u32 = 64 << 20;
+/// Largest HTTP/2 frame this server accepts (the protocol's maximum is 16 MiB - 1).
+const FRAME_BYTES: u32 = (1 << 20) - 1;
 
 /// Checks the flags, reads the TLS files and tokens, and binds `config.addr`.
 pub fn bind(config: &FlightConfig) -> Result<Bound, String> {
@@ -183,7 +187,14 @@ impl Bound {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("--flight: {e}"))?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let mut builder = tonic::transport::Server::builder();
+            // HTTP/2's default windows (64 KiB) make a sender wait for a
+            // window update every 64 KiB, which caps loopback at a fraction
+            // of memory speed; tables are large, so the windows are too.
+            let mut builder = tonic::transport::Server::builder()
+                .initial_stream_window_size(WINDOW_BYTES)
+                .initial_connection_window_size(WINDOW_BYTES)
+                .max_frame_size(FRAME_BYTES)
+                .tcp_nodelay(true);
             if let Some(tls) = tls.clone() {
                 builder = builder
                     .tls_config(tls)
