@@ -1198,6 +1198,13 @@ pub fn handshake(stream: &UnixStream, write: bool) -> Result<(ServerHello, Vec<O
         let why = match hello.status {
             STATUS_TOO_MANY_CONNECTIONS => "too many connections; raise --max-connections",
             STATUS_BAD_VERSION => "protocol version not supported by this server",
+            crate::protocol::handshake::STATUS_WRITE_REFUSED => {
+                "write access refused: this user is not in the server's --writers-group; \
+                 connect read-only to read"
+            }
+            crate::protocol::handshake::STATUS_ACCESS_REFUSED => {
+                "this user is in neither the server's --readers-group nor its --writers-group"
+            }
             _ => "bad hello",
         };
         return Err(ClientError::Handshake(format!(

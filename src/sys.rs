@@ -63,3 +63,44 @@ pub fn shutdown_read(fd: RawFd) {
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Read);
 }
+
+/// The user of the process at the other end of a Unix socket and every group
+/// it was in when it connected: `SO_PEERCRED` (uid, primary gid) and
+/// `SO_PEERGROUPS` (supplementary groups, Linux 4.13+; where it is missing,
+/// only the primary group counts).
+pub fn peer_user_and_groups(socket: impl AsFd) -> std::io::Result<(u32, Vec<u32>)> {
+    let fd = socket.as_fd();
+    let cred = rustix::net::sockopt::socket_peercred(fd)?;
+    let uid = cred.uid.as_raw();
+    let mut groups = vec![cred.gid.as_raw()];
+    let mut buf = vec![0u32; 64];
+    loop {
+        let mut len = (buf.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `buf` has room for `len` bytes of gid_t (u32) values and
+        // outlives the call; the kernel writes at most `len` bytes and sets
+        // `len` to what it wrote (or what it needs, with ERANGE).
+        let r = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            let n = len as usize / std::mem::size_of::<u32>();
+            groups.extend_from_slice(&buf[..n.min(buf.len())]);
+            return Ok((uid, groups));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < 65536 => {
+                let need = (len as usize / std::mem::size_of::<u32>()).max(buf.len() * 2);
+                buf.resize(need, 0);
+            }
+            Some(libc::ENOPROTOOPT) => return Ok((uid, groups)),
+            _ => return Err(e),
+        }
+    }
+}

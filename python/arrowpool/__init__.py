@@ -14,6 +14,7 @@ The wire protocol is ``docs/PROTOCOL.md`` in the repository.
 from .client import DEFAULT_TIMEOUT, Client, connect
 from .server import default_socket, ensure_server, stop_server
 from .errors import (
+    AccessRefused,
     ArrowpoolError,
     IngestError,
     InternalError,
@@ -34,6 +35,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessRefused",
     "ArrowpoolError",
     "Client",
     "DEFAULT_TIMEOUT",

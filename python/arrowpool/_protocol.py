@@ -218,6 +218,8 @@ STATUS_OK = 0
 STATUS_BAD_MAGIC = 1
 STATUS_BAD_VERSION = 2
 STATUS_TOO_MANY_CONNECTIONS = 3
+STATUS_WRITE_REFUSED = 4  # not in --writers-group: connect with write=False
+STATUS_ACCESS_REFUSED = 5  # in neither --readers-group nor --writers-group
 
 MEMORY_KINDS = {0: "hugetlb", 1: "transparent-hugepages", 2: "4k-pages"}
 IO_DRIVERS = {0: "io_uring", 1: "polling"}

@@ -42,11 +42,13 @@ import pyarrow as pa
 from . import _protocol as proto
 from . import server as _server
 from .errors import (
+    AccessRefused,
     ArrowpoolError,
     InvalidData,
     LimitExceeded,
     NotFound,
     ProtocolError,
+    ReadOnly,
     ServerUnavailable,
 )
 
@@ -252,6 +254,17 @@ class _Connection:
             return ProtocolError(
                 f"arrowpoold at {self.path} does not support protocol version "
                 f"{proto.PROTOCOL_VERSION}"
+            )
+        if status == proto.STATUS_WRITE_REFUSED:
+            return ReadOnly(
+                f"arrowpoold at {self.path} refused write access: this user is not in the "
+                "server's --writers-group; connect with write=False to read",
+                code=ReadOnly.code,
+            )
+        if status == proto.STATUS_ACCESS_REFUSED:
+            return AccessRefused(
+                f"arrowpoold at {self.path} refused the connection: this user is in neither "
+                "its --readers-group nor its --writers-group"
             )
         if status == proto.STATUS_BAD_MAGIC:
             return ProtocolError(f"arrowpoold at {self.path} rejected the client hello")

@@ -22,6 +22,7 @@ in :attr:`ArrowpoolError.code`; match on the class, not on the text.
      +-- InternalError      11   a server-side failure
      +-- ReadOnly           12   a write request on a connection made with write=False
      +-- VersionConflict    13   put(..., if_version=N) found another version: nothing put
+     +-- AccessRefused           the server's --readers-group/--writers-group refuse this user
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ class InternalError(ArrowpoolError):
     """A server-side failure that is not the client's fault (code 11)."""
 
     code = 11
+
+
+class AccessRefused(ArrowpoolError, PermissionError):
+    """The server refused the connection at the handshake: this user is in neither its
+    ``--readers-group`` nor its ``--writers-group``. (A user who may only read and asks
+    for write access gets :class:`ReadOnly`.)"""
 
 
 class ReadOnly(ArrowpoolError, PermissionError):

@@ -152,7 +152,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Command::Stop { timeout } = args.command {
         return stop(&socket, Duration::from_secs(timeout), args.json);
     }
-    let client = Client::connect(&socket).with_context(|| "connecting")?;
+    // Reading commands connect read-only, so they work for users a server's
+    // --writers-group keeps from writing.
+    let writes = matches!(
+        args.command,
+        Command::Put { .. } | Command::Ingest { .. } | Command::Rm { .. }
+    );
+    let client = if writes {
+        Client::connect(&socket)
+    } else {
+        Client::connect_reader(&socket)
+    }
+    .with_context(|| "connecting")?;
     match args.command {
         Command::Put { file, name } => {
             let pb = spinner(format!("reading {}", file.display()));

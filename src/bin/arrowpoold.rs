@@ -66,9 +66,19 @@ struct Args {
     /// Most simultaneous client connections.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
-    /// File mode of the socket, octal. Anyone who can connect can read and write every object.
-    #[arg(long, default_value = "600", value_parser = parse_mode)]
-    socket_mode: u32,
+    /// File mode of the socket, octal [default: 600; 666 with --writers-group
+    /// or --readers-group, which then decide]. Without the group flags anyone
+    /// who can connect can read and write every object.
+    #[arg(long, value_parser = parse_mode)]
+    socket_mode: Option<u32>,
+    /// Only the server's user, root and members of GROUP (name or gid) may
+    /// write; others connect read-only (checked with the peer's credentials).
+    #[arg(long, value_name = "GROUP")]
+    writers_group: Option<String>,
+    /// Only the server's user, root, members of GROUP and of --writers-group
+    /// may connect at all; members of GROUP only read.
+    #[arg(long, value_name = "GROUP")]
+    readers_group: Option<String>,
     /// Versions of each name kept readable by number (get with a version), the
     /// current one included. Older versions share their unchanged columns with
     /// newer ones; eviction takes them before current versions.
@@ -169,6 +179,25 @@ fn main() -> ExitCode {
             }
         },
     };
+    let resolve = |g: &Option<String>, flag: &str| -> Result<_, String> {
+        g.as_deref()
+            .map(arrowpool::server::peers::Group::resolve)
+            .transpose()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    let groups = match (
+        resolve(&args.writers_group, "--writers-group"),
+        resolve(&args.readers_group, "--readers-group"),
+    ) {
+        (Ok(writers), Ok(readers)) => arrowpool::server::peers::Groups { writers, readers },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("arrowpoold: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket_mode = args
+        .socket_mode
+        .unwrap_or(if groups.is_set() { 0o666 } else { 0o600 });
     let config = Config {
         socket,
         memory_bytes: args.memory,
@@ -178,7 +207,8 @@ fn main() -> ExitCode {
         require_io_uring: args.require_io_uring || args.io_driver == IoDriverChoice::IoUring,
         force_polling: args.io_driver == IoDriverChoice::Polling,
         max_connections: args.max_connections,
-        socket_mode: args.socket_mode,
+        socket_mode,
+        groups,
         keep_versions: args.keep_versions as usize,
         preallocate_bytes: match args.preallocate {
             Preallocate::Auto => None,

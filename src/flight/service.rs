@@ -234,6 +234,131 @@ fn project(schema: &SchemaRef, columns: Option<&[String]>) -> Result<SchemaRef, 
     }
 }
 
+/// A range of the arena that a Flight message body points at, holding the
+/// lease that keeps it unchanged.
+struct Piece {
+    lease: Arc<Lease>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the pointer is into the server's shared mapping, valid from any
+// thread while the lease (an Arc, itself Send + Sync) lives; nothing writes
+// sealed bytes.
+unsafe impl Send for Piece {}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        let _ = &self.lease;
+        // SAFETY: `ptr..ptr+len` was a slice of the mapping when the piece was
+        // made, and the lease keeps those bytes mapped and unchanged.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// The largest body sent as it lies in the arena: a larger batch goes
+/// through the encoder, sliced, so no single gRPC message gets huge.
+const RAW_BODY_MAX: usize = 256 << 20;
+
+/// The version's messages as they lie in the arena, zero-copy: the schema
+/// message, then every batch, each body a slice of the
+/// arena (gRPC's framing copies it once). `None` when any body is not dense
+/// (a version that shares columns with others can have its buffers spread
+/// over the arena, with other bytes between them) or too large: then the
+/// caller decodes and re-encodes. Tables with dictionaries take that way too.
+fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
+    let loc = lease.location();
+    if loc.kind != ObjectKind::Table {
+        return None;
+    }
+    let pool = lease.pool.0.clone();
+    let bytes = pool.arena.mapping().slice(loc.offset, loc.length)?;
+    let base = NonNull::new(bytes.as_ptr() as *mut u8)?;
+    let footer = crate::ipc::footer(bytes).ok()?;
+    let schema = crate::ipc::file_schema(bytes).ok()?;
+    // Dictionary messages carry the ids their writer gave them, which the
+    // schema message must match; arrow's encoder numbers them afresh, so
+    // tables with dictionaries take the encoder's way.
+    if schema
+        .fields()
+        .iter()
+        .any(|f| crate::ingest::has_dictionary(f.data_type()))
+    {
+        return None;
+    }
+    let lease = Arc::new(lease);
+    let mut out = vec![FlightData::from(SchemaAsIpc::new(
+        &schema,
+        &IpcWriteOptions::default(),
+    ))];
+    let blocks = footer
+        .dictionaries()
+        .into_iter()
+        .flatten()
+        .chain(footer.recordBatches().into_iter().flatten());
+    for block in blocks {
+        let (start, end, meta) = crate::ipc::block_range(bytes, block).ok()?;
+        let header = encapsulated(bytes, start)?;
+        let body_len = end - start - meta;
+        if body_len > RAW_BODY_MAX || !dense(header, body_len)? {
+            return None;
+        }
+        let piece = Piece {
+            lease: lease.clone(),
+            // SAFETY: `start + meta <= end <= bytes.len()` (block_range).
+            ptr: unsafe { base.add(start + meta) },
+            len: body_len,
+        };
+        out.push(
+            FlightData::new()
+                .with_data_header(header.to_vec())
+                .with_data_body(bytes::Bytes::from_owner(piece)),
+        );
+    }
+    Some(out)
+}
+
+/// The flatbuffer of the encapsulated message at `at` (continuation marker,
+/// length, flatbuffer).
+fn encapsulated(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    let prefix = bytes.get(at..at.checked_add(8)?)?;
+    if prefix[..4] != [0xff; 4] {
+        return None;
+    }
+    let len = i32::from_le_bytes(prefix[4..8].try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    bytes.get(at + 8..(at + 8).checked_add(len)?)
+}
+
+/// Whether the buffers a message header names fill its body of `body_len`
+/// bytes, but for alignment padding.
+fn dense(header: &[u8], body_len: usize) -> Option<bool> {
+    const PAD: u64 = 64;
+    let message = arrow_ipc::root_as_message(header).ok()?;
+    let buffers = match message.header_type() {
+        arrow_ipc::MessageHeader::RecordBatch => message.header_as_record_batch()?.buffers(),
+        arrow_ipc::MessageHeader::DictionaryBatch => {
+            message.header_as_dictionary_batch()?.data()?.buffers()
+        }
+        _ => return Some(false),
+    };
+    let mut spans: Vec<(u64, u64)> = buffers
+        .into_iter()
+        .flatten()
+        .filter(|b| b.length() > 0)
+        .map(|b| (b.offset() as u64, b.length() as u64))
+        .collect();
+    spans.sort_unstable();
+    let mut end = 0u64;
+    for (offset, len) in spans {
+        if offset > end + PAD {
+            return Some(false);
+        }
+        end = end.max(offset.checked_add(len)?);
+    }
+    Some(end <= body_len as u64 && body_len as u64 <= end + PAD)
+}
+
 /// The bytes `batch`'s arrays span.
 fn slice_bytes(batch: &RecordBatch) -> usize {
     batch
@@ -539,6 +664,20 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         self.require(&req, Role::Read, "do_get")?;
         let wanted: Wanted =
             ticket::parse_ticket(&req.get_ref().ticket).map_err(Status::invalid_argument)?;
+        let pool = self.pool();
+        let whole = wanted.columns.is_none();
+        let (name, version) = (wanted.name.clone(), wanted.version);
+        if whole {
+            let raw = blocking(move || {
+                let lease = Lease::take(&pool, &name, version)?;
+                Ok(raw_messages(lease))
+            })
+            .await?;
+            if let Some(messages) = raw {
+                let stream = futures::stream::iter(messages.into_iter().map(Ok));
+                return Ok(Response::new(Box::pin(stream)));
+            }
+        }
         let pool = self.pool();
         let (schema, batches) = blocking(move || {
             let lease = Lease::take(&pool, &wanted.name, wanted.version)?;

@@ -39,6 +39,11 @@ pub const STATUS_OK: u16 = 0;
 pub const STATUS_BAD_MAGIC: u16 = 1;
 pub const STATUS_BAD_VERSION: u16 = 2;
 pub const STATUS_TOO_MANY_CONNECTIONS: u16 = 3;
+/// The client asked for write access and its user is not in `--writers-group`
+/// (it may connect read-only).
+pub const STATUS_WRITE_REFUSED: u16 = 4;
+/// The client's user is in neither `--readers-group` nor `--writers-group`.
+pub const STATUS_ACCESS_REFUSED: u16 = 5;
 
 /// What a client asks for in its hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

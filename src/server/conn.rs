@@ -11,12 +11,13 @@ use compio::net::UnixStream;
 
 use crate::protocol::frame::{write_frame, FrameError, Header, FLAG_NO_REPLY, REQUEST_BODY_MAX};
 use crate::protocol::handshake::{
-    ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_WRITE, PROTOCOL_VERSION, STATUS_OK,
-    STATUS_TOO_MANY_CONNECTIONS,
+    ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_WRITE, PROTOCOL_VERSION,
+    STATUS_ACCESS_REFUSED, STATUS_OK, STATUS_TOO_MANY_CONNECTIONS, STATUS_WRITE_REFUSED,
 };
 use crate::protocol::{ErrorCode, ErrorReply, Kind, Request};
 use crate::store::ConnId;
 
+use super::peers::Allowed;
 use super::requests::{handle, write_error, Access, Ctx};
 use super::shared::Shared;
 
@@ -196,6 +197,33 @@ async fn read_hello(stream: &mut UnixStream, shared: &Shared) -> Option<ClientHe
 /// client that asked for write access).
 fn answer_hello(stream: &UnixStream, shared: &Shared, client: ClientHello) -> Result<Access, ()> {
     let writer = client.flags & FLAG_WRITE != 0;
+    if shared.groups.is_set() {
+        // `--writers-group` / `--readers-group`: the peer's credentials decide.
+        let allowed = match crate::sys::peer_user_and_groups(stream.as_fd()) {
+            Ok((uid, groups)) => {
+                let a = shared.groups.allowed(uid, &groups, shared.owner_uid);
+                if a == Allowed::Nothing || (writer && a == Allowed::Read) {
+                    eprintln!("arrowpoold: {}", shared.groups.refusal(uid, writer));
+                }
+                a
+            }
+            Err(e) => {
+                eprintln!("arrowpoold: cannot read a connecting peer's credentials: {e}");
+                Allowed::Nothing
+            }
+        };
+        match allowed {
+            Allowed::Nothing => {
+                refuse(stream, shared, STATUS_ACCESS_REFUSED);
+                return Err(());
+            }
+            Allowed::Read if writer => {
+                refuse(stream, shared, STATUS_WRITE_REFUSED);
+                return Err(());
+            }
+            _ => {}
+        }
+    }
     let reply = server_hello(shared, STATUS_OK, if writer { 2 } else { 1 });
     let ro = shared.pool.arena.read_only_fd();
     let rw = shared.pool.arena.fd();

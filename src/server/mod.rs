@@ -13,6 +13,7 @@
 
 mod conn;
 mod listener;
+pub mod peers;
 mod requests;
 pub mod shared;
 
@@ -55,8 +56,11 @@ pub struct Config {
     /// Use compio's polling (epoll) driver even where io_uring works.
     pub force_polling: bool,
     pub max_connections: usize,
-    /// File mode of the socket (default 0o600: only the owner may connect).
+    /// File mode of the socket (default 0o600: only the owner may connect;
+    /// 0o666 with `groups` set, which then decide).
     pub socket_mode: u32,
+    /// `--writers-group` / `--readers-group` (`peers.rs`).
+    pub groups: peers::Groups,
     /// Versions kept readable per name, the current one included (at least 1).
     pub keep_versions: usize,
     /// Bytes at the start of the data region allocated in the background after

@@ -36,6 +36,10 @@ pub struct Shared {
     pub recovered_versions: u64,
     /// `--flight`: the address the Flight service listens on.
     pub flight: std::sync::OnceLock<String>,
+    /// `--writers-group` / `--readers-group`, checked at each handshake.
+    pub groups: super::peers::Groups,
+    /// The server's effective uid (always allowed everything).
+    pub owner_uid: u32,
 }
 
 impl Shared {
@@ -64,6 +68,8 @@ impl Shared {
             state_dir,
             recovered_versions,
             flight: std::sync::OnceLock::new(),
+            groups: config.groups.clone(),
+            owner_uid: rustix::process::geteuid().as_raw(),
         }
     }
 
