@@ -1034,11 +1034,16 @@ class Client:
         ``.parquet`` files with one schema) into the table ``name``.
 
         ``path`` is made absolute here: the server resolves it, not this process.
+        ``flight://[TOKEN@]HOST:PORT/NAME`` (or ``flight+tls://``) makes the server pull
+        table ``NAME`` from another Flight server (another arrowpoold) instead.
         ``columns`` selects columns (all when None). Returns the server's report
         (version, rows, bytes, timings). Waits as long as the ingest takes unless
         ``timeout`` (seconds) is given. Raises :class:`IngestError` on bad input.
         """
-        body = proto.Ingest.encode(name, os.path.abspath(os.fspath(path)), list(columns or ()))
+        where = os.fspath(path)
+        if "://" not in where:  # flight://HOST:PORT/NAME goes as it is
+            where = os.path.abspath(where)
+        body = proto.Ingest.encode(name, where, list(columns or ()))
         _, reply = self._request(proto.Kind.INGEST, body, timeout=timeout)
         return proto.Ingest.decode_reply(reply)
 

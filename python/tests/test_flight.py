@@ -373,3 +373,57 @@ def test_versions_that_share_columns_and_plain_tables_read_exactly(served):
     c.put("x", appended)
     assert client.do_get(fl.Ticket(b"x")).read_all().equals(appended)
     c.close()
+
+
+def test_one_server_pulls_a_table_from_another(tmp_path):
+    """Host to host: B ingests flight://TOKEN@A/NAME (tokens, then TLS, honoured)."""
+    import arrowpool
+
+    tokens = write_tokens(tmp_path / "tokens")
+    pki = make_pki(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, addr = flight_server(
+        tmp_path / "a", "--flight-tokens", str(tokens),
+        "--flight-tls-cert", str(pki["server"]), "--flight-tls-key", str(pki["server-key"]),
+    )
+    b = Server(tmp_path / "b", memory="256M", extra=("--flight-remote-ca", str(pki["ca"])))
+    try:
+        t = table(13).drop_columns(["cat"])
+        ca = a.connect()
+        ca.put("source", t)
+        cb = b.connect()
+        port = addr.rsplit(":", 1)[1]
+        url = f"flight+tls://{READ_TOKEN}@127.0.0.1:{port}/source"
+        reply = cb.ingest(url, "copy")
+        assert reply["reader"] == "flight" and reply["rows"] == t.num_rows
+        got = cb.get("copy")
+        assert got.equals(t)
+        assert_in_arena(cb, got) > 0
+        proj = cb.ingest(url, "ids", columns=["id"])
+        assert cb.get("ids").column_names == ["id"] and proj["rows"] == t.num_rows
+        # A version by number, from the CLI.
+        ca.put("source", table(14).drop_columns(["cat"]))
+        cli = subprocess.run(
+            [os.environ.get("ARROWPOOL_CLI") or str(Path(server_binary()).parent / "arrowpool"),
+             "--socket", b.socket, "ingest", url + "?version=2", "v2"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert READ_TOKEN not in cli.stdout + cli.stderr
+        assert cb.get("v2").equals(table(14).drop_columns(["cat"]))
+        # Refusals are the remote server's, named, without the token.
+        with pytest.raises(arrowpool.IngestError, match="Unauthenticated") as e:
+            cb.ingest(f"flight+tls://{'z' * 20}@127.0.0.1:{port}/source", "x")
+        assert "z" * 20 not in str(e.value)
+        with pytest.raises(arrowpool.IngestError, match="no object named"):
+            cb.ingest(f"flight+tls://{READ_TOKEN}@127.0.0.1:{port}/missing", "x")
+        with pytest.raises(arrowpool.IngestError, match="no answer .*flight\\+tls"):
+            cb.ingest(f"flight://{READ_TOKEN}@127.0.0.1:{port}/source", "x")  # plain text to TLS
+        with pytest.raises(arrowpool.IngestError, match="cannot ingest s3:// URLs"):
+            cb.ingest("s3://bucket/key.parquet", "x")
+        ca.close()
+        cb.close()
+    finally:
+        a.stop()
+        b.stop()

@@ -220,9 +220,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             name,
             columns,
         } => {
-            let path =
-                std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
-            let pb = spinner(format!("server ingesting {}", path.display()));
+            // A URL (flight://HOST:PORT/NAME) goes to the server as it is; a
+            // local path is made absolute (the server's directory is not ours).
+            let path = if path.to_string_lossy().contains("://") {
+                path
+            } else {
+                std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?
+            };
+            let shown = path.to_string_lossy();
+            // A token in a URL (flight://TOKEN@HOST:PORT/NAME) is not shown.
+            let shown = match shown.split_once("://") {
+                Some((scheme, rest)) => {
+                    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+                    format!("{scheme}://{authority}/{tail}")
+                }
+                None => shown.into_owned(),
+            };
+            let pb = spinner(format!("server ingesting {shown}"));
             let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
             let reply = client.ingest(&path.to_string_lossy(), &name, &cols)?;
             pb.finish_and_clear();

@@ -123,6 +123,10 @@ struct Args {
     /// Allow --flight on a non-loopback address without TLS or tokens (logged).
     #[arg(long)]
     flight_insecure: bool,
+    /// A CA (PEM) trusted, beside the system's roots, when this server pulls
+    /// a table with `ingest flight+tls://HOST:PORT/NAME`.
+    #[arg(long, value_name = "FILE")]
+    flight_remote_ca: Option<PathBuf>,
 }
 
 /// `--spill-ahead`: a fraction of the arena, or off.
@@ -230,6 +234,7 @@ fn main() -> ExitCode {
             tokens: args.flight_tokens,
             insecure: args.flight_insecure,
         }),
+        flight_remote_ca: args.flight_remote_ca,
     };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

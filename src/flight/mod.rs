@@ -24,6 +24,7 @@
 //! Unix socket can write.
 
 pub mod auth;
+pub mod pull;
 mod service;
 pub mod ticket;
 

@@ -360,7 +360,7 @@ fn dense(header: &[u8], body_len: usize) -> Option<bool> {
 }
 
 /// The bytes `batch`'s arrays span.
-fn slice_bytes(batch: &RecordBatch) -> usize {
+pub(super) fn slice_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()
@@ -461,7 +461,7 @@ impl Drop for PutConn<'_> {
 
 /// Writes `batches` into the arena as one IPC file (every core copying),
 /// checks it as a seal does and publishes it as the new version of `name`.
-fn put(
+pub(super) fn put(
     pool: &Pool,
     name: &str,
     if_version: Option<u64>,

@@ -80,6 +80,9 @@ pub struct Config {
     /// `--flight`: an Arrow Flight service on TCP beside the socket.
     #[cfg(feature = "flight")]
     pub flight: Option<crate::flight::FlightConfig>,
+    /// `--flight-remote-ca`: a CA (PEM) trusted, beside the system's roots, by
+    /// `ingest flight+tls://...` pulls.
+    pub flight_remote_ca: Option<PathBuf>,
 }
 
 /// Why the server could not start.

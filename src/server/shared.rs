@@ -40,6 +40,8 @@ pub struct Shared {
     pub groups: super::peers::Groups,
     /// The server's effective uid (always allowed everything).
     pub owner_uid: u32,
+    /// `--flight-remote-ca`, for `ingest flight+tls://...`.
+    pub flight_remote_ca: Option<PathBuf>,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             flight: std::sync::OnceLock::new(),
             groups: config.groups.clone(),
             owner_uid: rustix::process::geteuid().as_raw(),
+            flight_remote_ca: config.flight_remote_ca.clone(),
         }
     }
 

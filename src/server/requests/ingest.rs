@@ -9,6 +9,9 @@ use crate::store::StoreError;
 use super::{json, Ctx, Reply};
 
 pub async fn apply(ctx: &Ctx<'_>, req: Ingest) -> Reply {
+    if req.path.contains("://") {
+        return pull(ctx, req).await;
+    }
     let (pool, settings, conn) = (ctx.shared.pool.clone(), ctx.shared.ingest, ctx.conn);
     let result =
         compio::runtime::spawn_blocking(move || crate::ingest::ingest(&pool, settings, conn, &req))
@@ -35,4 +38,41 @@ pub fn ingest_error(e: IngestError) -> ErrorReply {
         _ => ErrorCode::Ingest,
     };
     ErrorReply::new(code, e.to_string())
+}
+
+/// `ingest flight://...`: pull the table from another Flight server.
+#[cfg(feature = "flight")]
+async fn pull(ctx: &Ctx<'_>, req: Ingest) -> Reply {
+    if !crate::flight::pull::is_flight_url(&req.path) {
+        return Err(unknown_scheme(&req.path));
+    }
+    let (pool, ca) = (ctx.shared.pool.clone(), ctx.shared.flight_remote_ca.clone());
+    let result = compio::runtime::spawn_blocking(move || {
+        crate::flight::pull::ingest(&pool, &req, ca.as_deref())
+    })
+    .await;
+    match result {
+        Ok(Ok(reply)) => json(&reply),
+        Ok(Err(e)) => Err(ErrorReply::new(ErrorCode::Ingest, e)),
+        Err(_) => Err(ErrorReply::new(
+            ErrorCode::Internal,
+            "ingest worker panicked",
+        )),
+    }
+}
+
+#[cfg(not(feature = "flight"))]
+async fn pull(_ctx: &Ctx<'_>, req: Ingest) -> Reply {
+    Err(unknown_scheme(&req.path))
+}
+
+fn unknown_scheme(path: &str) -> ErrorReply {
+    let scheme = path.split("://").next().unwrap_or("");
+    ErrorReply::new(
+        ErrorCode::Ingest,
+        format!(
+            "cannot ingest {scheme}:// URLs: give a Parquet file or directory on the server's \
+             machine, or flight://[TOKEN@]HOST:PORT/NAME"
+        ),
+    )
 }

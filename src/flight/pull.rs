@@ -1,0 +1,267 @@
+//! `ingest flight://[TOKEN@]HOST:PORT/NAME` (or `flight+tls://`): this server
+//! pulls a table from another Flight server — another arrowpoold, so that N
+//! app hosts share one loading host — and publishes it as a new version here.
+//!
+//! The table is read whole over Flight (`do_get`, the ingest's columns as a
+//! projection, `?version=N` for a version by number), then written into the
+//! arena on every core as a Flight `do_put` is. The token, when given, goes
+//! out as `authorization: Bearer TOKEN` and never into logs or replies.
+//! `flight+tls://` checks the remote certificate against the system's roots
+//! plus `--flight-remote-ca FILE`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_flight::Ticket;
+use arrow_schema::SchemaRef;
+use futures::StreamExt;
+
+use crate::pool::Pool;
+use crate::protocol::ingest::{Ingest, IngestReply};
+
+/// A `flight://` URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub tls: bool,
+    /// `host:port` (a bracketed IPv6 address stays bracketed).
+    pub authority: String,
+    pub host: String,
+    pub name: String,
+    pub version: Option<u64>,
+    pub token: Option<String>,
+}
+
+impl Remote {
+    /// The URL without its token, for messages.
+    pub fn shown(&self) -> String {
+        let scheme = if self.tls { "flight+tls" } else { "flight" };
+        let version = self
+            .version
+            .map_or(String::new(), |v| format!("?version={v}"));
+        format!("{scheme}://{}/{}{version}", self.authority, self.name)
+    }
+}
+
+/// Whether an ingest path is a Flight URL rather than a file.
+pub fn is_flight_url(path: &str) -> bool {
+    path.starts_with("flight://") || path.starts_with("flight+tls://")
+}
+
+/// Parses `flight[+tls]://[TOKEN@]HOST:PORT/NAME[?version=N]`.
+pub fn parse(url: &str) -> Result<Remote, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("flight+tls://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("flight://") {
+        (false, r)
+    } else {
+        return Err("not a flight:// or flight+tls:// URL".into());
+    };
+    let usage = "expected flight://[TOKEN@]HOST:PORT/NAME[?version=N]";
+    let (authority, path) = rest.split_once('/').ok_or(usage)?;
+    let (token, authority) = match authority.rsplit_once('@') {
+        Some((t, a)) if !t.is_empty() => (Some(t.to_owned()), a),
+        Some(_) => return Err(format!("empty token before '@'; {usage}")),
+        None => (None, authority),
+    };
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("no port in {authority:?}; {usage}"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("bad host or port in {authority:?}; {usage}"));
+    }
+    let (name, query) = match path.split_once('?') {
+        Some((n, q)) => (n, Some(q)),
+        None => (path, None),
+    };
+    if name.is_empty() {
+        return Err(format!("no table name after the address; {usage}"));
+    }
+    let version = match query {
+        None => None,
+        Some(q) => Some(
+            q.strip_prefix("version=")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("unknown query {q:?}: only version=N"))?,
+        ),
+    };
+    Ok(Remote {
+        tls,
+        authority: authority.to_owned(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        name: name.to_owned(),
+        version,
+        token,
+    })
+}
+
+/// The HTTP/2 window a pull grants the remote sender (see `mod.rs`).
+const WINDOW_BYTES: u32 = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pulls `req.path` (a Flight URL) and publishes it as `req.name`.
+pub fn ingest(pool: &Pool, req: &Ingest, remote_ca: Option<&Path>) -> Result<IngestReply, String> {
+    let remote = parse(&req.path)?;
+    let shown = remote.shown();
+    let fail = |e: String| format!("ingest from {shown}: {e}");
+    let began = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start a runtime: {e}")))?;
+    let limit = pool.arena.len() as usize;
+    let (schema, batches) = runtime
+        .block_on(fetch(&remote, &req.columns, remote_ca, limit))
+        .map_err(fail)?;
+    let read_ms = began.elapsed().as_secs_f64() * 1e3;
+    let written = Instant::now();
+    let (sealed, bytes) = super::service::put(pool, &req.name, None, &schema, &batches)
+        .map_err(|s| fail(s.message().to_owned()))?;
+    Ok(IngestReply {
+        version: sealed.version,
+        rows: sealed.rows,
+        bytes,
+        parquet_bytes: 0,
+        files: 0,
+        read_ms,
+        decode_ms: 0.0,
+        write_ms: written.elapsed().as_secs_f64() * 1e3,
+        total_ms: began.elapsed().as_secs_f64() * 1e3,
+        reader: "flight".into(),
+    })
+}
+
+async fn fetch(
+    remote: &Remote,
+    columns: &[String],
+    remote_ca: Option<&Path>,
+    limit: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let scheme = if remote.tls { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", remote.authority))
+        .map_err(|e| format!("bad address: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
+        .tcp_nodelay(true);
+    if remote.tls {
+        let mut tls = ClientTlsConfig::new()
+            .domain_name(remote.host.clone())
+            .with_native_roots();
+        if let Some(ca) = remote_ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read --flight-remote-ca {}: {e}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    let mut client = arrow_flight::FlightClient::new_from_inner(inner);
+    if let Some(t) = &remote.token {
+        client
+            .add_header("authorization", &format!("Bearer {t}"))
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+    }
+    let ticket = super::ticket::Wanted {
+        name: remote.name.clone(),
+        version: remote.version,
+        columns: (!columns.is_empty()).then(|| columns.to_vec()),
+    };
+    let ticket = serde_json::to_vec(&ticket).map_err(|e| e.to_string())?;
+    let mut stream = client
+        .do_get(Ticket::new(ticket))
+        .await
+        .map_err(flight_error)?;
+    let mut batches = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(flight_error)?;
+        bytes += super::service::slice_bytes(&b);
+        if bytes > limit {
+            return Err(format!(
+                "the table is larger than this server's arena ({}); it can never fit",
+                crate::util::human_bytes(limit as u64)
+            ));
+        }
+        batches.push(b);
+    }
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => stream
+            .schema()
+            .cloned()
+            .ok_or("the remote stream carried no schema")?,
+    };
+    Ok((schema, batches))
+}
+
+fn flight_error(e: arrow_flight::error::FlightError) -> String {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => match std::error::Error::source(&*s) {
+            // No answer at all: the connection failed (TLS to a plain
+            // listener or the reverse, a refused port...).
+            Some(cause)
+                if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Unavailable =>
+            {
+                format!(
+                    "no answer ({}: {}); is it a Flight server, and does flight:// vs flight+tls:// match its TLS?",
+                    s.message(),
+                    error_chain(cause)
+                )
+            }
+            _ => format!("the remote server answered {:?}: {}", s.code(), s.message()),
+        },
+        e => e.to_string(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let r = parse("flight://tok123@10.0.0.5:8815/sales?version=3").unwrap();
+        assert_eq!(r.token.as_deref(), Some("tok123"));
+        assert_eq!(r.authority, "10.0.0.5:8815");
+        assert_eq!(
+            (r.name.as_str(), r.version, r.tls),
+            ("sales", Some(3), false)
+        );
+        assert_eq!(r.shown(), "flight://10.0.0.5:8815/sales?version=3");
+        let r = parse("flight+tls://[::1]:9/t").unwrap();
+        assert!(r.tls && r.host == "::1" && r.token.is_none());
+        for bad in [
+            "flight://host/t",
+            "flight://host:99999/t",
+            "flight://host:1",
+            "flight://host:1/",
+            "flight://@host:1/t",
+            "flight://host:1/t?v=2",
+            "s3://b/k",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(is_flight_url("flight+tls://x:1/y") && !is_flight_url("/data/x.parquet"));
+    }
+}
