@@ -74,6 +74,8 @@ pub enum Scenario {
     Restart,
     /// Switch back to a source spilled to disk (`--spill-dir`) vs ingest its Parquet again (a server of its own).
     Spill,
+    /// Arrow Flight do_get / do_put over loopback against pyarrow's Flight server (a server of its own).
+    Remote,
 }
 
 /// What `--hugepages` does.

@@ -320,6 +320,11 @@ fn run_scenarios(
             scenarios::spill::run(r, bin, server_hugepages, socket_dir)
         })?;
     }
+    if let (Some(bin), true) = (bin, wanted(Scenario::Remote)) {
+        step("remote: Arrow Flight over loopback", || {
+            scenarios::remote::run(r, bin, server_hugepages, socket_dir)
+        })?;
+    }
     if let (Some(bin), true) = (bin, wanted(Scenario::Restart)) {
         step("restart after kill -9 (--state-dir)", || {
             scenarios::restart::run(r, bin, server_hugepages, socket_dir)

@@ -136,16 +136,23 @@ def main() -> None:
         child.wait()
 
 
-# The child is this file's MemoryServer; run as `python -c` with the path of this file.
+def serve_memory(parquet: str) -> None:
+    """Serves the Parquet file's table from memory as ``t`` and ``remote``, printing
+    the port first (also the server loadgen's remote scenario compares with)."""
+    s = MemoryServer("grpc://127.0.0.1:0")
+    t = pq.read_table(parquet)
+    s.tables[b"t"] = t
+    s.tables[b"remote"] = t
+    print(s.port, flush=True)
+    s.serve()
+
+
+# The child runs this file's serve_memory; `python -c` with the path of this file.
 CHILD = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-import pyarrow.flight as fl, pyarrow.parquet as pq
-from bench_flight import MemoryServer
-s = MemoryServer("grpc://127.0.0.1:0")
-s.tables[b"t"] = pq.read_table(sys.argv[1])
-print(s.port, flush=True)
-s.serve()
+from bench_flight import serve_memory
+serve_memory(sys.argv[1])
 """
 
 if __name__ == "__main__":

@@ -27,12 +27,12 @@ use crate::store::{ConnId, Location, ObjectKind, StoreError};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Largest Flight message `do_get` sends (larger batches are sent in
-/// slices). Measured with pyarrow's client reading a 129 MB batch over
-/// loopback: 4 MiB messages 680-850 ms (the client spends 550 ms of CPU on
-/// them), 32 MiB 210-320 ms, 64 MiB 230-320 ms, one 129 MB message 160-250
-/// ms. 64 MiB bounds what one stream holds encoded at a time.
-const MESSAGE_BYTES: usize = 64 << 20;
+/// Largest Flight message `do_get` encodes (larger batches are sent in
+/// slices). Clients disagree: pyarrow's reading a 129 MB batch over loopback
+/// took 680-850 ms in 4 MiB messages (550 ms of its CPU), 210-320 ms in 32
+/// MiB ones, 160-250 ms as one message; the Rust `arrow-flight` client read
+/// 10M x 12 in 4.4 s as 64 MiB messages and 2.4 s as 16 MiB ones.
+const MESSAGE_BYTES: usize = 16 << 20;
 
 pub struct Service {
     shared: Arc<Shared>,
@@ -257,15 +257,16 @@ impl AsRef<[u8]> for Piece {
 }
 
 /// The largest body sent as it lies in the arena: a larger batch goes
-/// through the encoder, sliced, so no single gRPC message gets huge.
-const RAW_BODY_MAX: usize = 256 << 20;
+/// through the encoder, sliced (`MESSAGE_BYTES`), so no gRPC message gets
+/// large enough to slow clients down.
+const RAW_BODY_MAX: usize = 32 << 20;
 
 /// The version's messages as they lie in the arena, zero-copy: the schema
-/// message, then every batch, each body a slice of the
-/// arena (gRPC's framing copies it once). `None` when any body is not dense
-/// (a version that shares columns with others can have its buffers spread
-/// over the arena, with other bytes between them) or too large: then the
-/// caller decodes and re-encodes. Tables with dictionaries take that way too.
+/// message, then every batch, each body a slice of the arena (gRPC's framing
+/// copies it once), its header rewritten to that slice (`compact`). `None`
+/// when any batch's buffers are spread over the arena (a version that shares
+/// columns with others) or a body is too large: then the caller decodes and
+/// re-encodes. Tables with dictionaries take that way too.
 fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
     let loc = lease.location();
     if loc.kind != ObjectKind::Table {
@@ -299,19 +300,24 @@ fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
     for block in blocks {
         let (start, end, meta) = crate::ipc::block_range(bytes, block).ok()?;
         let header = encapsulated(bytes, start)?;
-        let body_len = end - start - meta;
-        if body_len > RAW_BODY_MAX || !dense(header, body_len)? {
+        let (header, first, len) = compact(header, end - start - meta)?;
+        if len > RAW_BODY_MAX {
+            return None;
+        }
+        let at = start + meta + first;
+        if at.checked_add(len)? > end {
             return None;
         }
         let piece = Piece {
             lease: lease.clone(),
-            // SAFETY: `start + meta <= end <= bytes.len()` (block_range).
-            ptr: unsafe { base.add(start + meta) },
-            len: body_len,
+            // SAFETY: `at + len <= end <= bytes.len()` (checked above, and by
+            // block_range).
+            ptr: unsafe { base.add(at) },
+            len,
         };
         out.push(
             FlightData::new()
-                .with_data_header(header.to_vec())
+                .with_data_header(header)
                 .with_data_body(bytes::Bytes::from_owner(piece)),
         );
     }
@@ -330,33 +336,69 @@ fn encapsulated(bytes: &[u8], at: usize) -> Option<&[u8]> {
     bytes.get(at + 8..(at + 8).checked_add(len)?)
 }
 
-/// Whether the buffers a message header names fill its body of `body_len`
-/// bytes, but for alignment padding.
-fn dense(header: &[u8], body_len: usize) -> Option<bool> {
+/// The message `header` rewritten for a body that holds only its buffers:
+/// in a version's file view the body of a batch starts at its message (in
+/// the manifest region) while its buffers lie further on, in the version's
+/// chunk. When the buffers lie one after another (but for alignment padding)
+/// they are one range of the arena: returns the header with every buffer
+/// offset and the body length made relative to that range, the range's
+/// start within the old body, and its length. `None` when they are spread
+/// (a version sharing columns with another) or the header is not a batch.
+fn compact(header: &[u8], body_len: usize) -> Option<(Vec<u8>, usize, usize)> {
     const PAD: u64 = 64;
     let message = arrow_ipc::root_as_message(header).ok()?;
     let buffers = match message.header_type() {
-        arrow_ipc::MessageHeader::RecordBatch => message.header_as_record_batch()?.buffers(),
+        arrow_ipc::MessageHeader::RecordBatch => message.header_as_record_batch()?.buffers()?,
         arrow_ipc::MessageHeader::DictionaryBatch => {
-            message.header_as_dictionary_batch()?.data()?.buffers()
+            message.header_as_dictionary_batch()?.data()?.buffers()?
         }
-        _ => return Some(false),
+        _ => return None,
     };
     let mut spans: Vec<(u64, u64)> = buffers
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|b| b.length() > 0)
-        .map(|b| (b.offset() as u64, b.length() as u64))
-        .collect();
+        .map(|b| {
+            Some((
+                u64::try_from(b.offset()).ok()?,
+                u64::try_from(b.length()).ok()?,
+            ))
+        })
+        .collect::<Option<_>>()?;
     spans.sort_unstable();
-    let mut end = 0u64;
-    for (offset, len) in spans {
+    let first = spans.first().map_or(0, |s| s.0);
+    let mut end = first;
+    for &(offset, len) in &spans {
         if offset > end + PAD {
-            return Some(false);
+            return None;
         }
         end = end.max(offset.checked_add(len)?);
     }
-    Some(end <= body_len as u64 && body_len as u64 <= end + PAD)
+    if end > body_len as u64 {
+        return None;
+    }
+    // Keep the body a multiple of 8 bytes where the old body has room.
+    let len = (end - first)
+        .next_multiple_of(8)
+        .min(body_len as u64 - first);
+    let mut out = header.to_vec();
+    // The buffers are a vector of 16-byte structs (offset i64, length i64).
+    let vector_at = (buffers.bytes().as_ptr() as usize).checked_sub(header.as_ptr() as usize)?;
+    for (i, b) in buffers.iter().enumerate() {
+        if b.length() > 0 {
+            let at = vector_at + 16 * i;
+            let new = (b.offset() as u64 - first) as i64;
+            out.get_mut(at..at + 8)?.copy_from_slice(&new.to_le_bytes());
+        }
+    }
+    let slot = message._tab.vtable().get(arrow_ipc::Message::VT_BODYLENGTH) as usize;
+    if slot == 0 {
+        // No body length stored (0): only an empty body can match.
+        return (len == 0).then_some((out, first as usize, 0));
+    }
+    let at = message._tab.loc() + slot;
+    out.get_mut(at..at + 8)?
+        .copy_from_slice(&(len as i64).to_le_bytes());
+    Some((out, first as usize, len as usize))
 }
 
 /// The bytes `batch`'s arrays span.

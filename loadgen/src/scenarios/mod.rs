@@ -11,12 +11,14 @@
 //! switch     sources A, B, C, A under a memory cap of 1.5 tables (own server)
 //! restart    kill -9 of a --state-dir server with 1 and 3 tables, to the first get (own server)
 //! spill      switch back to a source spilled to disk vs ingest its Parquet again (own server)
+//! remote     Flight do_get / do_put over loopback vs pyarrow's Flight server (own server)
 //! ```
 
 pub mod callbacks;
 pub mod churn;
 pub mod ingest;
 pub mod operations;
+pub mod remote;
 pub mod restart;
 pub mod small_ops;
 pub mod spill;
