@@ -75,6 +75,9 @@ pub struct Running {
 const WORKERS: usize = 2;
 /// HTTP/2 flow-control window (stream and connection) this server grants.
 const WINDOW_BYTES: u32 = 64 << 20;
+/// HTTP/2 pings to idle connections, and how long an answer may take.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Largest HTTP/2 frame this server accepts (the protocol's maximum is 16 MiB - 1).
 const FRAME_BYTES: u32 = (1 << 20) - 1;
 
@@ -195,7 +198,11 @@ impl Bound {
                 .initial_stream_window_size(WINDOW_BYTES)
                 .initial_connection_window_size(WINDOW_BYTES)
                 .max_frame_size(FRAME_BYTES)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // A peer that vanished (its host down, the network cut)
+                // without closing: its calls end, and a do_get's lease goes.
+                .http2_keepalive_interval(Some(KEEPALIVE))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
             if let Some(tls) = tls.clone() {
                 builder = builder
                     .tls_config(tls)

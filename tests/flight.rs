@@ -1,0 +1,234 @@
+//! Bad input on the Flight listener (`--flight`), with the Rust Flight client
+//! against a real server: malformed messages, a stream whose schema changes,
+//! a client that dies mid-put, a client that stops reading mid-get. Each gets
+//! an error (or nothing happens), nothing is published half-way, no space or
+//! lease is left behind, and the server keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use arrow_array::{Int64Array, RecordBatch};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::{FlightClient, FlightData, FlightDescriptor, Ticket};
+use arrow_schema::{DataType, Field, Schema};
+use common::Server;
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+
+fn server() -> (Server, String) {
+    let s = Server::start_with(&[
+        "--memory",
+        "256M",
+        "--threads",
+        "2",
+        "--flight",
+        "127.0.0.1:0",
+    ]);
+    let addr = s
+        .client()
+        .stats()
+        .unwrap()
+        .flight
+        .expect("flight address in stats");
+    (s, addr)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(addr: &str) -> FlightClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightClient::new(channel)
+}
+
+fn batch(rows: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+    )
+    .unwrap()
+}
+
+/// Deterministic bytes (xorshift), for garbage that is the same every run.
+fn garbage(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn malformed_put_messages_are_refused_and_leave_nothing() {
+    let (s, addr) = server();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let descriptor = FlightDescriptor::new_path(vec!["t".into()]);
+        // A valid schema message first, then garbage headers and bodies.
+        let schema_message: FlightData = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor.clone()))
+            .build(futures::stream::iter([Ok(batch(10))]))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .remove(0);
+        let mut refused = 0;
+        for seed in 0..60u64 {
+            let bad = FlightData::new()
+                .with_data_header(garbage(seed, (seed as usize * 37) % 300))
+                .with_data_body(garbage(seed + 1000, (seed as usize * 101) % 5000));
+            let first = if seed % 3 == 0 {
+                // No schema at all: the garbage comes first, with the descriptor.
+                bad.clone().with_descriptor(descriptor.clone())
+            } else {
+                schema_message.clone()
+            };
+            let stream = futures::stream::iter([Ok(first), Ok(bad)]);
+            let r: Result<Vec<_>, _> = match client.do_put(stream).await {
+                Ok(s) => s.try_collect().await,
+                Err(e) => Err(e),
+            };
+            if r.is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 40, "only {refused} of 60 malformed puts refused");
+        // A message with no descriptor, and a descriptor naming no table.
+        let no_descriptor =
+            FlightDataEncoderBuilder::new().build(futures::stream::iter([Ok(batch(5))]));
+        let r = client.do_put(no_descriptor).await;
+        let err = match r {
+            Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("descriptor"), "{err}");
+    });
+    // Nothing was published from garbage... unless a garbage stream happened
+    // to decode as an empty table, which would be a valid put: then it is "t".
+    let c = s.client();
+    let names: Vec<String> = c.list().unwrap().into_iter().map(|e| e.name).collect();
+    assert!(names.iter().all(|n| n == "t"), "{names:?}");
+    s.wait_until("no pending bytes", |st| st.pending_bytes == 0);
+    // Still serving, both ways.
+    rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let put = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["ok".into()])))
+            .build(futures::stream::iter([Ok(batch(1000))]));
+        client
+            .do_put(put)
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        let got: Vec<RecordBatch> = client
+            .do_get(Ticket::new("ok"))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+    });
+    assert!(!s.stderr().contains("panicked"), "{}", s.stderr());
+}
+
+#[test]
+fn a_schema_change_mid_stream_is_refused() {
+    let (s, addr) = server();
+    runtime().block_on(async {
+        let mut client = connect(&addr).await;
+        let mut messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["t".into()])))
+            .build(futures::stream::iter([Ok(batch(10))]))
+            .try_collect()
+            .await
+            .unwrap();
+        let other = Arc::new(Schema::new(vec![Field::new("b", DataType::Utf8, true)]));
+        let other_batch = RecordBatch::try_new(
+            other,
+            vec![Arc::new(arrow_array::StringArray::from(vec!["x"; 3]))],
+        )
+        .unwrap();
+        let more: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .build(futures::stream::iter([Ok(other_batch)]))
+            .try_collect()
+            .await
+            .unwrap();
+        messages.extend(more);
+        let r = match client
+            .do_put(futures::stream::iter(messages.into_iter().map(Ok)))
+            .await
+        {
+            Ok(s) => s.try_collect::<Vec<_>>().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        assert!(r.is_err(), "a stream whose schema changed was accepted");
+    });
+    assert!(s.client().list().unwrap().is_empty());
+    s.wait_until("no pending bytes", |st| st.pending_bytes == 0);
+}
+
+#[test]
+fn a_client_that_stops_reading_or_dies_mid_call_leaves_no_lease_or_space() {
+    let (s, addr) = server();
+    let c = s.client();
+    let (schema, batches) = common::table(400_000, 8, 1);
+    c.put("big", &schema, &batches).unwrap();
+    // Read one message of a many-message stream, then drop the stream; the
+    // client's runtime (and with it the connection) goes too.
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let mut stream = client.do_get(Ticket::new("big")).await.unwrap();
+        assert!(stream.next().await.unwrap().is_ok());
+    });
+    drop(rt);
+    s.wait_until("the abandoned stream's lease released", |st| st.leases == 0);
+    let rt = runtime();
+    let tx = rt.block_on(async {
+        // A put whose client goes away before the end of its stream: the
+        // process's runtime and connection vanish while the stream is open
+        // (ending the stream cleanly would be a complete put of fewer rows).
+        let mut client = connect(&addr).await;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<FlightData>();
+        let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["half".into()])))
+            .build(futures::stream::iter(batches.clone().into_iter().map(Ok)))
+            .try_collect()
+            .await
+            .unwrap();
+        for m in messages.into_iter().take(4) {
+            tx.unbounded_send(m).unwrap();
+        }
+        let _call = tokio::spawn(async move {
+            let _ = client.do_put(rx.map(Ok)).await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx
+    });
+    drop(rt);
+    drop(tx);
+    std::thread::sleep(Duration::from_millis(300));
+    let names: Vec<String> = c.list().unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["big".to_string()]);
+    s.wait_until("nothing pending or leased", |st| {
+        st.pending_bytes == 0 && st.leases == 0
+    });
+}
