@@ -208,7 +208,7 @@ impl Bound {
                     .tls_config(tls)
                     .map_err(|e| format!("--flight TLS: {e}"))?;
             }
-            let service = service::Service::new(shared.clone(), tokens, tls.is_some());
+            let service = service::Service::new(shared.clone(), tokens);
             let server = arrow_flight::flight_service_server::FlightServiceServer::new(service)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(usize::MAX);

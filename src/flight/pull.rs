@@ -206,20 +206,27 @@ async fn fetch(
 
 fn flight_error(e: arrow_flight::error::FlightError) -> String {
     match e {
-        arrow_flight::error::FlightError::Tonic(s) => match std::error::Error::source(&*s) {
-            // No answer at all: the connection failed (TLS to a plain
-            // listener or the reverse, a refused port...).
-            Some(cause)
-                if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Unavailable =>
-            {
+        arrow_flight::error::FlightError::Tonic(s) => {
+            // A status made by the client's transport, not sent by a server:
+            // no answer at all (TLS to a plain listener or the reverse, a
+            // refused port, not HTTP/2).
+            let source = std::error::Error::source(&*s);
+            let transport = source.is_some()
+                || s.message().contains("transport error")
+                || s.message().contains("h2 protocol error");
+            if transport {
+                let cause = source
+                    .map(|c| format!(": {}", error_chain(c)))
+                    .unwrap_or_default();
                 format!(
-                    "no answer ({}: {}); is it a Flight server, and does flight:// vs flight+tls:// match its TLS?",
-                    s.message(),
-                    error_chain(cause)
+                    "no answer ({}{cause}); is it a Flight server, and does flight:// vs \
+                     flight+tls:// match its TLS?",
+                    s.message()
                 )
+            } else {
+                format!("the remote server answered {:?}: {}", s.code(), s.message())
             }
-            _ => format!("the remote server answered {:?}: {}", s.code(), s.message()),
-        },
+        }
         e => e.to_string(),
     }
 }

@@ -40,7 +40,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(shared: Arc<Shared>, tokens: Option<Arc<Tokens>>, _tls: bool) -> Service {
+    pub fn new(shared: Arc<Shared>, tokens: Option<Arc<Tokens>>) -> Service {
         Service { shared, tokens }
     }
 
@@ -384,11 +384,15 @@ fn compact(header: &[u8], body_len: usize) -> Option<(Vec<u8>, usize, usize)> {
     // The buffers are a vector of 16-byte structs (offset i64, length i64).
     let vector_at = (buffers.bytes().as_ptr() as usize).checked_sub(header.as_ptr() as usize)?;
     for (i, b) in buffers.iter().enumerate() {
-        if b.length() > 0 {
-            let at = vector_at + 16 * i;
-            let new = (b.offset() as u64 - first) as i64;
-            out.get_mut(at..at + 8)?.copy_from_slice(&new.to_le_bytes());
-        }
+        // Empty buffers point at the start: readers check every buffer
+        // against the body, empty ones too.
+        let new = if b.length() > 0 {
+            (b.offset() as u64 - first) as i64
+        } else {
+            0
+        };
+        let at = vector_at + 16 * i;
+        out.get_mut(at..at + 8)?.copy_from_slice(&new.to_le_bytes());
     }
     let slot = message._tab.vtable().get(arrow_ipc::Message::VT_BODYLENGTH) as usize;
     if slot == 0 {
