@@ -116,6 +116,8 @@ fn handshake_constants() -> HandshakeConstants {
                 hs::STATUS_TOO_MANY_CONNECTIONS.into(),
                 "too_many_connections",
             ),
+            named(hs::STATUS_WRITE_REFUSED.into(), "write_refused"),
+            named(hs::STATUS_ACCESS_REFUSED.into(), "access_refused"),
         ],
     }
 }
