@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use arrow_flight::Ticket;
 use arrow_schema::SchemaRef;
-use futures::StreamExt;
 
 use crate::pool::Pool;
 use crate::protocol::ingest::{Ingest, IngestReply};
@@ -181,27 +180,16 @@ async fn fetch(
         .do_get(Ticket::new(ticket))
         .await
         .map_err(flight_error)?;
-    let mut batches = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(b) = stream.next().await {
-        let b = b.map_err(flight_error)?;
-        bytes += super::service::slice_bytes(&b);
-        if bytes > limit {
-            return Err(format!(
+    super::service::collect(&mut stream, limit)
+        .await
+        .map_err(|e| match e {
+            super::service::Collect::Flight(e) => flight_error(e),
+            super::service::Collect::TooLarge => format!(
                 "the table is larger than this server's arena ({}); it can never fit",
                 crate::util::human_bytes(limit as u64)
-            ));
-        }
-        batches.push(b);
-    }
-    let schema = match batches.first() {
-        Some(b) => b.schema(),
-        None => stream
-            .schema()
-            .cloned()
-            .ok_or("the remote stream carried no schema")?,
-    };
-    Ok((schema, batches))
+            ),
+            super::service::Collect::NoSchema => "the remote stream carried no schema".into(),
+        })
 }
 
 fn flight_error(e: arrow_flight::error::FlightError) -> String {

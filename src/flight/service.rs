@@ -430,6 +430,51 @@ fn split(batch: RecordBatch, max: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// Where the version `wanted` names lies and its schema, projected (a spilled
+/// version is brought back; the lease is released on return).
+fn leased_schema(pool: &Arc<Pool>, wanted: &Wanted) -> Result<(Location, SchemaRef), Status> {
+    let lease = Lease::take(pool, &wanted.name, wanted.version)?;
+    let loc = lease.location();
+    let schema = pool
+        .store()
+        .table_schema(loc.object_id)
+        .ok_or_else(|| Status::failed_precondition("this name holds bytes, not a table"))?;
+    Ok((loc, project(&schema, wanted.columns.as_deref())?))
+}
+
+/// Why `collect` stopped.
+pub(super) enum Collect {
+    Flight(FlightError),
+    /// The batches so far span more than the limit.
+    TooLarge,
+    NoSchema,
+}
+
+/// Every batch of a decoded Flight stream and its schema, refused once the
+/// bytes they span pass `limit` (the arena: it could never be stored).
+pub(super) async fn collect(
+    stream: &mut arrow_flight::decode::FlightRecordBatchStream,
+    limit: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>), Collect> {
+    let mut batches = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(Collect::Flight)?;
+        // The bytes the batch's arrays span (their buffers slice whole
+        // messages, which `get_array_memory_size` would count per column).
+        bytes += slice_bytes(&b);
+        if bytes > limit {
+            return Err(Collect::TooLarge);
+        }
+        batches.push(b);
+    }
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => stream.schema().cloned().ok_or(Collect::NoSchema)?,
+    };
+    Ok((schema, batches))
+}
+
 /// What `FlightInfo.app_metadata` carries.
 #[derive(serde::Serialize)]
 struct InfoMetadata {
@@ -653,13 +698,7 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         let wanted = ticket::parse_descriptor(req.get_ref()).map_err(Status::invalid_argument)?;
         let pool = self.pool();
         let info = blocking(move || {
-            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
-            let loc = lease.location();
-            let schema = pool
-                .store()
-                .table_schema(loc.object_id)
-                .ok_or_else(|| Status::failed_precondition("this name holds bytes, not a table"))?;
-            let schema = project(&schema, wanted.columns.as_deref())?;
+            let (loc, schema) = leased_schema(&pool, &wanted)?;
             flight_info(
                 &wanted.name,
                 loc.version,
@@ -690,15 +729,7 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         self.require(&req, Role::Read, "get_schema")?;
         let wanted = ticket::parse_descriptor(req.get_ref()).map_err(Status::invalid_argument)?;
         let pool = self.pool();
-        let schema = blocking(move || {
-            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
-            let schema = pool
-                .store()
-                .table_schema(lease.location().object_id)
-                .ok_or_else(|| Status::failed_precondition("this name holds bytes, not a table"))?;
-            project(&schema, wanted.columns.as_deref())
-        })
-        .await?;
+        let schema = blocking(move || Ok(leased_schema(&pool, &wanted)?.1)).await?;
         let options = IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
             .try_into()
@@ -770,32 +801,16 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         // The table arrives whole before it is written: bounded by the arena
         // (it could never be stored otherwise).
         let limit = self.shared.pool.arena.len() as usize;
-        let mut batches = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(b) = batches_in.next().await {
-            let b = b.map_err(|e| match e {
-                FlightError::Tonic(s) => *s,
-                e => Status::invalid_argument(format!("do_put: {e}")),
-            })?;
-            // The bytes the batch's arrays span (their buffers slice whole
-            // messages, which `get_array_memory_size` would count per column).
-            bytes += slice_bytes(&b);
-            if bytes > limit {
-                return Err(Status::resource_exhausted(format!(
-                    "do_put of {:?}: the table is larger than the arena ({}); it can never fit",
-                    target.name,
-                    crate::util::human_bytes(limit as u64)
-                )));
-            }
-            batches.push(b);
-        }
-        let schema = match batches.first() {
-            Some(b) => b.schema(),
-            None => batches_in
-                .schema()
-                .cloned()
-                .ok_or_else(|| Status::invalid_argument("do_put: the stream carried no schema"))?,
-        };
+        let (schema, batches) = collect(&mut batches_in, limit).await.map_err(|e| match e {
+            Collect::Flight(FlightError::Tonic(s)) => *s,
+            Collect::Flight(e) => Status::invalid_argument(format!("do_put: {e}")),
+            Collect::TooLarge => Status::resource_exhausted(format!(
+                "do_put of {:?}: the table is larger than the arena ({}); it can never fit",
+                target.name,
+                crate::util::human_bytes(limit as u64)
+            )),
+            Collect::NoSchema => Status::invalid_argument("do_put: the stream carried no schema"),
+        })?;
         let pool = self.pool();
         let name = target.name.clone();
         let (sealed, bytes) =
