@@ -1,5 +1,6 @@
 //! The few raw file-descriptor operations the socket layer needs: passing the
-//! arena descriptors with SCM_RIGHTS and waking connections at shutdown.
+//! arena descriptors with SCM_RIGHTS, waking connections at shutdown, and
+//! reading a peer's user and groups (`--writers-group`, `--readers-group`).
 //! Kept in one file so `unsafe` stays fenced.
 
 use std::io::{IoSlice, IoSliceMut};

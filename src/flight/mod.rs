@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! flight thread: tokio runtime (tonic gRPC server) ── its own worker threads
-//!     do_get   ─ lease (a server-side connection) ─ decode the version in place
-//!                ─ FlightDataEncoder, one message at a time (no copy of the table)
+//!     do_get   ─ lease (a server-side connection) ─ each batch as it lies in the
+//!                arena (header rewritten, body zero-copy), or decoded in place and
+//!                re-encoded in slices (no copy of the whole table either way)
 //!     do_put   ─ decode the stream ─ one IPC file written into the arena on
 //!                every core ─ checked and published as a socket put is
 //!     do_action delete | ingest | stats
