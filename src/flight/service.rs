@@ -127,7 +127,7 @@ fn pool_status(e: PoolError) -> Status {
 struct Lease {
     pool: AssertUnwindSafe<Arc<Pool>>,
     conn: ConnId,
-    loc: Option<Location>,
+    loc: Location,
 }
 
 impl Drop for Lease {
@@ -140,12 +140,9 @@ impl Lease {
     /// Leases the current version of `name` (or version `version`),
     /// bringing it back from the spill directory when it is there.
     fn take(pool: &Arc<Pool>, name: &str, version: Option<u64>) -> Result<Lease, Status> {
-        let conn = pool.store().server_side_conn();
-        let mut lease = Lease {
-            pool: AssertUnwindSafe(pool.clone()),
-            conn,
-            loc: None,
-        };
+        // Closed if anything below fails; kept open by the lease after.
+        let guard = pool.server_conn();
+        let conn = guard.id();
         let get = || match version {
             None => pool.store().get(conn, name),
             Some(v) => pool.store().get_version(conn, name, v),
@@ -160,12 +157,15 @@ impl Lease {
             r => r,
         }
         .map_err(store_status)?;
-        lease.loc = Some(loc);
-        Ok(lease)
+        Ok(Lease {
+            pool: AssertUnwindSafe(pool.clone()),
+            conn: guard.into_id(),
+            loc,
+        })
     }
 
     fn location(&self) -> Location {
-        self.loc.expect("a taken lease has a location")
+        self.loc
     }
 }
 
@@ -538,18 +538,6 @@ fn list(pool: &Pool, prefix: &str) -> Result<Vec<FlightInfo>, Status> {
     Ok(out)
 }
 
-/// A server-side connection for one put; closing it aborts what is pending.
-struct PutConn<'a> {
-    pool: &'a Pool,
-    id: ConnId,
-}
-
-impl Drop for PutConn<'_> {
-    fn drop(&mut self) {
-        self.pool.store().disconnect(self.id);
-    }
-}
-
 /// Writes `batches` into the arena as one IPC file (every core copying),
 /// checks it as a seal does and publishes it as the new version of `name`.
 pub(super) fn put(
@@ -559,10 +547,8 @@ pub(super) fn put(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<(crate::store::SealInfo, u64), Status> {
-    let conn = PutConn {
-        pool,
-        id: pool.store().server_side_conn(),
-    };
+    // Closed on every way out: a failed put leaves nothing pending.
+    let conn = pool.server_conn();
     let layout = crate::ingest::layout(schema, batches)
         .map_err(|e| Status::invalid_argument(format!("cannot lay the table out: {e}")))?;
     // Each writer thread's `FileWriter` would emit the dictionaries again for
@@ -583,7 +569,7 @@ pub(super) fn put(
         let offset = (part.as_ptr() as usize).wrapping_sub(base) as u64;
         mapping.populate_write_once(offset, part.len() as u64);
     };
-    let written = pool.write_chunk(conn.id, name, layout.file_len() as u64, |dest| {
+    let written = pool.write_chunk(conn.id(), name, layout.file_len() as u64, |dest| {
         crate::ingest::write_parallel(dest, schema, batches, &layout, threads, &prepare)
             .map(|(n, _)| n)
     });
@@ -595,7 +581,7 @@ pub(super) fn put(
     })?;
     let sealed = pool
         .publish_manifest(
-            conn.id,
+            conn.id(),
             name,
             if_version,
             None,

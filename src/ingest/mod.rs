@@ -183,7 +183,9 @@ pub fn ingest(
 
     let plan = plan::plan(&meta_refs, &roots, threads);
     let dictionaries = dictionary::Dictionaries::new(target.fields().iter().map(|f| f.data_type()));
-    let conn = ServerConn::open(pool);
+    // Its chunks are pending on it until the publish; closing it (on every
+    // path out of here, a panic included) aborts whatever is still pending.
+    let conn = pool.server_conn();
     let mapping = pool.arena.mapping();
     let base = mapping.as_ptr() as usize;
     // One madvise per chunk instead of a page fault per 4 KiB page, for the
@@ -194,7 +196,7 @@ pub fn ingest(
     };
     let placer = chunks::Placer::new(
         pool,
-        conn.id,
+        conn.id(),
         &req.name,
         &plan.units,
         &target,
@@ -227,27 +229,6 @@ pub fn ingest(
         total_ms,
         reader: decoded.read.reader,
     })
-}
-
-/// The ingest's own connection to the store: its chunks are pending on it
-/// until the publish, and closing it (always, on every path out of `ingest`,
-/// a panic included) aborts whatever is still pending.
-struct ServerConn<'a> {
-    pool: &'a Pool,
-    id: ConnId,
-}
-
-impl<'a> ServerConn<'a> {
-    fn open(pool: &'a Pool) -> ServerConn<'a> {
-        let id = pool.store().server_side_conn();
-        ServerConn { pool, id }
-    }
-}
-
-impl Drop for ServerConn<'_> {
-    fn drop(&mut self) {
-        self.pool.store().disconnect(self.id);
-    }
 }
 
 #[cfg(test)]

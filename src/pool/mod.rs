@@ -55,6 +55,32 @@ pub struct Pool {
     waiting_for_room: std::sync::atomic::AtomicUsize,
 }
 
+/// A server-side connection, closed when dropped (`Pool::server_conn`).
+pub struct ServerConn<'a> {
+    pool: &'a Pool,
+    id: ConnId,
+}
+
+impl ServerConn<'_> {
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Keeps the connection open past this guard: the caller now closes it
+    /// (`Store::disconnect`).
+    pub fn into_id(self) -> ConnId {
+        let id = self.id;
+        std::mem::forget(self);
+        id
+    }
+}
+
+impl Drop for ServerConn<'_> {
+    fn drop(&mut self) {
+        self.pool.store().disconnect(self.id);
+    }
+}
+
 /// Why reserving or sealing failed. A reservation whose pages could not be
 /// allocated, and a table the check refused, are aborted; after a store error
 /// (unknown object, a seal longer than the reservation) the object stays as it
@@ -362,6 +388,16 @@ impl Pool {
             .check_table(r.offset, written, r.object_id)
             .map_err(|e| abort(PutError::Pool(e)))?;
         Ok((r.object_id, written, manifest))
+    }
+
+    /// A connection of the server's own (`Store::server_side_conn`) for one
+    /// server-side writer or reader, closed when dropped: what it left
+    /// pending is aborted, its leases released.
+    pub fn server_conn(&self) -> ServerConn<'_> {
+        ServerConn {
+            pool: self,
+            id: self.store().server_side_conn(),
+        }
     }
 
     #[allow(clippy::mut_from_ref)] // exclusive by the pending object's ownership

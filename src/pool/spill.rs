@@ -264,9 +264,9 @@ impl Pool {
         let Some(s) = self.store().spilled(name) else {
             return Ok(false);
         };
-        let conn = self.store().server_side_conn();
-        let result = self.read_back(conn, &s);
-        self.store().disconnect(conn);
+        let conn = self.server_conn();
+        let result = self.read_back(conn.id(), &s);
+        drop(conn);
         match result {
             // Someone else brought it back (or replaced it) meanwhile.
             Err(PoolError::Store(StoreError::InvalidObject { object_id: 0, .. })) => Ok(false),
