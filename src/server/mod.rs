@@ -303,15 +303,6 @@ impl Server {
         // Everything that can refuse to start comes before the socket exists, so
         // no client ever connects to a server that is about to exit.
         let driver = listener::probe_driver(config.require_io_uring, config.force_polling)?;
-        if config.state_dir.is_some() && config.spill_dir.is_some() {
-            // Found by tests/durable.rs: after kill -9 and a restart, a table
-            // that was spilled and brought back can come back with wrong values
-            // in its shared columns; the cause is not found yet, so the two are
-            // not offered together (docs/OPERATING.md).
-            return Err(StartError::Unsupported(
-                "--spill-dir together with --state-dir is refused for now: a table spilled after a                  restart could come back with wrong values (a known bug being fixed); use one of them",
-            ));
-        }
         let (pool, state) = match &config.state_dir {
             None => {
                 let arena = Arena::create(config.memory_bytes, config.hugepages, config.prefault)
