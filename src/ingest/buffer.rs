@@ -101,6 +101,30 @@ impl ReadBudget {
     }
 }
 
+/// Bytes read elsewhere (an object store's response), counted against
+/// `budget` as `n` bytes until their last slice is dropped, as a `ReadBuf`
+/// is: the reader runs ahead of the decoders by a bounded amount whatever
+/// fetched the bytes.
+#[cfg(feature = "object-store")]
+pub fn charged(data: impl AsRef<[u8]> + Send + 'static, budget: Arc<ReadBudget>, n: u64) -> Bytes {
+    struct Charged<T> {
+        data: T,
+        budget: Arc<ReadBudget>,
+        n: u64,
+    }
+    impl<T: AsRef<[u8]>> AsRef<[u8]> for Charged<T> {
+        fn as_ref(&self) -> &[u8] {
+            self.data.as_ref()
+        }
+    }
+    impl<T> Drop for Charged<T> {
+        fn drop(&mut self) {
+            self.budget.release(self.n);
+        }
+    }
+    Bytes::from_owner(Charged { data, budget, n })
+}
+
 /// Read buffers freed by the decoders, for the reader to use again: fresh
 /// memory costs a page fault and a zeroed page per 4 KiB on first touch
 /// (measured: a quarter of an ingest's CPU time), reused memory costs

@@ -49,6 +49,8 @@ mod pipeline;
 mod plan;
 #[allow(unsafe_code)] // the reads' buffers while io_uring owns them
 mod read;
+#[cfg(feature = "object-store")]
+pub mod remote;
 mod schema;
 mod write;
 
@@ -121,14 +123,11 @@ pub fn ingest(
 
     // Footers and schemas first: a bad file, a mixed directory or an unknown
     // column fails before any data is read.
-    let paths = files::parquet_files(path)?;
-    files::ensure_descriptors(paths.len());
-    let mut sources = Vec::with_capacity(paths.len());
+    let mut inputs = Inputs::open(&req.path)?;
+    let paths = inputs.paths();
     let mut metadata = Vec::with_capacity(paths.len());
-    for p in &paths {
-        let source = files::Source::open(p)?;
-        metadata.push(Arc::new(footer::read_metadata(&source)?));
-        sources.push(source);
+    for source in inputs.footers() {
+        metadata.push(Arc::new(footer::read_metadata(source)?));
     }
     let not_parquet = |p: &Path, e: parquet::errors::ParquetError| IngestError::NotParquet {
         path: p.into(),
@@ -206,11 +205,11 @@ pub fn ingest(
     );
     let sink = |u: usize, batches: Vec<RecordBatch>| placer.place(u, batches);
     let decoded = pipeline::run(
-        &mut sources,
+        inputs.files(options),
+        &paths,
         &readers,
         &target,
         &plan,
-        options,
         threads,
         &sink,
     )?;
@@ -229,6 +228,51 @@ pub fn ingest(
         total_ms,
         reader: decoded.read.reader,
     })
+}
+
+/// The files of one ingest: local Parquet files, or objects in a store.
+enum Inputs {
+    Local(Vec<files::Source>),
+    #[cfg(feature = "object-store")]
+    Remote(remote::Objects),
+}
+
+impl Inputs {
+    /// Opens the file, the directory's files, or (a URL) the objects `path` names.
+    fn open(path: &str) -> Result<Inputs, IngestError> {
+        #[cfg(feature = "object-store")]
+        if remote::is_object_url(path) {
+            return Ok(Inputs::Remote(remote::Objects::open(path)?));
+        }
+        let paths = files::parquet_files(Path::new(path))?;
+        files::ensure_descriptors(paths.len());
+        let sources = paths
+            .iter()
+            .map(|p| files::Source::open(p))
+            .collect::<Result<_, _>>()?;
+        Ok(Inputs::Local(sources))
+    }
+
+    fn footers(&self) -> Vec<&dyn footer::FooterSource> {
+        match self {
+            Inputs::Local(sources) => sources.iter().map(|s| s as _).collect(),
+            #[cfg(feature = "object-store")]
+            Inputs::Remote(objects) => objects.objects.iter().map(|o| o as _).collect(),
+        }
+    }
+
+    /// Each file's name (a URL for an object), for messages.
+    fn paths(&self) -> Vec<std::path::PathBuf> {
+        self.footers().iter().map(|f| f.path().to_owned()).collect()
+    }
+
+    fn files(&mut self, options: ReadOptions) -> pipeline::Files<'_> {
+        match self {
+            Inputs::Local(sources) => pipeline::Files::Local { sources, options },
+            #[cfg(feature = "object-store")]
+            Inputs::Remote(objects) => pipeline::Files::Remote(objects),
+        }
+    }
 }
 
 #[cfg(test)]

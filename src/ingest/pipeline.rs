@@ -29,6 +29,18 @@ use super::files::Source;
 use super::plan::Plan;
 use super::read::{read_extents, ReadOptions, ReadStats};
 
+/// Where the units' bytes come from.
+pub enum Files<'a> {
+    /// Local files, read with io_uring (or pread).
+    Local {
+        sources: &'a mut [Source],
+        options: ReadOptions,
+    },
+    /// Objects in a store, fetched with ranged GETs.
+    #[cfg(feature = "object-store")]
+    Remote(&'a super::remote::Objects),
+}
+
 /// How far (in buffered Parquet bytes) reading may run ahead of decoding.
 pub const READ_AHEAD_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -52,11 +64,11 @@ pub type Sink<'a> = dyn Fn(usize, Vec<RecordBatch>) -> Result<(), IngestError> +
 /// file `f` (its metadata with the target schema); `schema` is the full
 /// target schema, for the decoders' output types.
 pub fn run(
-    sources: &mut [Source],
+    files: Files<'_>,
+    paths: &[std::path::PathBuf],
     readers: &[ArrowReaderMetadata],
     schema: &SchemaRef,
     plan: &Plan,
-    options: ReadOptions,
     workers: usize,
     sink: &Sink<'_>,
 ) -> Result<Decoded, IngestError> {
@@ -71,7 +83,6 @@ pub fn run(
         budget.cancel();
     };
     let decode_time: Mutex<Duration> = Mutex::new(Duration::ZERO);
-    let paths: Vec<_> = sources.iter().map(|s| s.path.clone()).collect();
     let (tx, rx) = async_channel::unbounded::<Work>();
 
     let mut read = ReadStats::default();
@@ -79,7 +90,7 @@ pub fn run(
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let rx = rx.clone();
-            let (budget, fail, decode_time, paths) = (&budget, &fail, &decode_time, &paths);
+            let (budget, fail, decode_time) = (&budget, &fail, &decode_time);
             handles.push(scope.spawn(move || {
                 while let Ok((u, chunks)) = rx.recv_blocking() {
                     if !budget.is_cancelled() {
@@ -145,7 +156,7 @@ pub fn run(
             }
         }
         if result.is_ok() {
-            let r = read_extents(sources, &plan.extents, options, &budget, |e, bytes| {
+            let done = |e: usize, bytes: Bytes| {
                 let u = plan.extents[e].unit;
                 got[e] = Some(bytes);
                 left[u] -= 1;
@@ -153,7 +164,14 @@ pub fn run(
                     dispatch(u, &mut got)?;
                 }
                 Ok(())
-            });
+            };
+            let r = match files {
+                Files::Local { sources, options } => {
+                    read_extents(sources, &plan.extents, options, &budget, done)
+                }
+                #[cfg(feature = "object-store")]
+                Files::Remote(objects) => objects.read_extents(&plan.extents, &budget, done),
+            };
             result = r.map(|stats| read = stats);
         }
         drop(tx);

@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use super::{json, Ctx, Reply};
 
 pub async fn apply(ctx: &Ctx<'_>, req: Ingest) -> Reply {
-    if req.path.contains("://") {
+    if req.path.contains("://") && !is_object_url(&req.path) {
         return pull(ctx, req).await;
     }
     let (pool, settings, conn) = (ctx.shared.pool.clone(), ctx.shared.ingest, ctx.conn);
@@ -24,6 +24,17 @@ pub async fn apply(ctx: &Ctx<'_>, req: Ingest) -> Reply {
             "ingest worker panicked",
         )),
     }
+}
+
+/// `s3://`, `gs://`, `https://`...: read like a local file (`ingest::remote`).
+#[cfg(feature = "object-store")]
+fn is_object_url(path: &str) -> bool {
+    crate::ingest::remote::is_object_url(path)
+}
+
+#[cfg(not(feature = "object-store"))]
+fn is_object_url(_path: &str) -> bool {
+    false
 }
 
 /// `Ingest` for the file's problems, `OutOfMemory` when the table does not
@@ -72,7 +83,13 @@ fn unknown_scheme(path: &str) -> ErrorReply {
         ErrorCode::Ingest,
         format!(
             "cannot ingest {scheme}:// URLs: give a Parquet file or directory on the server's \
-             machine, or flight://[TOKEN@]HOST:PORT/NAME"
+             machine, an object store URL (s3://, gs://, az://, https://; this server {}), \
+             or flight://[TOKEN@]HOST:PORT/NAME",
+            if cfg!(feature = "object-store") {
+                "reads them"
+            } else {
+                "was built without the object-store feature"
+            }
         ),
     )
 }

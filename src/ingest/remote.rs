@@ -1,0 +1,451 @@
+//! Parquet files in object storage: `s3://bucket/key.parquet` (also `s3a://`),
+//! `gs://`, `az://` / `abfs[s]://` / `azure://`, and `https://` (`http://`)
+//! URLs, each naming one file or a prefix of many. Listed, their footers read
+//! and their projected column chunks fetched with ranged GETs through the
+//! `object_store` crate; the bytes then go through the same decode and write
+//! pipeline as a local file's (`pipeline.rs`), on every core.
+//!
+//! ```text
+//!  URL -> store (credentials from the server's environment) -> objects
+//!  footers: ranged GETs of each object's tail (footer.rs, as for a file)
+//!  extents: pieces of at most PIECE_BYTES, PIECES_IN_FLIGHT GETs at once on a
+//!           small tokio runtime -> one Bytes per extent -> the decoders
+//! ```
+//! A URL names one object if it exists; otherwise (or when it ends in `/`)
+//! it is a prefix, and its `.parquet` objects directly below it are read in
+//! name order, like a local directory (hidden `.x`/`_x` names and deeper
+//! "directories" skipped).
+//!
+//! Credentials and endpoints come from the server's environment, the usual
+//! variables of each store (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...; `GOOGLE_*`;
+//! `AZURE_*`), read when the ingest starts: the server, not the client, reads
+//! the data. Requests are retried a few times and for at most
+//! `RETRY_TIMEOUT`, never indefinitely, so an unreachable store is an error
+//! within seconds rather than a stuck ingest.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, RetryConfig};
+
+use super::buffer::{charged, ReadBudget};
+use super::error::IngestError;
+use super::files::FILES_MAX;
+use super::footer::FooterSource;
+use super::plan::Extent;
+use super::read::ReadStats;
+
+/// Largest single ranged GET: large enough that per-request costs vanish,
+/// small enough that one column chunk is fetched by several requests at once.
+pub const PIECE_BYTES: u64 = 8 * 1024 * 1024;
+/// GETs in flight at once (object stores serve parallel ranges faster than
+/// one stream).
+pub const PIECES_IN_FLIGHT: usize = 16;
+/// How long one request may be retried (connection refused, 5xx) before the
+/// ingest fails.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retries per request.
+const RETRIES_MAX: usize = 3;
+/// Threads of the runtime that drives the requests (TLS, HTTP framing).
+const RUNTIME_THREADS: usize = 2;
+
+/// URL schemes read from object storage (others, such as `flight://`, are
+/// not ours).
+const SCHEMES: &[&str] = &[
+    "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https",
+];
+
+/// Whether `path` is a URL this module reads.
+pub fn is_object_url(path: &str) -> bool {
+    path.split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// One Parquet object.
+pub struct Object {
+    /// The object's URL, as errors and decoders name it.
+    url: PathBuf,
+    location: ObjectPath,
+    len: u64,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl FooterSource for Object {
+    fn path(&self) -> &Path {
+        &self.url
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, IngestError> {
+        let range = offset..offset.saturating_add(len);
+        let got = self
+            .runtime
+            .block_on(self.store.get_range(&self.location, range.clone()));
+        check_piece(&self.url, &range, got)
+    }
+}
+
+/// The objects of one ingest and the runtime that fetches them.
+pub struct Objects {
+    pub objects: Vec<Object>,
+    // Dropped last: the objects hold handles to it.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Objects {
+    /// Lists the Parquet objects `url` names (see the module docs).
+    pub fn open(url: &str) -> Result<Objects, IngestError> {
+        let error = |what: String| IngestError::Open {
+            path: url.into(),
+            err: std::io::Error::other(what),
+        };
+        // reqwest's rustls takes the process's crypto provider: ring, as
+        // tonic's TLS. Installing it twice is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let parsed = url::Url::parse(url).map_err(|e| error(format!("not a valid URL: {e}")))?;
+        let (store, prefix) = store_for(&parsed).map_err(|e| error(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("arrowpool-objects")
+            .enable_all()
+            .build()
+            .map_err(|e| error(format!("cannot start the object store runtime: {e}")))?;
+        let metas = runtime
+            .block_on(list(&*store, &prefix, url.ends_with('/')))
+            .map_err(|e| error(e.to_string()))?;
+        if metas.is_empty() {
+            return Err(error(
+                "no object there, and no .parquet objects directly below it as a prefix".into(),
+            ));
+        }
+        if metas.len() > FILES_MAX {
+            return Err(IngestError::TooManyFiles {
+                path: url.into(),
+                max: FILES_MAX,
+            });
+        }
+        let base = object_url(&parsed, &prefix);
+        let objects = metas
+            .into_iter()
+            .map(|m| Object {
+                url: PathBuf::from(if m.location == prefix {
+                    url.to_string()
+                } else {
+                    format!("{base}{}", relative(&prefix, &m.location))
+                }),
+                location: m.location,
+                len: m.size,
+                store: store.clone(),
+                runtime: runtime.handle().clone(),
+            })
+            .collect();
+        Ok(Objects { objects, runtime })
+    }
+
+    /// Fetches every extent (see `read::read_extents`, whose contract this
+    /// keeps): `done(extent, bytes)` as each one's pieces are all in, the
+    /// read-ahead budget charged before an extent is started.
+    pub fn read_extents(
+        &self,
+        extents: &[Extent],
+        budget: &Arc<ReadBudget>,
+        mut done: impl FnMut(usize, Bytes) -> Result<(), IngestError>,
+    ) -> Result<ReadStats, IngestError> {
+        type Fetched = (usize, usize, Result<Bytes, IngestError>);
+        let (tx, rx) = std::sync::mpsc::channel::<Fetched>();
+        let mut parts: Vec<Vec<Option<Bytes>>> = Vec::with_capacity(extents.len());
+        let mut left: Vec<usize> = Vec::with_capacity(extents.len());
+        let mut waiting: VecDeque<(usize, usize, Range<u64>)> = VecDeque::new();
+        let (mut next, mut in_flight) = (0, 0);
+        let mut stats = ReadStats {
+            reader: format!("object_store ({PIECES_IN_FLIGHT} ranged GETs in flight)"),
+            ..ReadStats::default()
+        };
+        loop {
+            if budget.is_cancelled() {
+                return Ok(stats);
+            }
+            while in_flight < PIECES_IN_FLIGHT {
+                if let Some((e, p, range)) = waiting.pop_front() {
+                    let object = &self.objects[extents[e].file];
+                    let (store, location, url, tx) = (
+                        object.store.clone(),
+                        object.location.clone(),
+                        object.url.clone(),
+                        tx.clone(),
+                    );
+                    self.runtime.spawn(async move {
+                        let got = store.get_range(&location, range.clone()).await;
+                        let _ = tx.send((e, p, check_piece(&url, &range, got)));
+                    });
+                    in_flight += 1;
+                    continue;
+                }
+                if next >= extents.len() {
+                    break;
+                }
+                let range = &extents[next].range;
+                let need = range.end - range.start;
+                let fits = if in_flight == 0 {
+                    budget.acquire(need)
+                } else {
+                    budget.try_acquire(need)
+                };
+                if !fits {
+                    break;
+                }
+                let pieces = split(range);
+                left.push(pieces.len());
+                parts.push(vec![None; pieces.len()]);
+                waiting.extend(pieces.into_iter().enumerate().map(|(p, r)| (next, p, r)));
+                next += 1;
+            }
+            if in_flight == 0 {
+                if waiting.is_empty() && next >= extents.len() {
+                    return Ok(stats);
+                }
+                continue;
+            }
+            let began = Instant::now();
+            let (e, p, got) = rx
+                .recv()
+                .map_err(|_| IngestError::Internal("object store requests vanished".into()))?;
+            stats.io_time += began.elapsed();
+            in_flight -= 1;
+            let bytes = got?;
+            stats.bytes += bytes.len() as u64;
+            parts[e][p] = Some(bytes);
+            left[e] -= 1;
+            if left[e] == 0 {
+                let range = &extents[e].range;
+                let pieces = std::mem::take(&mut parts[e]).into_iter().flatten();
+                done(e, join(pieces, range.end - range.start, budget))?;
+            }
+        }
+    }
+}
+
+/// The store behind `url` and the object path (or prefix) it names.
+fn store_for(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), object_store::Error> {
+    let (scheme, path) = ObjectStoreScheme::parse(url)?;
+    let retry = RetryConfig {
+        max_retries: RETRIES_MAX,
+        retry_timeout: RETRY_TIMEOUT,
+        ..RetryConfig::default()
+    };
+    let s = url.as_str();
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::AmazonS3 => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(s)
+                .with_retry(retry)
+                .build()?,
+        ),
+        ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(s)
+                .with_retry(retry)
+                .build()?,
+        ),
+        ObjectStoreScheme::MicrosoftAzure => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(s)
+                .with_retry(retry)
+                .build()?,
+        ),
+        ObjectStoreScheme::Http => {
+            // The user named the scheme: plain http:// is what they asked for.
+            let options = object_store::ClientOptions::new().with_allow_http(true);
+            Arc::new(
+                object_store::http::HttpBuilder::new()
+                    .with_url(&url[..url::Position::BeforePath])
+                    .with_client_options(options)
+                    .with_retry(retry)
+                    .build()?,
+            )
+        }
+        other => {
+            return Err(object_store::Error::NotSupported {
+                source: format!("{other:?} URLs are not read by ingest").into(),
+            })
+        }
+    };
+    Ok((store, path))
+}
+
+/// The Parquet objects at `prefix`: the object itself when one exists (and
+/// the URL does not end in `/`), else the `.parquet` objects directly below
+/// it, in name order.
+async fn list(
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+    is_dir: bool,
+) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+    if !is_dir && !prefix.as_ref().is_empty() {
+        match store.head(prefix).await {
+            Ok(meta) => return Ok(vec![meta]),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+    let listed = store.list_with_delimiter(prefix).await?;
+    let mut objects: Vec<_> = listed
+        .objects
+        .into_iter()
+        .filter(|m| {
+            let name = m.location.filename().unwrap_or("");
+            name.ends_with(".parquet") && !name.starts_with(['.', '_'])
+        })
+        .collect();
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(objects)
+}
+
+/// `url` up to and including `prefix` and a `/`, for naming the objects
+/// below it.
+fn object_url(url: &url::Url, prefix: &ObjectPath) -> String {
+    let s = url.as_str().trim_end_matches('/');
+    if prefix.as_ref().is_empty() || s.ends_with(prefix.as_ref()) {
+        format!("{s}/")
+    } else {
+        format!("{}/{}/", s, prefix.as_ref())
+    }
+}
+
+/// `location` relative to `prefix` (whole when it is not below it).
+fn relative<'a>(prefix: &ObjectPath, location: &'a ObjectPath) -> &'a str {
+    let (p, l) = (prefix.as_ref(), location.as_ref());
+    l.strip_prefix(p)
+        .map(|rest| rest.trim_start_matches('/'))
+        .filter(|_| !p.is_empty())
+        .unwrap_or(l)
+}
+
+/// `range` cut into GETs of at most `PIECE_BYTES`.
+fn split(range: &Range<u64>) -> Vec<Range<u64>> {
+    let mut pieces = Vec::with_capacity((range.end - range.start).div_ceil(PIECE_BYTES) as usize);
+    let mut at = range.start;
+    while at < range.end {
+        let end = (at + PIECE_BYTES).min(range.end);
+        pieces.push(at..end);
+        at = end;
+    }
+    if pieces.is_empty() {
+        pieces.push(range.clone());
+    }
+    pieces
+}
+
+/// One extent's pieces as one `Bytes` (without a copy when it was one
+/// piece), counted against the budget until the decoders drop it.
+fn join(pieces: impl Iterator<Item = Bytes>, len: u64, budget: &Arc<ReadBudget>) -> Bytes {
+    let mut pieces = pieces.peekable();
+    let first = pieces.next().unwrap_or_default();
+    if pieces.peek().is_none() {
+        return charged(first, budget.clone(), len);
+    }
+    let mut all = Vec::with_capacity(len as usize);
+    all.extend_from_slice(&first);
+    for p in pieces {
+        all.extend_from_slice(&p);
+    }
+    charged(all, budget.clone(), len)
+}
+
+/// A GET's bytes, or why they are not the `range` that was asked for.
+fn check_piece(
+    url: &Path,
+    range: &Range<u64>,
+    got: Result<Bytes, object_store::Error>,
+) -> Result<Bytes, IngestError> {
+    let len = range.end - range.start;
+    match got {
+        Ok(b) if b.len() as u64 == len => Ok(b),
+        Ok(b) => Err(IngestError::Truncated {
+            path: url.into(),
+            file_end: range.start + b.len() as u64,
+            needed_end: range.end,
+        }),
+        Err(e) => Err(IngestError::Read {
+            path: url.into(),
+            offset: range.start,
+            len,
+            err: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_urls_are_recognised_by_scheme() {
+        for u in [
+            "s3://b/k.parquet",
+            "S3://b/",
+            "gs://b/p",
+            "az://c/p",
+            "https://h/x.parquet",
+        ] {
+            assert!(is_object_url(u), "{u}");
+        }
+        for u in ["/data/x.parquet", "flight://h:1/t", "file:///x", "x://y"] {
+            assert!(!is_object_url(u), "{u}");
+        }
+    }
+
+    #[test]
+    fn extents_split_into_bounded_pieces() {
+        assert_eq!(split(&(5..5)), vec![5..5]);
+        assert_eq!(split(&(0..10)), vec![0..10]);
+        let big = 3..(3 + 2 * PIECE_BYTES + 1);
+        let pieces = split(&big);
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(pieces[0], 3..3 + PIECE_BYTES);
+        assert_eq!(pieces[2], 3 + 2 * PIECE_BYTES..big.end);
+    }
+
+    #[test]
+    fn objects_are_named_by_their_urls() {
+        let url = url::Url::parse("s3://bucket/data/").unwrap();
+        let prefix = ObjectPath::from("data");
+        let base = object_url(&url, &prefix);
+        assert_eq!(base, "s3://bucket/data/");
+        assert_eq!(
+            relative(&prefix, &ObjectPath::from("data/a.parquet")),
+            "a.parquet"
+        );
+        let root = url::Url::parse("s3://bucket").unwrap();
+        assert_eq!(object_url(&root, &ObjectPath::from("")), "s3://bucket/");
+        assert_eq!(
+            relative(&ObjectPath::from(""), &ObjectPath::from("a.parquet")),
+            "a.parquet"
+        );
+    }
+
+    #[test]
+    fn pieces_shorter_than_asked_are_truncation() {
+        let url = Path::new("s3://b/k");
+        let err = check_piece(url, &(10..20), Ok(Bytes::from_static(b"abc"))).unwrap_err();
+        assert!(matches!(
+            err,
+            IngestError::Truncated {
+                file_end: 13,
+                needed_end: 20,
+                ..
+            }
+        ));
+    }
+}
