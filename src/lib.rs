@@ -39,7 +39,7 @@
 //!   (reserve, write, seal with the table check) that socket clients and the
 //!   server's own writers share.
 //! - [`ingest`]: Parquet -> pool, done by the server: io_uring reads of the
-//!   projected column chunks, a push decoder per row group on every core, the
+//!   projected column chunks (or ranged GETs from object storage, `remote.rs`), a push decoder per row group on every core, the
 //!   IPC file written into the arena while decoding (see docs/INGEST.md).
 //! - [`server`]: the thread-per-core compio (io_uring) server: listener,
 //!   connections, `server/requests/` (one file per request kind, errors turned

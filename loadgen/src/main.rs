@@ -76,6 +76,8 @@ pub enum Scenario {
     Spill,
     /// Arrow Flight do_get / do_put over loopback against pyarrow's Flight server (a server of its own).
     Remote,
+    /// Ingest from object storage (a local S3 emulator) against ingest of the local file (a server of its own).
+    Objects,
 }
 
 /// What `--hugepages` does.

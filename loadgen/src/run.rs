@@ -325,6 +325,11 @@ fn run_scenarios(
             scenarios::remote::run(r, bin, server_hugepages, socket_dir)
         })?;
     }
+    if let (Some(bin), true) = (bin, wanted(Scenario::Objects)) {
+        step("objects: ingest from S3 (local emulator) vs the local file", || {
+            scenarios::objects::run(r, bin, server_hugepages, socket_dir)
+        })?;
+    }
     if let (Some(bin), true) = (bin, wanted(Scenario::Restart)) {
         step("restart after kill -9 (--state-dir)", || {
             scenarios::restart::run(r, bin, server_hugepages, socket_dir)

@@ -139,7 +139,20 @@ impl ServerProcess {
         log: &Path,
         extra: &[&std::ffi::OsStr],
     ) -> Result<ServerProcess> {
-        let mut server = Self::spawn(bin, socket, memory_bytes, hugepages, log, extra)?;
+        Self::start_with_env(bin, socket, memory_bytes, hugepages, log, extra, &[])
+    }
+
+    /// `start_with`, the server's environment extended by `env`.
+    pub fn start_with_env(
+        bin: &Path,
+        socket: &Path,
+        memory_bytes: u64,
+        hugepages: &str,
+        log: &Path,
+        extra: &[&std::ffi::OsStr],
+        env: &[(String, String)],
+    ) -> Result<ServerProcess> {
+        let mut server = Self::spawn(bin, socket, memory_bytes, hugepages, log, extra, env)?;
         let start = Instant::now();
         loop {
             server.check_running()?;
@@ -179,6 +192,7 @@ impl ServerProcess {
         hugepages: &str,
         log: &Path,
         extra: &[&std::ffi::OsStr],
+        env: &[(String, String)],
     ) -> Result<ServerProcess> {
         let _ = std::fs::remove_file(socket);
         let log_file = std::fs::OpenOptions::new()
@@ -194,6 +208,7 @@ impl ServerProcess {
             .arg("--hugepages")
             .arg(hugepages)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

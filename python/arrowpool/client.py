@@ -1034,6 +1034,9 @@ class Client:
         ``.parquet`` files with one schema) into the table ``name``.
 
         ``path`` is made absolute here: the server resolves it, not this process.
+        An object store URL (``s3://bucket/key.parquet`` or a prefix, ``gs://``,
+        ``az://``, ``https://``) is read by the server with ranged GETs, credentials
+        from the server's environment (docs/INGEST.md).
         ``flight://[TOKEN@]HOST:PORT/NAME`` (or ``flight+tls://``) makes the server pull
         table ``NAME`` from another Flight server (another arrowpoold) instead.
         ``columns`` selects columns (all when None). Returns the server's report

@@ -52,7 +52,10 @@ enum Command {
         #[arg(long)]
         version: Option<u64>,
     },
-    /// Have the server read a Parquet file or directory into NAME.
+    /// Have the server read Parquet into NAME: a file or directory on the
+    /// server's machine, an object store URL (s3://BUCKET/KEY or a prefix,
+    /// gs://, az://, https://; credentials from the server's environment), or
+    /// flight://[TOKEN@]HOST:PORT/NAME (a table of another Flight server).
     Ingest {
         path: PathBuf,
         name: String,

@@ -16,6 +16,8 @@
 //!  dictionary.rs row groups' dictionaries -> one per column, narrow keys
 //!  chunks.rs     each decoded unit -> a chunk (on its decoder thread); the manifest
 //!  write.rs      IPC layout without copying; a file written by one or more threads
+//!  remote.rs     s3:// gs:// az:// https:// URLs: objects listed, footers and
+//!                extents fetched with ranged GETs (feature `object-store`)
 //! ```
 //! A forward pipeline: read -> decode -> write, each unit once, on the thread
 //! that decoded it; the heap holds the units in flight (and the dictionary

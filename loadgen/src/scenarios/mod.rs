@@ -12,11 +12,13 @@
 //! restart    kill -9 of a --state-dir server with 1 and 3 tables, to the first get (own server)
 //! spill      switch back to a source spilled to disk vs ingest its Parquet again (own server)
 //! remote     Flight do_get / do_put over loopback vs pyarrow's Flight server (own server)
+//! objects    ingest from S3 (moto's server on loopback) vs the local file (own server)
 //! ```
 
 pub mod callbacks;
 pub mod churn;
 pub mod ingest;
+pub mod objects;
 pub mod operations;
 pub mod remote;
 pub mod restart;

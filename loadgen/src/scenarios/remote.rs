@@ -186,7 +186,7 @@ struct PyarrowServer {
     addr: String,
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("ARROWPOOL_PYTHON") {
         return p.into();
     }

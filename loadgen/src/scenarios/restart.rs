@@ -62,7 +62,7 @@ fn run_in(r: &mut Run, bin: &Path, hugepages: &str, dir: &Path, state: &Path) ->
         for _ in 0..repeats {
             server.kill9()?;
             let killed = Instant::now();
-            server = ServerProcess::spawn(bin, &socket, memory, hugepages, &log, &extra)?;
+            server = ServerProcess::spawn(bin, &socket, memory, hugepages, &log, &extra, &[])?;
             let last = NAMES[resident - 1];
             loop {
                 server.check_running()?;
