@@ -503,8 +503,34 @@ fn the_rust_client_reconnects_and_keeps_its_tables_leased() {
     let c = s.client();
     c.put("t", &schema, &batches).unwrap();
     let held = c.get("t").unwrap();
+    // A connection of our own to the old server, to see when the kernel has
+    // closed its sockets: a server killed while io_uring requests are pending
+    // on them is reaped before they are closed (the ring is torn down
+    // asynchronously, found taking over 10 ms on a loaded machine). Until
+    // then the client's connection looks alive and a request sent on it fails
+    // (ECONNRESET or EPIPE) instead of going to the new server.
+    let probe = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // accepted, a read pending
     s.child.kill().unwrap();
     s.child.wait().unwrap();
+    let closed = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut fds = [rustix::event::PollFd::new(
+            &probe,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < closed,
+            "the killed server's sockets stay open"
+        );
+    }
     // Started again on the same socket (the helper would pick a new one).
     let socket = s.socket.clone();
     let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))

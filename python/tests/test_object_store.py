@@ -266,3 +266,29 @@ def test_unknown_schemes_are_refused_with_the_ones_that_work(s3_server):
         with pytest.raises(arrowpool.IngestError) as e:
             c.ingest("ftp://host/x.parquet", "ftp", timeout=30)
         assert "s3://" in str(e.value) and "flight://" in str(e.value)
+
+
+def test_the_flight_ingest_action_reads_object_storage(s3, tmp_path):
+    # The Flight service runs ingests on tokio's blocking pool: the object
+    # store's own runtime must start and stop there too.
+    import json
+
+    import pyarrow.flight as fl
+
+    _, endpoint = s3
+    table = sample(8_000, 7)
+    upload(s3, "flight.parquet", table)
+    with mock.patch.dict(os.environ, aws_env(endpoint)):
+        srv = Server(tmp_path, extra=("--flight", "127.0.0.1:0"))
+    try:
+        with srv.connect() as c:
+            addr = c.stats()["flight"]
+        client = fl.connect(f"grpc://{addr}")
+        body = json.dumps({"name": "viaflight", "path": f"s3://{BUCKET}/flight.parquet"}).encode()
+        [r] = list(client.do_action(fl.Action("ingest", body)))
+        assert json.loads(r.body.to_pybytes())["rows"] == 8_000
+        with srv.connect() as c:
+            assert got(c, "viaflight").equals(table)
+        client.close()
+    finally:
+        srv.stop()
