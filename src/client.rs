@@ -883,12 +883,28 @@ impl Client {
         Ok((created.object_id, written as u64))
     }
 
-    /// The whole table as one IPC file in one chunk, sealed.
+    /// The whole table as one IPC file in one chunk, sealed. A large table is
+    /// copied by several threads (runs of batches each, `ipc::write`): one
+    /// thread's copy is bounded by memory latency, not bandwidth.
     fn put_whole(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
-        let bound = crate::ipc::file_size_bound(schema, batches) as u64;
-        let (sealed, bytes) = self.put_object(name, ObjectKind::Table, bound, |dest| {
-            Ok(crate::ipc::write_file(dest, schema, batches)?)
-        })?;
+        let threads = copy_threads();
+        let (sealed, bytes) = if threads > 1
+            && batches.len() > 1
+            && crate::ipc::file_size_bound(schema, batches) >= PARALLEL_COPY_BYTES_MIN
+        {
+            let layout = crate::ipc::write::layout(schema, batches)?;
+            let size = layout.file_len() as u64;
+            self.put_object(name, ObjectKind::Table, size, |dest| {
+                let (n, _) =
+                    crate::ipc::write::write(dest, schema, batches, &layout, threads, &|_| {})?;
+                Ok(n)
+            })?
+        } else {
+            let bound = crate::ipc::file_size_bound(schema, batches) as u64;
+            self.put_object(name, ObjectKind::Table, bound, |dest| {
+                Ok(crate::ipc::write_file(dest, schema, batches)?)
+            })?
+        };
         Ok(PutInfo {
             version: sealed.version,
             rows: sealed.rows,
@@ -1119,6 +1135,30 @@ impl Client {
 /// Requests sent this soon after the last reply skip the check that the
 /// server closed the connection.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(1);
+
+/// Tables smaller than this are copied by one thread: starting threads costs
+/// more than it saves.
+const PARALLEL_COPY_BYTES_MIN: usize = 64 << 20;
+/// Most threads copying one put.
+const COPY_THREADS_MAX: usize = 4;
+
+/// Threads that copy a large put: `ARROWPOOL_COPY_THREADS` (1 = one thread,
+/// as before), else the cores this process may use, at most
+/// `COPY_THREADS_MAX` (the copy saturates memory bandwidth before that).
+fn copy_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("ARROWPOOL_COPY_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(COPY_THREADS_MAX)
+            })
+            .max(1)
+    })
+}
 
 /// How long a request polls for its reply before sleeping in `read`.
 const SPIN_MICROS: u64 = 40;

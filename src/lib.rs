@@ -32,7 +32,8 @@
 //!   opening; `ipc/check.rs` the seal-time check of a file (structure, then
 //!   every column on every core), `ipc/layout.rs` what is checked per array,
 //!   `ipc/manifest.rs` a table version as an IPC file spanning the arena
-//!   (messages low, chunks between, footer high).
+//!   (messages low, chunks between, footer high), `ipc/write.rs` a file
+//!   written by several threads (ingest, Flight puts, the client's large puts).
 //! - [`protocol`]: the wire format: frame header, handshake, one file per request
 //!   kind (encode + decode shared by server and client).
 //! - [`pool`]: the arena and the object table together, and the one put path

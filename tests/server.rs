@@ -485,3 +485,25 @@ fn preallocation_runs_in_the_background_and_stays_inside_the_arena() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(!off.stderr().contains("preallocated"), "{}", off.stderr());
 }
+
+/// A put of 64 MiB or more with several batches is copied by several threads
+/// (`ipc::write`, runs of batches); what comes back is the table, byte for
+/// byte, and the file passed the server's seal check.
+#[test]
+fn a_large_put_copied_by_several_threads_reads_back_exactly() {
+    let server = Server::start_with(&["--memory", "512M"]);
+    let c = server.client();
+    let (schema, batches) = table(2_000_000, 5, 4);
+    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    assert!(
+        bytes > 64 << 20,
+        "{bytes} bytes: large enough for the parallel copy"
+    );
+    let info = c.put("big", &schema, &batches).unwrap();
+    assert_eq!(info.rows, 2_000_000);
+    let got = c.get("big").unwrap();
+    assert_eq!(got.batches.len(), 5);
+    for (a, b) in got.batches.iter().zip(&batches) {
+        assert_eq!(a, b);
+    }
+}

@@ -283,7 +283,7 @@ fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
     if schema
         .fields()
         .iter()
-        .any(|f| crate::ingest::has_dictionary(f.data_type()))
+        .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
     {
         return None;
     }
@@ -549,7 +549,7 @@ pub(super) fn put(
 ) -> Result<(crate::store::SealInfo, u64), Status> {
     // Closed on every way out: a failed put leaves nothing pending.
     let conn = pool.server_conn();
-    let layout = crate::ingest::layout(schema, batches)
+    let layout = crate::ipc::write::layout(schema, batches)
         .map_err(|e| Status::invalid_argument(format!("cannot lay the table out: {e}")))?;
     // Each writer thread's `FileWriter` would emit the dictionaries again for
     // its first batch, which the layout (one writer) has only once: tables
@@ -557,7 +557,7 @@ pub(super) fn put(
     let dictionaries = schema
         .fields()
         .iter()
-        .any(|f| crate::ingest::has_dictionary(f.data_type()));
+        .any(|f| crate::ipc::write::has_dictionary(f.data_type()));
     let threads = if dictionaries {
         1
     } else {
@@ -570,8 +570,7 @@ pub(super) fn put(
         mapping.populate_write_once(offset, part.len() as u64);
     };
     let written = pool.write_chunk(conn.id(), name, layout.file_len() as u64, |dest| {
-        crate::ingest::write_parallel(dest, schema, batches, &layout, threads, &prepare)
-            .map(|(n, _)| n)
+        crate::ipc::write::write(dest, schema, batches, &layout, threads, &prepare).map(|(n, _)| n)
     });
     let (id, len, manifest) = written.map_err(|e| match e {
         crate::pool::PutError::Pool(e) => pool_status(e),

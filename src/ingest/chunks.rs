@@ -32,7 +32,7 @@ use crate::store::{ConnId, ObjectId, SealInfo, StoreError};
 use super::dictionary::{key_type, Dictionaries};
 use super::error::IngestError;
 use super::plan::Unit;
-use super::write;
+use crate::ipc::write;
 
 /// A unit once placed.
 struct Placed {

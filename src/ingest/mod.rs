@@ -15,7 +15,7 @@
 //!  pipeline.rs   reader (this thread) + one decoder thread per core
 //!  dictionary.rs row groups' dictionaries -> one per column, narrow keys
 //!  chunks.rs     each decoded unit -> a chunk (on its decoder thread); the manifest
-//!  write.rs      IPC layout without copying; a file written by one or more threads
+//!  (ipc/write.rs the IPC layout without copying; a file written by several threads)
 //!  remote.rs     s3:// gs:// az:// https:// URLs: objects listed, footers and
 //!                extents fetched with ranged GETs (feature `object-store`)
 //! ```
@@ -54,13 +54,6 @@ mod read;
 #[cfg(feature = "object-store")]
 pub mod remote;
 mod schema;
-mod write;
-
-// The parallel IPC writer, for the Flight service's puts.
-#[cfg(feature = "flight")]
-pub(crate) use schema::has_dictionary;
-#[cfg(feature = "flight")]
-pub(crate) use write::{layout, write as write_parallel};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -149,20 +149,7 @@ fn low_cardinality_chunk(c: &ColumnChunkMetaData) -> bool {
     all_dictionary && dict_bytes > 0 && dict_bytes <= c.num_values()
 }
 
-/// True if any field (at any depth) is still dictionary-encoded.
-pub fn has_dictionary(t: &DataType) -> bool {
-    match t {
-        DataType::Dictionary(_, _) => true,
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::ListView(f)
-        | DataType::LargeListView(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => has_dictionary(f.data_type()),
-        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
-        _ => false,
-    }
-}
+pub use crate::ipc::write::has_dictionary;
 
 /// Indices of the requested top-level columns, in schema order (all when
 /// `columns` is empty).

@@ -13,6 +13,7 @@ mod check;
 mod layout;
 #[deny(unsafe_code)]
 pub mod manifest;
+pub mod write;
 
 pub use check::{check_file, CheckError, FileSummary};
 

@@ -1,5 +1,6 @@
-//! Writing the decoded table into the arena as one Arrow IPC file, with
-//! every core copying.
+//! Writing a table into the arena as one Arrow IPC file, with several
+//! threads copying (ingest's decoded tables, Flight puts, the Rust client's
+//! large puts).
 //!
 //! `ipc::write_file` copies batch after batch on one thread. Here the file is
 //! laid out first, without copying data: a `FileWriter` over a counting sink
@@ -20,7 +21,22 @@ use std::io::Write;
 use arrow_array::RecordBatch;
 use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
 use arrow_ipc::MetadataVersion;
-use arrow_schema::{ArrowError, Schema};
+use arrow_schema::{ArrowError, DataType, Schema};
+
+/// Whether `t` is or contains a dictionary.
+pub fn has_dictionary(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(_, _) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        _ => false,
+    }
+}
 
 /// Where everything goes in the file.
 #[derive(Debug, Clone)]
@@ -43,7 +59,7 @@ impl Layout {
     }
 }
 
-pub(super) fn options() -> Result<IpcWriteOptions, ArrowError> {
+pub(crate) fn options() -> Result<IpcWriteOptions, ArrowError> {
     // The same options as `ipc::write_file`: what every object in the arena uses.
     IpcWriteOptions::try_new(crate::ipc::IPC_ALIGNMENT, false, MetadataVersion::V5)
 }
@@ -51,7 +67,7 @@ pub(super) fn options() -> Result<IpcWriteOptions, ArrowError> {
 /// Counts bytes, keeping them only while `keep` is set: a `FileWriter` over
 /// it lays a file out (positions, header, footer) without copying data.
 #[derive(Debug, Default)]
-pub(super) struct Recorder {
+pub(crate) struct Recorder {
     pos: usize,
     keep: bool,
     kept: Vec<u8>,
@@ -192,6 +208,18 @@ pub fn write(
             dest.len()
         )));
     }
+    // Each thread's `FileWriter` would emit the dictionaries again for its
+    // first batch, which the layout (one writer) has only once: tables with
+    // dictionaries are written by one thread.
+    let threads = if schema
+        .fields()
+        .iter()
+        .any(|f| has_dictionary(f.data_type()))
+    {
+        1
+    } else {
+        threads
+    };
     let header_len = layout.header.len();
     let body_end = layout.body_end();
     let (head, rest) = dest[..len].split_at_mut(header_len);
