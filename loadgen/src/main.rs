@@ -60,6 +60,8 @@ pub enum Scenario {
     Operations,
     /// The server reads the Parquet file.
     Ingest,
+    /// Cold paths against the machine's own costs: memcpy of the table, a get against a socket echo, both after 0.5 s idle.
+    Cold,
     /// Concurrent callbacks: get + scan of random columns against Parquet reads.
     Callbacks,
     /// Pipelined ping and get + release from several connections.

@@ -278,9 +278,14 @@ fn run_scenarios(
         step("operations: Parquet write/reads vs put/get", || {
             scenarios::operations::run(r)
         })?;
-    } else if [Scenario::Ingest, Scenario::Callbacks, Scenario::SmallOps]
-        .into_iter()
-        .any(wanted)
+    } else if [
+        Scenario::Ingest,
+        Scenario::Cold,
+        Scenario::Callbacks,
+        Scenario::SmallOps,
+    ]
+    .into_iter()
+    .any(wanted)
     {
         // They read the main table; `operations` would have put it.
         let client = arrowpool::Client::connect(&r.socket)?;
@@ -288,6 +293,11 @@ fn run_scenarios(
     }
     if wanted(Scenario::Ingest) {
         step("ingest", || scenarios::ingest::run(r))?;
+    }
+    if wanted(Scenario::Cold) {
+        step("cold paths: memcpy, get after idle vs echo", || {
+            scenarios::cold::run(r)
+        })?;
     }
     if wanted(Scenario::Callbacks) {
         step("callbacks", || scenarios::callbacks::run(r))?;
@@ -326,9 +336,10 @@ fn run_scenarios(
         })?;
     }
     if let (Some(bin), true) = (bin, wanted(Scenario::Objects)) {
-        step("objects: ingest from S3 (local emulator) vs the local file", || {
-            scenarios::objects::run(r, bin, server_hugepages, socket_dir)
-        })?;
+        step(
+            "objects: ingest from S3 (local emulator) vs the local file",
+            || scenarios::objects::run(r, bin, server_hugepages, socket_dir),
+        )?;
     }
     if let (Some(bin), true) = (bin, wanted(Scenario::Restart)) {
         step("restart after kill -9 (--state-dir)", || {
@@ -433,6 +444,46 @@ fn add_comparisons(r: &mut Run) {
             candidate: ("update_shared", "put sharing 10 columns"),
             gate: Gate::Informational,
             note: "the issue's target: the shared put at most 0.25x the whole put",
+        },
+        Pair {
+            key: "put_memcpy",
+            label: "put vs memcpy",
+            baseline: ("memcpy", "memcpy of the table, one thread"),
+            candidate: ("put", "put"),
+            gate: Gate::Tolerance(0.6),
+            note: "#10's target: a steady put at most 0.7x the memcpy (>= 1.43)",
+        },
+        Pair {
+            key: "put_first",
+            label: "first put vs memcpy",
+            baseline: ("memcpy", "memcpy of the table, one thread"),
+            candidate: ("put_first", "first put into a fresh server"),
+            gate: Gate::Tolerance(0.7),
+            note: "#10's target: at most 1.5x the memcpy (>= 0.67); the noisiest figure here",
+        },
+        Pair {
+            key: "ingest_first",
+            label: "first ingest vs Parquet read",
+            baseline: ("parquet_read_all", "read all columns (arrow-rs, all cores)"),
+            candidate: ("ingest_first", "the server's first ingest"),
+            gate: Gate::Tolerance(0.7),
+            note: "#10's target: at most 0.7x the read (>= 1.43)",
+        },
+        Pair {
+            key: "ingest_read",
+            label: "ingest vs Parquet read",
+            baseline: ("parquet_read_all", "read all columns (arrow-rs, all cores)"),
+            candidate: ("ingest", "ingest (steady)"),
+            gate: Gate::Tolerance(0.6),
+            note: "#10's target: at most 0.5x the read (>= 2)",
+        },
+        Pair {
+            key: "get_idle",
+            label: "get after 0.5 s idle vs socket echo",
+            baseline: ("echo_after_idle", "Unix-socket echo after 0.5 s idle"),
+            candidate: ("get_after_idle", "get after 0.5 s idle"),
+            gate: Gate::Tolerance(0.7),
+            note: "#10's target: at most 1.5x the echo (>= 0.67)",
         },
         Pair {
             key: "append",

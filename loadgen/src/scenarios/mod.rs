@@ -3,7 +3,8 @@
 //! ```text
 //! operations Parquet write / read all / read 2 columns / read + scan, each run
 //!            alternately with put / get / get_columns / get + scan; cold-cache reads
-//! ingest     the server reads the same Parquet file
+//! ingest     the server reads the same Parquet file (the first ingest timed apart)
+//! cold       memcpy of the table; get vs a socket echo, each after 0.5 s idle
 //! callbacks  N threads: get + scan of random column subsets vs the same from Parquet
 //! update     replace 2 columns and publish a new version while readers check versions
 //! small_ops  pipelined ping and get+release from several connections
@@ -17,6 +18,7 @@
 
 pub mod callbacks;
 pub mod churn;
+pub mod cold;
 pub mod ingest;
 pub mod objects;
 pub mod operations;

@@ -48,15 +48,8 @@ pub fn run(r: &mut Run, bin: &Path, hugepages: &str, dir: &Path) -> Result<()> {
     let log = dir.join("arrowpoold-objects.log");
     let _ = std::fs::remove_file(&log);
     let none: [&OsStr; 0] = [];
-    let server = ServerProcess::start_with_env(
-        bin,
-        &socket,
-        memory,
-        hugepages,
-        &log,
-        &none,
-        &moto.env(),
-    )?;
+    let server =
+        ServerProcess::start_with_env(bin, &socket, memory, hugepages, &log, &none, &moto.env())?;
     let result = measure(r, &socket, moto.kind);
     drop(moto);
     result?;
@@ -184,7 +177,8 @@ s3.upload_file(path, bucket, key)
 
 impl Emulator {
     fn start(dir: &Path) -> Result<Emulator> {
-        let s3rver = Path::new(env!("CARGO_MANIFEST_DIR")).join("emulator/node_modules/.bin/s3rver");
+        let s3rver =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("emulator/node_modules/.bin/s3rver");
         if s3rver.exists() {
             return Self::start_s3rver(&s3rver, dir);
         }
@@ -195,7 +189,9 @@ impl Emulator {
         let data = dir.join("s3rver-data");
         std::fs::create_dir_all(&data)?;
         let data = tempfile_dir::Dir(data);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut child = Command::new(bin)
             .arg("-d")
             .arg(&data.0)

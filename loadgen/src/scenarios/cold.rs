@@ -1,0 +1,116 @@
+//! Cold paths, measured against what the machine itself costs in the same
+//! run (ratios, so that the gate can cover them):
+//!
+//! | figure                | baseline                               | candidate                        |
+//! |-----------------------|----------------------------------------|----------------------------------|
+//! | `speedup.put_memcpy`  | one thread's memcpy of the table       | a steady put (operations)        |
+//! | `speedup.put_first`   | the same memcpy                        | the first put into a fresh server |
+//! | `speedup.ingest_first`| Parquet read of all columns (arrow-rs) | the first ingest (ingest)        |
+//! | `speedup.get_idle`    | a Unix-socket echo after `IDLE`        | a get after `IDLE`               |
+//!
+//! The memcpy and the idle pairs are measured here; the puts and ingests by
+//! their scenarios. The echo server is a thread of this process blocked in
+//! `read`, as the server's cores block in io_uring: both wake from the same
+//! sleep.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use arrowpool::Client;
+
+use super::{Run, MAIN_NAME};
+use crate::measure::Timing;
+
+/// The pause before each after-idle sample (a user's click after reading
+/// the page).
+pub const IDLE: Duration = Duration::from_millis(500);
+/// After-idle samples of each kind (each costs `IDLE`).
+const IDLE_SAMPLES: usize = 5;
+
+pub fn run(r: &mut Run) -> Result<()> {
+    let t = memcpy(r)?;
+    r.keep(&t);
+    let (echo, get) = after_idle(r)?;
+    r.keep(&echo);
+    r.keep(&get);
+    Ok(())
+}
+
+/// One thread copying the table's buffers into memory that was touched
+/// before: the floor of a put (what the cold-path targets are relative to).
+fn memcpy(r: &Run) -> Result<Timing> {
+    let src: Vec<_> = r
+        .table
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.columns()
+                .iter()
+                .flat_map(|c| c.to_data().buffers().to_vec())
+        })
+        .collect();
+    let bytes: usize = src.iter().map(|b| b.len()).sum();
+    let mut dest = vec![1u8; bytes];
+    r.sampler.sample("memcpy", || {
+        let start = Instant::now();
+        let mut at = 0;
+        for s in &src {
+            dest[at..at + s.len()].copy_from_slice(s.as_slice());
+            at += s.len();
+        }
+        std::hint::black_box(&dest);
+        Ok(start.elapsed())
+    })
+}
+
+/// Alternating: an echo round trip after `IDLE`, a get of the main table
+/// after `IDLE`.
+fn after_idle(r: &Run) -> Result<(Timing, Timing)> {
+    let dir = r.scratch_file("echo");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).context("cannot bind the echo socket")?;
+    let echo_thread = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = [0u8; 64];
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            s.write_all(&buf[..n])?;
+        }
+    });
+    let mut echo = UnixStream::connect(&path)?;
+    let client = Client::connect(&r.socket).context("cannot connect to arrowpoold")?;
+    let mut echo_t = Timing::new("echo_after_idle");
+    let mut get_t = Timing::new("get_after_idle");
+    let pb = crate::progress::bar(
+        (2 * IDLE_SAMPLES) as u64,
+        "after idle: echo and get",
+        "samples",
+    );
+    let mut byte = [7u8; 16];
+    for _ in 0..IDLE_SAMPLES {
+        std::thread::sleep(IDLE);
+        let start = Instant::now();
+        echo.write_all(&byte)?;
+        echo.read_exact(&mut byte)?;
+        echo_t.record(start.elapsed());
+        pb.inc(1);
+        std::thread::sleep(IDLE);
+        let start = Instant::now();
+        let table = client.get(MAIN_NAME)?;
+        get_t.record(start.elapsed());
+        drop(table);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    drop(echo);
+    let _ = echo_thread.join();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((echo_t, get_t))
+}
