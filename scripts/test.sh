@@ -7,6 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+# No test may reach a cloud's instance metadata service (169.254.169.254, an
+# address off this machine): an object store ingest without credentials in
+# its environment would ask it. These point every store's metadata endpoint
+# at a closed loopback port instead; servers the tests start inherit them.
+export AWS_METADATA_ENDPOINT="http://127.0.0.1:9" AWS_EC2_METADATA_DISABLED=true
+export GCE_METADATA_HOST="127.0.0.1:9" GCE_METADATA_IP="127.0.0.1:9"
+export AZURE_MSI_ENDPOINT="http://127.0.0.1:9" IDENTITY_ENDPOINT="http://127.0.0.1:9"
+
 step() { printf '\n==> %s\n' "$*"; }
 
 # Reserve hugepages when we can (root), so both the hugetlb path and, for servers

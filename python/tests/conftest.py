@@ -24,6 +24,17 @@ import pytest
 import arrowpool
 
 REPO = Path(__file__).resolve().parents[2]
+# An object store ingest without credentials asks the cloud's instance metadata
+# service (169.254.169.254, off this machine): test servers point it at a closed
+# loopback port unless the environment already says otherwise.
+NO_CLOUD_METADATA = {
+    "AWS_METADATA_ENDPOINT": "http://127.0.0.1:9",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_IP": "127.0.0.1:9",
+    "AZURE_MSI_ENDPOINT": "http://127.0.0.1:9",
+    "IDENTITY_ENDPOINT": "http://127.0.0.1:9",
+}
 START_TIMEOUT_S = 20.0
 
 
@@ -54,7 +65,8 @@ class Server:
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**NO_CLOUD_METADATA, **os.environ},
         )
         self._wait_ready()
 

@@ -292,3 +292,24 @@ def test_the_flight_ingest_action_reads_object_storage(s3, tmp_path):
         client.close()
     finally:
         srv.stop()
+
+
+def test_missing_credentials_are_a_clear_error(s3, tmp_path):
+    # No keys: the store asks the instance metadata service, here a closed
+    # loopback port (never the real one, off this machine).
+    _, endpoint = s3
+    env = {k: v for k, v in aws_env(endpoint).items() if not k.startswith("AWS_SECRET")}
+    env.pop("AWS_ACCESS_KEY_ID")
+    with mock.patch.dict(os.environ, env):
+        saved = {k: os.environ.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ}
+        try:
+            srv = Server(tmp_path)
+        finally:
+            os.environ.update(saved)
+    try:
+        with srv.connect() as c:
+            with pytest.raises(arrowpool.IngestError) as e:
+                c.ingest(f"s3://{BUCKET}/one.parquet", "nocreds", timeout=120)
+            assert f"s3://{BUCKET}/one.parquet" in str(e.value)
+    finally:
+        srv.stop()
