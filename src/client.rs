@@ -153,6 +153,10 @@ struct Inner {
     arena_id: (u64, u64),
     /// A request failed in a way that leaves the stream unusable.
     dead: std::sync::atomic::AtomicBool,
+    /// ... and the server closed it without reading that request (EPIPE on
+    /// the write, ECONNRESET on the read: a Unix socket closed with our bytes
+    /// still queued), so sending it again cannot apply it twice.
+    unread: std::sync::atomic::AtomicBool,
     /// Leases taken on this connection, for a new connection to take over.
     leases: Mutex<Vec<std::sync::Weak<Lease>>>,
 }
@@ -341,6 +345,7 @@ impl Client {
             hello,
             arena_id,
             dead: std::sync::atomic::AtomicBool::new(false),
+            unread: std::sync::atomic::AtomicBool::new(false),
             leases: Mutex::new(Vec::new()),
         })
     }
@@ -375,6 +380,22 @@ impl Client {
         old.dead.store(true, std::sync::atomic::Ordering::Relaxed);
         Self::adopt(&old, &new);
         Ok(new)
+    }
+
+    /// The connection to send a request again on after the server closed
+    /// the last one without reading it (`Inner::unread`): the server is
+    /// restarting or gone, so a new one is waited for, at most
+    /// `UNREAD_RETRY_WAIT`.
+    fn live_after_unread(&self) -> Result<Arc<Inner>> {
+        let began = std::time::Instant::now();
+        loop {
+            match self.live() {
+                Err(ClientError::Disconnected(_)) if began.elapsed() < UNREAD_RETRY_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Leases `old`'s held versions again on `new` when both map the same
@@ -454,7 +475,7 @@ impl Client {
         conn.stream.get_ref().set_read_timeout(timeout).ok();
     }
 
-    fn request(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>) -> Encoded) -> Result<Vec<u8>> {
+    fn request(&self, kind: Kind, encode: impl FnMut(&mut Vec<u8>) -> Encoded) -> Result<Vec<u8>> {
         self.request_within(kind, None, encode)
     }
 
@@ -464,10 +485,16 @@ impl Client {
         &self,
         kind: Kind,
         timeout: Option<Option<Duration>>,
-        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
         let inner = self.live()?;
-        Self::request_on(&inner, kind, timeout, encode)
+        match Self::request_on(&inner, kind, timeout, &mut encode) {
+            Err(_) if inner.unread.load(std::sync::atomic::Ordering::Relaxed) => {
+                let inner = self.live_after_unread()?;
+                Self::request_on(&inner, kind, timeout, encode)
+            }
+            result => result,
+        }
     }
 
     /// One request on the connection `inner`; a failure that leaves its
@@ -476,7 +503,7 @@ impl Client {
         inner: &Inner,
         kind: Kind,
         timeout: Option<Option<Duration>>,
-        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+        encode: impl FnMut(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
         let result = Self::request_locked(inner, kind, timeout, encode);
         if let Err(
@@ -492,14 +519,14 @@ impl Client {
         inner: &Inner,
         kind: Kind,
         timeout: Option<Option<Duration>>,
-        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+        encode: impl FnMut(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
         let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         let limit = timeout.unwrap_or(conn.timeout);
         if timeout.is_some() {
             conn.stream.get_ref().set_read_timeout(limit).ok();
         }
-        let result = Self::exchange(&mut conn, kind, encode);
+        let result = Self::exchange(&mut conn, &inner.unread, kind, encode);
         if timeout.is_some() {
             let normal = conn.timeout;
             conn.stream.get_ref().set_read_timeout(normal).ok();
@@ -514,8 +541,9 @@ impl Client {
 
     fn exchange(
         conn: &mut Conn,
+        unread: &std::sync::atomic::AtomicBool,
         kind: Kind,
-        encode: impl FnOnce(&mut Vec<u8>) -> Encoded,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
         let mut out = std::mem::take(&mut conn.out);
         out.clear();
@@ -537,11 +565,17 @@ impl Client {
         conn.next_id += 1;
         let sent = conn.stream.get_mut().write_all(&out);
         conn.out = out;
-        sent.map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        if let Err(e) = sent {
+            unread.store(
+                e.kind() == std::io::ErrorKind::BrokenPipe,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            return Err(ClientError::Disconnected(e.to_string()));
+        }
         if conn.stream.buffer().is_empty() {
             spin_until_readable(conn.stream.get_ref());
         }
-        let (header, body) = read_frame(&mut conn.stream)?;
+        let (header, body) = read_frame_noting_reset(&mut conn.stream, unread)?;
         conn.last_reply = std::time::Instant::now();
         if header.kind == Kind::Shutdown as u16 {
             return Err(ClientError::Disconnected(
@@ -948,21 +982,28 @@ impl Client {
     /// Arrow buffer that releases the lease when dropped.
     fn lease(&self, name: &str, version: Option<u64>) -> Result<(Located, Buffer)> {
         // The buffer lies in the mapping of the connection that got the lease.
-        let inner = self.live()?;
-        let body = match version {
-            None => Self::request_on(&inner, Kind::Get, None, |o| {
+        let send = |inner: &Inner| match version {
+            None => Self::request_on(inner, Kind::Get, None, |o| {
                 Get {
                     name: name.to_owned(),
                 }
                 .encode(o)
-            })?,
-            Some(version) => Self::request_on(&inner, Kind::GetVersion, None, |o| {
+            }),
+            Some(version) => Self::request_on(inner, Kind::GetVersion, None, |o| {
                 crate::protocol::get::GetVersion {
                     version,
                     name: name.to_owned(),
                 }
                 .encode(o)
-            })?,
+            }),
+        };
+        let mut inner = self.live()?;
+        let body = match send(&inner) {
+            Err(_) if inner.unread.load(std::sync::atomic::Ordering::Relaxed) => {
+                inner = self.live_after_unread()?;
+                send(&inner)?
+            }
+            result => result?,
         };
         let located = Self::decode(body, Located::decode)?;
         let lease = Arc::new(Lease {
@@ -1132,6 +1173,10 @@ impl Client {
     }
 }
 
+/// How long a request the server closed its connection on without reading
+/// it waits for a server to send it again to (a restart takes tens of ms).
+const UNREAD_RETRY_WAIT: Duration = Duration::from_secs(2);
+
 /// Requests sent this soon after the last reply skip the check that the
 /// server closed the connection.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(1);
@@ -1190,6 +1235,34 @@ fn io_error(e: std::io::Error) -> ClientError {
         }
         _ => ClientError::Disconnected(e.to_string()),
     }
+}
+
+/// `read_frame`, noting in `unread` when the server reset the connection
+/// (it closed with our request unread).
+fn read_frame_noting_reset(
+    stream: &mut impl Read,
+    unread: &std::sync::atomic::AtomicBool,
+) -> Result<(Header, Vec<u8>)> {
+    let mut reset = false;
+    let mut noting = |e: std::io::Error| {
+        reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+        io_error(e)
+    };
+    let mut head = [0u8; HEADER_LEN];
+    let got = stream
+        .read_exact(&mut head)
+        .map_err(&mut noting)
+        .and_then(|()| {
+            let header = Header::parse(&head, REPLY_BODY_MAX)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let mut body = vec![0u8; header.len as usize];
+            stream.read_exact(&mut body).map_err(&mut noting)?;
+            Ok((header, body))
+        });
+    if got.is_err() {
+        unread.store(reset, std::sync::atomic::Ordering::Relaxed);
+    }
+    got
 }
 
 fn read_frame(stream: &mut impl Read) -> Result<(Header, Vec<u8>)> {

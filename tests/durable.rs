@@ -576,6 +576,40 @@ fn the_rust_client_reconnects_and_keeps_its_tables_leased() {
     }
 }
 
+/// A request the killed server never read — it was stopped with the request
+/// queued, then killed — is sent again to the restarted server: on a Unix
+/// socket, ECONNRESET means our bytes were still queued when it closed.
+#[test]
+fn a_request_the_killed_server_never_read_goes_to_the_restarted_one() {
+    let dir = state_dir();
+    let (schema, batches) = table(30_000, 2, 5);
+    let mut s = start(dir.path(), &[]);
+    let c = s.client();
+    c.put("t", &schema, &batches).unwrap();
+    let pid = rustix::process::Pid::from_raw(s.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let getter = {
+        let (c, schema) = (c.clone(), schema.clone());
+        std::thread::spawn(move || c.get("t").map(|t| owned(&schema, &t.batches)))
+    };
+    std::thread::sleep(Duration::from_millis(200)); // sent, queued, unread
+    s.child.kill().unwrap(); // SIGKILL ends a stopped process too
+    s.child.wait().unwrap();
+    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))
+        .args(["--socket", s.socket.to_str().unwrap(), "--memory", "256M"])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(restarted);
+    let got = getter
+        .join()
+        .unwrap()
+        .expect("sent again to the restarted server");
+    assert_eq!(got, owned(&schema, &batches));
+}
+
 struct KillOnDrop(std::process::Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -85,6 +85,17 @@ class _StaleConnection(Exception):
     on a new one."""
 
 
+class _UnreadRequest(_StaleConnection):
+    """The server closed the connection with the request still queued, unread
+    (EPIPE on the send, ECONNRESET on the read: on a Unix socket that is what they
+    mean). Sending it again cannot apply it twice; the server is restarting or gone."""
+
+
+# How long a request the server closed its connection on without reading it waits
+# for a server to send it again to (a restart takes tens of milliseconds).
+_UNREAD_RETRY_WAIT_S = 2.0
+
+
 class _Connection:
     """One socket, its arena mappings and its leases. Used only by :class:`Client`."""
 
@@ -324,6 +335,9 @@ class _Connection:
         except ProtocolError:
             self.mark_dead()
             raise
+        except ConnectionResetError as e:
+            self.mark_dead()
+            raise _UnreadRequest() from e
         except OSError as e:
             self.mark_dead()
             raise ServerUnavailable(f"connection to arrowpoold at {self.path} failed: {e}") from e
@@ -382,6 +396,8 @@ class _Connection:
             self.mark_dead()
             if notice:
                 raise ServerUnavailable(f"arrowpoold at {self.path} is shutting down") from e
+            if isinstance(e, BrokenPipeError):
+                raise _UnreadRequest() from e
             raise ServerUnavailable(f"connection to arrowpoold at {self.path} failed: {e}") from e
 
     def _shutdown_notice_pending(self) -> bool:
@@ -957,18 +973,33 @@ class Client:
             return _Connection(self.path, self.write, self.timeout)
 
     def _request(self, kind: int, body: bytes = b"", timeout: Any = _UNSET) -> tuple[_Connection, bytes]:
-        # A connection found broken before anything was sent is replaced once; a
-        # request that failed half-way is never resent (seal is not idempotent).
+        # A connection found broken before anything was sent is replaced once, and
+        # so is one the server closed without reading the request (then a new
+        # server is waited for); a request that failed half-way is never resent
+        # (seal is not idempotent).
+        unread = False
         for attempt in (0, 1):
-            conn = self._connection()
+            conn = self._connection_waiting() if unread else self._connection()
             try:
                 return conn, conn.request(kind, body, timeout)
-            except _StaleConnection:
+            except _StaleConnection as e:
                 if attempt:
                     raise ServerUnavailable(
                         f"lost the connection to arrowpoold at {self.path}"
                     ) from None
+                unread = isinstance(e, _UnreadRequest)
         raise AssertionError("unreachable")
+
+    def _connection_waiting(self) -> _Connection:
+        """``_connection``, waiting up to ``_UNREAD_RETRY_WAIT_S`` for a server."""
+        deadline = time.monotonic() + _UNREAD_RETRY_WAIT_S
+        while True:
+            try:
+                return self._connection()
+            except ServerUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         """Closes the connection (at once, or when the last table from it is gone)."""

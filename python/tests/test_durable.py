@@ -71,6 +71,37 @@ def test_the_next_request_after_a_restart_reaches_the_new_server(tmp_path, state
         s.stop()
 
 
+def test_a_request_the_killed_server_never_read_goes_to_the_new_one(tmp_path, state_dir):
+    # Stopped with the request queued, then killed: its socket closes with the
+    # request unread (ECONNRESET), which the client sends again to the restarted
+    # server instead of failing.
+    import threading
+
+    s = Server(tmp_path, memory="256M", extra=("--state-dir", state_dir))
+    c = arrowpool.connect(s.socket)
+    t = table(5)
+    c.put("t", t)
+    s.proc.send_signal(signal.SIGSTOP)
+    result = {}
+
+    def get() -> None:
+        try:
+            result["table"] = c.get("t")
+        except Exception as e:  # reported below
+            result["error"] = e
+
+    getter = threading.Thread(target=get)
+    getter.start()
+    time.sleep(0.2)  # sent, queued, unread
+    s = kill_and_restart(s, tmp_path)
+    try:
+        getter.join(10)
+        assert "error" not in result, result
+        assert result["table"].equals(t)
+    finally:
+        s.stop()
+
+
 def test_a_held_version_the_new_server_lacks_is_logged_and_stays_readable(tmp_path, state_dir, caplog):
     s = Server(tmp_path, memory="256M", extra=("--state-dir", state_dir))
     c = arrowpool.connect(s.socket)
