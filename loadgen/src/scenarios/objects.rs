@@ -14,7 +14,6 @@
 //! the same cores as the server's decoders (a real store does not).
 
 use std::ffi::OsStr;
-use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -220,39 +219,17 @@ impl Emulator {
     }
 
     fn start_moto() -> Result<Emulator> {
-        let mut child = Command::new(super::remote::python())
-            .arg("-c")
-            .arg(START)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: dropping it ends moto_server too.
-            .process_group(0)
-            .spawn()
-            .context("cannot run Python")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        match line.trim().parse::<u16>() {
-            Ok(port) => Ok(Emulator {
-                kind: "moto",
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                credentials: "loadgen",
-                _data: None,
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                bail!(
-                    "moto's server did not start: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                )
-            }
-        }
+        let mut command = Command::new(super::remote::python());
+        // Its own process group: dropping it ends moto_server too.
+        command.arg("-c").arg(START).process_group(0);
+        let (child, port) = super::remote::start_printing_port(command, "moto's server")?;
+        Ok(Emulator {
+            kind: "moto",
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            credentials: "loadgen",
+            _data: None,
+        })
     }
 
     fn upload(&self, parquet: &Path) -> Result<()> {

@@ -204,34 +204,41 @@ impl PyarrowServer {
             "import sys\nsys.path.insert(0, {bench:?})\nfrom bench_flight import serve_memory\nserve_memory(sys.argv[1])\n",
             bench = bench.display().to_string()
         );
-        let mut child = Command::new(python())
-            .arg("-c")
-            .arg(script)
-            .arg(parquet)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run Python")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        match line.trim().parse::<u16>() {
-            Ok(port) => Ok(PyarrowServer {
-                child,
-                addr: format!("127.0.0.1:{port}"),
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                bail!(
-                    "it did not start: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                )
-            }
+        let mut command = Command::new(python());
+        command.arg("-c").arg(script).arg(parquet);
+        let (child, port) = start_printing_port(command, "pyarrow's Flight server")?;
+        Ok(PyarrowServer {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        })
+    }
+}
+
+/// Runs a Python child that prints the port it listens on as its first line
+/// of output; the child and that port, or an error with the last line of its
+/// standard error.
+pub fn start_printing_port(mut command: Command, what: &str) -> Result<(Child, u16)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run Python")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    match line.trim().parse::<u16>() {
+        Ok(port) => Ok((child, port)),
+        Err(_) => {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "{what} did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            )
         }
     }
 }
