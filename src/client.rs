@@ -489,7 +489,9 @@ impl Client {
     ) -> Result<Vec<u8>> {
         let inner = self.live()?;
         match Self::request_on(&inner, kind, timeout, &mut encode) {
-            Err(_) if inner.unread.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(_)
+                if inner.unread.load(std::sync::atomic::Ordering::Relaxed) && resendable(kind) =>
+            {
                 let inner = self.live_after_unread()?;
                 Self::request_on(&inner, kind, timeout, encode)
             }
@@ -1171,6 +1173,16 @@ impl Client {
         let start = inner.read_only.as_ptr() as usize;
         start..start + inner.read_only.len()
     }
+}
+
+/// Whether a request the server did not read may go to a new connection:
+/// not one that names this connection's pending objects or leases (seal,
+/// abort, publish, release), which a new server would not know.
+fn resendable(kind: Kind) -> bool {
+    !matches!(
+        kind,
+        Kind::Seal | Kind::Abort | Kind::Publish | Kind::Release
+    )
 }
 
 /// How long a request the server closed its connection on without reading

@@ -94,6 +94,11 @@ class _UnreadRequest(_StaleConnection):
 # How long a request the server closed its connection on without reading it waits
 # for a server to send it again to (a restart takes tens of milliseconds).
 _UNREAD_RETRY_WAIT_S = 2.0
+# Requests that name the connection's pending objects or leases: a new server
+# would not know them, so they are not sent again.
+_NOT_RESENDABLE = frozenset(
+    (proto.Kind.SEAL, proto.Kind.ABORT, proto.Kind.PUBLISH, proto.Kind.RELEASE)
+)
 
 
 class _Connection:
@@ -988,6 +993,11 @@ class Client:
                         f"lost the connection to arrowpoold at {self.path}"
                     ) from None
                 unread = isinstance(e, _UnreadRequest)
+                if unread and kind in _NOT_RESENDABLE:
+                    raise ServerUnavailable(
+                        f"arrowpoold at {self.path} closed the connection before reading the "
+                        "request (it stopped or restarted)"
+                    ) from None
         raise AssertionError("unreachable")
 
     def _connection_waiting(self) -> _Connection:
