@@ -286,3 +286,67 @@ fn spilled_versions_survive_kill_9_with_a_state_dir() {
     assert_eq!(got.version, 2);
     assert_eq!(owned(&b.0, &got.batches), owned(&b.0, &b.1));
 }
+
+/// A spill file cut short is found: at a get (an error naming the file, the
+/// server still serving) and at a restart with a state directory (reported,
+/// left out; the other tables recovered).
+#[test]
+fn a_truncated_spill_file_is_reported_and_the_rest_recovered() {
+    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("arrowpool-state-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let mut s = spilling(spill.path(), "off", &["--state-dir", state_dir]);
+    let (a, b, d) = three();
+    let c = s.client();
+    c.put_bytes("blob", &vec![7u8; 20 << 20]).unwrap();
+    c.put("a", &a.0, &a.1).unwrap();
+    c.put("b", &b.0, &b.1).unwrap();
+    c.put("d", &d.0, &d.1).unwrap();
+    assert_eq!(on_disk(&c), ["a", "blob"]);
+    let cut = |name: &str| {
+        for f in std::fs::read_dir(spill.path()).unwrap().flatten() {
+            let len = f.metadata().unwrap().len();
+            let is_blob = len == 20 << 20;
+            if (name == "blob") == is_blob {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(f.path())
+                    .unwrap();
+                file.set_len(len / 2).unwrap();
+            }
+        }
+    };
+    cut("blob");
+    let e = c.get_bytes("blob").unwrap_err().to_string();
+    assert!(
+        e.contains("cannot bring \"blob\"") && e.contains("bytes"),
+        "{e}"
+    );
+    assert_eq!(
+        c.get("d").unwrap().rows,
+        d.1.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+    );
+    drop(c);
+    cut("a");
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = spilling(spill.path(), "off", &["--state-dir", state_dir]);
+    let log = s.stderr();
+    assert!(log.contains("spilled version 1 of \"a\" left out"), "{log}");
+    assert!(
+        log.contains("spilled version 1 of \"blob\" left out"),
+        "{log}"
+    );
+    let c = s.client();
+    assert!(on_disk(&c).is_empty());
+    let names: Vec<String> = c.list().unwrap().into_iter().map(|e| e.name).collect();
+    assert!(
+        !names.contains(&"a".to_string()) && !names.contains(&"blob".to_string()),
+        "{names:?}"
+    );
+    let got = c.get("d").unwrap();
+    assert_eq!(owned(&d.0, &got.batches), owned(&d.0, &d.1));
+}

@@ -283,6 +283,12 @@ impl Pool {
         let read = |dest: &mut [u8]| -> std::io::Result<usize> {
             let mut f = std::fs::File::open(&s.file)?;
             let n = f.metadata()?.len() as usize;
+            if n as u64 != s.file_bytes {
+                return Err(std::io::Error::other(format!(
+                    "the file has {n} bytes, {} were written (damaged or replaced)",
+                    s.file_bytes
+                )));
+            }
             let dest = dest
                 .get_mut(..n)
                 .ok_or_else(|| std::io::Error::other("the spill file grew"))?;
