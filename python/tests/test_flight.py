@@ -132,7 +132,9 @@ def test_an_empty_table_and_a_large_one_go_both_ways(served):
 
 def test_actions_delete_ingest_and_stats(served, tmp_path):
     s, client = served
-    assert sorted(a.type for a in client.list_actions()) == ["delete", "ingest", "stats"]
+    assert sorted(a.type for a in client.list_actions()) == [
+        "ClosePreparedStatement", "CreatePreparedStatement", "delete", "ingest", "stats"
+    ]
     t = table(7).drop_columns(["cat"])
     path = tmp_path / "t.parquet"
     pq.write_table(t, path)

@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod pull;
 mod service;
+pub mod sql;
 pub mod ticket;
 
 use std::net::SocketAddr;

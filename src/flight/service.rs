@@ -432,6 +432,17 @@ fn split(batch: RecordBatch, max: usize) -> Vec<RecordBatch> {
 
 /// Where the version `wanted` names lies and its schema, projected (a spilled
 /// version is brought back; the lease is released on return).
+/// The table a descriptor names: a Flight SQL command (`sql.rs`) or our own
+/// path / JSON command (`ticket.rs`).
+fn described(d: &FlightDescriptor) -> Result<Wanted, Status> {
+    if d.r#type() == arrow_flight::flight_descriptor::DescriptorType::Cmd {
+        if let Some(w) = super::sql::command(&d.cmd) {
+            return w.map_err(Status::invalid_argument);
+        }
+    }
+    ticket::parse_descriptor(d).map_err(Status::invalid_argument)
+}
+
 fn leased_schema(pool: &Arc<Pool>, wanted: &Wanted) -> Result<(Location, SchemaRef), Status> {
     let lease = Lease::take(pool, &wanted.name, wanted.version)?;
     let loc = lease.location();
@@ -610,7 +621,7 @@ fn result_json<T: serde::Serialize>(v: &T) -> BoxStream<arrow_flight::Result> {
     Box::pin(futures::stream::iter([Ok(arrow_flight::Result::new(body))]))
 }
 
-const ACTIONS: [(&str, &str); 3] = [
+const ACTIONS: [(&str, &str); 5] = [
     (
         "delete",
         "Unbind a table name (body: the name). Readers keep what they hold. Role: write.",
@@ -623,6 +634,14 @@ const ACTIONS: [(&str, &str); 3] = [
     (
         "stats",
         "The server's counters as JSON (as `arrowpool stats`). Role: admin.",
+    ),
+    (
+        super::sql::CREATE_PREPARED,
+        "Flight SQL: prepare SELECT * FROM name or SELECT column, ... FROM name. Role: read.",
+    ),
+    (
+        super::sql::CLOSE_PREPARED,
+        "Flight SQL: close a prepared statement (they hold nothing). Role: read.",
     ),
 ];
 
@@ -680,7 +699,7 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         req: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.require(&req, Role::Read, "get_flight_info")?;
-        let wanted = ticket::parse_descriptor(req.get_ref()).map_err(Status::invalid_argument)?;
+        let wanted = described(req.get_ref())?;
         let pool = self.pool();
         let info = blocking(move || {
             let (loc, schema) = leased_schema(&pool, &wanted)?;
@@ -712,7 +731,7 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         req: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         self.require(&req, Role::Read, "get_schema")?;
-        let wanted = ticket::parse_descriptor(req.get_ref()).map_err(Status::invalid_argument)?;
+        let wanted = described(req.get_ref())?;
         let pool = self.pool();
         let schema = blocking(move || Ok(leased_schema(&pool, &wanted)?.1)).await?;
         let options = IpcWriteOptions::default();
@@ -870,8 +889,34 @@ impl arrow_flight::flight_service_server::FlightService for Service {
                 self.require(&req, Role::Admin, "the stats action")?;
                 Ok(Response::new(result_json(&self.shared.stats())))
             }
+            super::sql::CREATE_PREPARED => {
+                self.require(&req, Role::Read, "a Flight SQL statement")?;
+                let wanted =
+                    super::sql::prepared(&req.get_ref().body).map_err(Status::invalid_argument)?;
+                let pool = self.pool();
+                let checked = wanted.clone();
+                let schema = blocking(move || Ok(leased_schema(&pool, &checked)?.1)).await?;
+                let options = IpcWriteOptions::default();
+                let ipc = arrow_flight::IpcMessage::try_from(SchemaAsIpc::new(&schema, &options))
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let result = arrow_flight::sql::ActionCreatePreparedStatementResult {
+                    prepared_statement_handle: super::sql::handle(&wanted).into(),
+                    dataset_schema: ipc.0,
+                    parameter_schema: Default::default(),
+                };
+                let body = super::sql::packed(&result);
+                Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+                    arrow_flight::Result::new(body),
+                )]))))
+            }
+            // Handles hold no state (they are tickets): nothing to free.
+            super::sql::CLOSE_PREPARED => {
+                self.require(&req, Role::Read, "a Flight SQL statement")?;
+                Ok(Response::new(Box::pin(futures::stream::empty())))
+            }
             other => Err(Status::invalid_argument(format!(
-                "unknown action {other:?}; list_actions names delete, ingest and stats"
+                "unknown action {other:?}; list_actions names delete, ingest, stats, \
+                 CreatePreparedStatement and ClosePreparedStatement"
             ))),
         }
     }
