@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use crate::arena::{Arena, HugepageMode};
 use crate::pool::Pool;
 use crate::util::human_bytes;
+// For the Flight service, which answers with the socket's error messages.
+#[cfg(feature = "flight")]
 pub(crate) use requests::{ingest_error, pool_error, store_error};
 pub use shared::Shared;
 
@@ -415,6 +417,7 @@ impl Server {
 
     /// Stops accepting, tells every client (shutdown notice), waits up to
     /// `grace` for connections to close, removes the socket file.
+    #[cfg_attr(not(feature = "flight"), allow(unused_mut))]
     pub fn shutdown(mut self, grace: Duration) {
         #[cfg(feature = "flight")]
         let flight = self.flight.take();
