@@ -17,6 +17,7 @@ mod seal;
 mod stats;
 mod wait;
 
+#[cfg(feature = "flight")]
 pub(crate) use ingest::ingest_error;
 
 use std::sync::atomic::Ordering;
