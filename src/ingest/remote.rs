@@ -161,12 +161,7 @@ impl Objects {
         budget: &Arc<ReadBudget>,
         mut done: impl FnMut(usize, Bytes) -> Result<(), IngestError>,
     ) -> Result<ReadStats, IngestError> {
-        type Fetched = (usize, usize, Result<Bytes, IngestError>);
-        let (tx, rx) = std::sync::mpsc::channel::<Fetched>();
-        let mut parts: Vec<Vec<Option<Bytes>>> = Vec::with_capacity(extents.len());
-        let mut left: Vec<usize> = Vec::with_capacity(extents.len());
-        let mut waiting: VecDeque<(usize, usize, Range<u64>)> = VecDeque::new();
-        let (mut next, mut in_flight) = (0, 0);
+        let mut f = Fetch::new(self, extents);
         let mut stats = ReadStats {
             reader: format!("object_store ({PIECES_IN_FLIGHT} ranged GETs in flight)"),
             ..ReadStats::default()
@@ -175,63 +170,117 @@ impl Objects {
             if budget.is_cancelled() {
                 return Ok(stats);
             }
-            while in_flight < PIECES_IN_FLIGHT {
-                if let Some((e, p, range)) = waiting.pop_front() {
-                    let object = &self.objects[extents[e].file];
-                    let (store, location, url, tx) = (
-                        object.store.clone(),
-                        object.location.clone(),
-                        object.url.clone(),
-                        tx.clone(),
-                    );
-                    self.runtime.spawn(async move {
-                        let got = store.get_range(&location, range.clone()).await;
-                        let _ = tx.send((e, p, check_piece(&url, &range, got)));
-                    });
-                    in_flight += 1;
-                    continue;
-                }
-                if next >= extents.len() {
-                    break;
-                }
-                let range = &extents[next].range;
-                let need = range.end - range.start;
-                let fits = if in_flight == 0 {
-                    budget.acquire(need)
-                } else {
-                    budget.try_acquire(need)
-                };
-                if !fits {
-                    break;
-                }
-                let pieces = split(range);
-                left.push(pieces.len());
-                parts.push(vec![None; pieces.len()]);
-                waiting.extend(pieces.into_iter().enumerate().map(|(p, r)| (next, p, r)));
-                next += 1;
-            }
-            if in_flight == 0 {
-                if waiting.is_empty() && next >= extents.len() {
+            f.fill(budget);
+            if f.in_flight == 0 {
+                if f.waiting.is_empty() && f.next >= extents.len() {
                     return Ok(stats);
                 }
                 continue;
             }
             let began = Instant::now();
-            let (e, p, got) = rx
-                .recv()
-                .map_err(|_| IngestError::Internal("object store requests vanished".into()))?;
+            let (e, p, got) =
+                f.rx.recv()
+                    .map_err(|_| IngestError::Internal("object store requests vanished".into()))?;
             stats.io_time += began.elapsed();
-            in_flight -= 1;
+            f.in_flight -= 1;
             let bytes = got?;
             stats.bytes += bytes.len() as u64;
-            parts[e][p] = Some(bytes);
-            left[e] -= 1;
-            if left[e] == 0 {
+            if let Some(pieces) = f.arrived(e, p, bytes) {
                 let range = &extents[e].range;
-                let pieces = std::mem::take(&mut parts[e]).into_iter().flatten();
                 done(e, join(pieces, range.end - range.start, budget))?;
             }
         }
+    }
+}
+
+/// A piece's extent, its index in the extent, and its bytes (or why not).
+type Fetched = (usize, usize, Result<Bytes, IngestError>);
+
+/// The state of one `read_extents`: extents started, pieces waiting, in
+/// flight and arrived.
+struct Fetch<'a> {
+    objects: &'a Objects,
+    extents: &'a [Extent],
+    tx: std::sync::mpsc::Sender<Fetched>,
+    rx: std::sync::mpsc::Receiver<Fetched>,
+    /// Per started extent: its pieces as they arrive, and how many are missing.
+    parts: Vec<Vec<Option<Bytes>>>,
+    left: Vec<usize>,
+    waiting: VecDeque<(usize, usize, Range<u64>)>,
+    /// The next extent to start.
+    next: usize,
+    in_flight: usize,
+}
+
+impl<'a> Fetch<'a> {
+    fn new(objects: &'a Objects, extents: &'a [Extent]) -> Fetch<'a> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Fetch {
+            objects,
+            extents,
+            tx,
+            rx,
+            parts: Vec::with_capacity(extents.len()),
+            left: Vec::with_capacity(extents.len()),
+            waiting: VecDeque::new(),
+            next: 0,
+            in_flight: 0,
+        }
+    }
+
+    /// Starts GETs until `PIECES_IN_FLIGHT` are in flight: waiting pieces
+    /// first, then new extents while the budget has room for them (waiting
+    /// for room only when nothing is in flight, as the local reader does).
+    fn fill(&mut self, budget: &ReadBudget) {
+        while self.in_flight < PIECES_IN_FLIGHT {
+            if let Some((e, p, range)) = self.waiting.pop_front() {
+                self.spawn(e, p, range);
+                continue;
+            }
+            let Some(extent) = self.extents.get(self.next) else {
+                return;
+            };
+            let need = extent.range.end - extent.range.start;
+            let fits = if self.in_flight == 0 {
+                budget.acquire(need)
+            } else {
+                budget.try_acquire(need)
+            };
+            if !fits {
+                return;
+            }
+            let pieces = split(&extent.range);
+            self.left.push(pieces.len());
+            self.parts.push(vec![None; pieces.len()]);
+            let e = self.next;
+            self.waiting
+                .extend(pieces.into_iter().enumerate().map(|(p, r)| (e, p, r)));
+            self.next += 1;
+        }
+    }
+
+    /// One ranged GET on the runtime; its result comes back through `rx`.
+    fn spawn(&mut self, e: usize, p: usize, range: Range<u64>) {
+        let object = &self.objects.objects[self.extents[e].file];
+        let (store, location, url, tx) = (
+            object.store.clone(),
+            object.location.clone(),
+            object.url.clone(),
+            self.tx.clone(),
+        );
+        self.objects.runtime.spawn(async move {
+            let got = store.get_range(&location, range.clone()).await;
+            let _ = tx.send((e, p, check_piece(&url, &range, got)));
+        });
+        self.in_flight += 1;
+    }
+
+    /// Records piece `p` of extent `e`; the extent's pieces in order once
+    /// they are all in.
+    fn arrived(&mut self, e: usize, p: usize, bytes: Bytes) -> Option<impl Iterator<Item = Bytes>> {
+        self.parts[e][p] = Some(bytes);
+        self.left[e] -= 1;
+        (self.left[e] == 0).then(|| std::mem::take(&mut self.parts[e]).into_iter().flatten())
     }
 }
 
