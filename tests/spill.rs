@@ -238,17 +238,23 @@ fn copies_written_ahead_make_room_without_a_write() {
     assert_eq!(owned(&a.0, &c.get("a").unwrap().batches), owned(&a.0, &a.1));
 }
 
+/// A spill directory, and a state directory on tmpfs.
+fn spill_and_state_dirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("arrowpool-state-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    (spill, state)
+}
+
 /// With a state directory, spilled versions are catalog records: a server
 /// killed with `kill -9` comes back with them on disk (their files kept, not
 /// removed as strays), brings them back on get with their numbers, and the
 /// version that stayed in memory is served from the arena file as it was.
 #[test]
 fn spilled_versions_survive_kill_9_with_a_state_dir() {
-    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let state = tempfile::Builder::new()
-        .prefix("arrowpool-state-")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let (spill, state) = spill_and_state_dirs();
     let state_dir = state.path().to_str().unwrap();
     let mut s = spilling(spill.path(), "off", &["--state-dir", state_dir]);
     let (a, b, d) = three();
@@ -292,11 +298,7 @@ fn spilled_versions_survive_kill_9_with_a_state_dir() {
 /// left out; the other tables recovered).
 #[test]
 fn a_truncated_spill_file_is_reported_and_the_rest_recovered() {
-    let spill = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let state = tempfile::Builder::new()
-        .prefix("arrowpool-state-")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let (spill, state) = spill_and_state_dirs();
     let state_dir = state.path().to_str().unwrap();
     let mut s = spilling(spill.path(), "off", &["--state-dir", state_dir]);
     let (a, b, d) = three();
