@@ -458,7 +458,7 @@ fn add_comparisons(r: &mut Run) {
             label: "first put vs memcpy",
             baseline: ("memcpy", "memcpy of the table, one thread"),
             candidate: ("put_first", "first put into a fresh server"),
-            gate: Gate::Tolerance(0.7),
+            gate: Gate::Tolerance(0.8),
             note: "#10's target: at most 1.5x the memcpy (>= 0.67); the noisiest figure here",
         },
         Pair {
@@ -466,7 +466,7 @@ fn add_comparisons(r: &mut Run) {
             label: "first ingest vs Parquet read",
             baseline: ("parquet_read_all", "read all columns (arrow-rs, all cores)"),
             candidate: ("ingest_first", "the server's first ingest"),
-            gate: Gate::Tolerance(0.7),
+            gate: Gate::Tolerance(0.8),
             note: "#10's target: at most 0.7x the read (>= 1.43)",
         },
         Pair {
@@ -482,8 +482,8 @@ fn add_comparisons(r: &mut Run) {
             label: "get after 0.5 s idle vs socket echo",
             baseline: ("echo_after_idle", "Unix-socket echo after 0.5 s idle"),
             candidate: ("get_after_idle", "get after 0.5 s idle"),
-            gate: Gate::Tolerance(0.7),
-            note: "#10's target: at most 1.5x the echo (>= 0.67)",
+            gate: Gate::Tolerance(0.85),
+            note: "#10's target: at most 1.5x the echo (>= 0.67); a cross-CPU wake on a VM costs 200-500 us, so only a collapse is gated",
         },
         Pair {
             key: "append",
