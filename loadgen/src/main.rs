@@ -51,6 +51,10 @@ enum Command {
     Run(RunArgs),
     /// Compare two raw.json files; exit 1 naming each regressed or missing figure.
     Compare(CompareArgs),
+    /// (Used by the cold scenario.) In this new process: read a Parquet file,
+    /// time one memcpy of its buffers and one put of it, print both as JSON.
+    #[command(hide = true)]
+    PutOnce(scenarios::cold::PutOnceArgs),
 }
 
 /// A scenario `--only` can select (see `scenarios/mod.rs`).
@@ -180,6 +184,13 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Run(args)) => run_main(args),
+        Some(Command::PutOnce(a)) => match scenarios::cold::put_once(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen put-once: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         None => run_main(cli.run),
     }
 }

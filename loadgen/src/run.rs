@@ -335,6 +335,12 @@ fn run_scenarios(
             scenarios::remote::run(r, bin, server_hugepages, socket_dir)
         })?;
     }
+    if let (Some(bin), true) = (bin, wanted(Scenario::Cold)) {
+        step(
+            "cold: a new process's first put into a server idle 10 s",
+            || scenarios::cold::first_put_of_a_new_process(r, bin, server_hugepages, socket_dir),
+        )?;
+    }
     if let (Some(bin), true) = (bin, wanted(Scenario::Objects)) {
         step(
             "objects: ingest from S3 (local emulator) vs the local file",
@@ -460,6 +466,14 @@ fn add_comparisons(r: &mut Run) {
             candidate: ("put_first", "first put into a fresh server"),
             gate: Gate::Tolerance(0.8),
             note: "#10's target: at most 1.5x the memcpy (>= 0.67); the noisiest figure here",
+        },
+        Pair {
+            key: "put_first_process",
+            label: "a new process's first put vs its memcpy",
+            baseline: ("memcpy_process", "memcpy in that process, one thread"),
+            candidate: ("put_first_process", "its first put, server idle 10 s"),
+            gate: Gate::Tolerance(0.8),
+            note: "#10's target: at most 1.5x the memcpy (>= 0.67), server with default flags",
         },
         Pair {
             key: "ingest_first",

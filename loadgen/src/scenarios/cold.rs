@@ -7,6 +7,7 @@
 //! | `speedup.put_first`   | the same memcpy                        | the first put into a fresh server |
 //! | `speedup.ingest_first`| Parquet read of all columns (arrow-rs) | the first ingest (ingest)        |
 //! | `speedup.get_idle`    | a Unix-socket echo after `IDLE`        | a get after `IDLE`               |
+//! | `speedup.put_first_process` | memcpy in that process           | a new client process's first put into a server idle `SERVER_AGE` |
 //!
 //! The memcpy and the idle pairs are measured here; the puts and ingests by
 //! their scenarios. The echo server is a thread of this process blocked in
@@ -17,11 +18,16 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use arrowpool::Client;
 
 use super::{Run, MAIN_NAME};
 use crate::measure::Timing;
+use crate::server::ServerProcess;
+
+/// How long the server of the new-process put has been running (the issue's
+/// "a server started at least 10 s earlier with default flags").
+pub const SERVER_AGE: Duration = Duration::from_secs(10);
 
 /// The pause before each after-idle sample (a user's click after reading
 /// the page).
@@ -113,4 +119,98 @@ fn after_idle(r: &Run) -> Result<(Timing, Timing)> {
     let _ = echo_thread.join();
     let _ = std::fs::remove_dir_all(&dir);
     Ok((echo_t, get_t))
+}
+
+/// A server with default flags, `SERVER_AGE` old, and one put of the table
+/// by a new process (`loadgen put-once`), which also times a memcpy of the
+/// same bytes: what a Dash worker's first put costs.
+pub fn first_put_of_a_new_process(
+    r: &mut Run,
+    bin: &std::path::Path,
+    hugepages: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let page = crate::server::HUGEPAGE_BYTES;
+    let memory = (super::switch::reserve_bytes(r) * 3 + (64 << 20)).div_ceil(page) * page;
+    let socket = dir.join("cold.sock");
+    let log = dir.join("arrowpoold-cold.log");
+    let _ = std::fs::remove_file(&log);
+    let server = ServerProcess::start(bin, &socket, memory, hugepages, &log)?;
+    let started = Instant::now();
+    std::thread::sleep(SERVER_AGE.saturating_sub(started.elapsed()));
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("put-once")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--parquet")
+        .arg(&r.parquet)
+        .arg("--batch-rows")
+        .arg(r.batch_rows.to_string())
+        .output()
+        .context("cannot run loadgen put-once")?;
+    if !out.status.success() {
+        bail!(
+            "loadgen put-once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let got: PutOnce = serde_json::from_slice(&out.stdout).context("put-once's answer")?;
+    let (mut put, mut memcpy) = (
+        Timing::new("put_first_process"),
+        Timing::new("memcpy_process"),
+    );
+    put.record(Duration::from_micros(got.put_us));
+    memcpy.record(Duration::from_micros(got.memcpy_us));
+    r.keep(&put);
+    r.keep(&memcpy);
+    server.stop()
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PutOnceArgs {
+    #[arg(long)]
+    socket: std::path::PathBuf,
+    #[arg(long)]
+    parquet: std::path::PathBuf,
+    #[arg(long)]
+    batch_rows: usize,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PutOnce {
+    put_us: u64,
+    memcpy_us: u64,
+}
+
+/// `loadgen put-once`: reads the table (untimed), copies its buffers once
+/// into memory touched before (the floor), then puts it once.
+pub fn put_once(a: &PutOnceArgs) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = crate::parquet_io::read(&a.parquet, None, threads, a.batch_rows)?;
+    let src: Vec<_> = t
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.columns()
+                .iter()
+                .flat_map(|c| c.to_data().buffers().to_vec())
+        })
+        .collect();
+    let bytes: usize = src.iter().map(|b| b.len()).sum();
+    let mut dest = vec![1u8; bytes];
+    let began = Instant::now();
+    let mut at = 0;
+    for s in &src {
+        dest[at..at + s.len()].copy_from_slice(s.as_slice());
+        at += s.len();
+    }
+    std::hint::black_box(&dest);
+    let memcpy_us = began.elapsed().as_micros() as u64;
+    drop(dest);
+    let client = Client::connect(&a.socket).context("cannot connect to arrowpoold")?;
+    let began = Instant::now();
+    client.put("first_put", &t.schema, &t.batches)?;
+    let put_us = began.elapsed().as_micros() as u64;
+    println!("{}", serde_json::to_string(&PutOnce { put_us, memcpy_us })?);
+    Ok(())
 }
