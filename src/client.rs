@@ -296,13 +296,14 @@ impl Client {
 
     fn connect_with(path: impl AsRef<Path>, write: bool) -> Result<Client> {
         let path = path.as_ref();
-        let inner = Self::open(path, write, Some(DEFAULT_TIMEOUT))?;
+        let inner = Arc::new(Self::open(path, write, Some(DEFAULT_TIMEOUT))?);
+        populate_in_background(&inner);
         Ok(Client {
             state: Arc::new(State {
                 path: path.to_owned(),
                 write,
                 timeout: Mutex::new(Some(DEFAULT_TIMEOUT)),
-                current: Mutex::new(Arc::new(inner)),
+                current: Mutex::new(inner),
             }),
         })
     }
@@ -375,6 +376,7 @@ impl Client {
                 ))
             })?,
         );
+        populate_in_background(&new);
         let old = std::mem::replace(&mut *current, new.clone());
         drop(current);
         old.dead.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1183,6 +1185,42 @@ fn resendable(kind: Kind) -> bool {
         kind,
         Kind::Seal | Kind::Abort | Kind::Publish | Kind::Release
     )
+}
+
+/// A writer's page tables for the memory the server has already allocated,
+/// built on a thread of their own right after connecting (`Mapping::
+/// populate_resident`), so that the first put into it copies at memcpy speed.
+/// The thread holds no strong reference: it stops when the connection goes.
+/// `ARROWPOOL_POPULATE_AT_CONNECT=0` turns it off.
+fn populate_in_background(inner: &Arc<Inner>) {
+    if inner.writable.is_none()
+        || std::env::var("ARROWPOOL_POPULATE_AT_CONNECT").is_ok_and(|v| v.trim() == "0")
+    {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    let _ = std::thread::Builder::new()
+        .name("arrowpool-populate".into())
+        .spawn(move || {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let mapping_len = inner.writable.as_ref().map_or(0, Mapping::len);
+            drop(inner);
+            // 64 MiB at a time, each under a fresh upgrade: a dropped
+            // client stops the walk at the next step.
+            let step = 64u64 << 20;
+            let mut at = 0u64;
+            while at < mapping_len as u64 {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if let Some(w) = &inner.writable {
+                    w.populate_resident_range(at, step);
+                }
+                at += step;
+            }
+        });
 }
 
 /// How long a request the server closed its connection on without reading

@@ -2,7 +2,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
@@ -506,4 +506,86 @@ fn a_large_put_copied_by_several_threads_reads_back_exactly() {
     for (a, b) in got.batches.iter().zip(&batches) {
         assert_eq!(a, b);
     }
+}
+
+/// Bytes of the server's arena memfd that have pages (its `st_blocks`).
+fn arena_committed_bytes(server: &Server) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let fds = format!("/proc/{}/fd", server.child.id());
+    for entry in std::fs::read_dir(&fds).unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().contains("memfd:arrowpool-arena") {
+            return std::fs::metadata(entry.path()).unwrap().blocks() * 512;
+        }
+    }
+    panic!("no arena memfd among the server's descriptors");
+}
+
+/// Resident bytes of this process's mappings of an arena.
+fn arena_rss_bytes() -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut in_arena = false;
+    let mut rss = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        let is_header =
+            first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if is_header {
+            in_arena = line.contains("memfd:arrowpool-arena");
+        }
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            if in_arena {
+                rss += kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    << 10;
+            }
+        }
+    }
+    rss
+}
+
+/// A writer builds its page tables for the server's preallocated pages in the
+/// background after connecting (so its first put copies at memcpy speed),
+/// and never for pages the server has not allocated: the arena's committed
+/// memory does not grow.
+#[test]
+fn a_writer_populates_preallocated_pages_only() {
+    let server = Server::start_with(&[
+        "--memory",
+        "256M",
+        "--preallocate",
+        "64M",
+        "--hugepages",
+        "off",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stderr().contains("preallocated") {
+        assert!(Instant::now() < deadline, "{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let committed = arena_committed_bytes(&server);
+    assert!(committed >= 64 << 20, "{committed}");
+    let before = arena_rss_bytes();
+    let c = server.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Chunks of 2 MiB that are whole: the region's ragged ends are skipped.
+    while arena_rss_bytes() < before + (48 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "page tables not built: {} bytes resident",
+            arena_rss_bytes()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        arena_committed_bytes(&server),
+        committed,
+        "memory was committed"
+    );
+    drop(c);
 }

@@ -167,7 +167,13 @@ fn preallocate(shared: &Shared, budget: u64) {
     let mut at = start;
     while at < end && !shared.shutting_down.load(Ordering::Relaxed) {
         let n = STEP.min(end - at);
-        if let Err(e) = shared.pool.arena.ensure_allocated(at, n) {
+        if let Err(e) = shared.pool.arena.ensure_allocated(at, n).map(|()| {
+            // Written once (zeroed) through the server's mapping: the pages
+            // are then whole, and a writer's client can find them with
+            // mincore and build its page tables before its first put
+            // (`Mapping::populate_resident_range`).
+            shared.pool.arena.mapping().populate_write_once(at, n)
+        }) {
             eprintln!(
                 "arrowpoold: preallocation stopped at {}: {e}",
                 human_bytes(at - start)

@@ -182,9 +182,11 @@ struct PutOnce {
     memcpy_us: u64,
 }
 
-/// `loadgen put-once`: reads the table (untimed), copies its buffers once
-/// into memory touched before (the floor), then puts it once.
+/// `loadgen put-once`: connects, reads the table (untimed; a Dash worker
+/// connects at start and loads its data after), copies its buffers once into
+/// memory touched before (the floor), then puts it once.
 pub fn put_once(a: &PutOnceArgs) -> Result<()> {
+    let client = Client::connect(&a.socket).context("cannot connect to arrowpoold")?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let t = crate::parquet_io::read(&a.parquet, None, threads, a.batch_rows)?;
     let src: Vec<_> = t
@@ -207,7 +209,6 @@ pub fn put_once(a: &PutOnceArgs) -> Result<()> {
     std::hint::black_box(&dest);
     let memcpy_us = began.elapsed().as_micros() as u64;
     drop(dest);
-    let client = Client::connect(&a.socket).context("cannot connect to arrowpoold")?;
     let began = Instant::now();
     client.put("first_put", &t.schema, &t.batches)?;
     let put_us = began.elapsed().as_micros() as u64;
