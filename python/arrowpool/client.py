@@ -66,6 +66,9 @@ try:
 except ValueError:
     _POPULATE_THREADS = _PARALLEL_COPY_THREADS
 
+#: A writer builds its page tables for the arena's existing pages right after
+#: connecting (``_populate_resident``); ``$ARROWPOOL_POPULATE_AT_CONNECT=0`` turns it off.
+_POPULATE_AT_CONNECT = os.environ.get("ARROWPOOL_POPULATE_AT_CONNECT", "1").strip() != "0"
 #: Granule of ``_populate``'s record: 2 MiB.
 _POPULATE_CHUNK = 2 << 20
 #: Below this many bytes to populate, page faults during the copy cost less than a
@@ -215,6 +218,11 @@ class _Connection:
                 self.rw_address = export.address
                 del export
                 self.populated = bytearray(-(-hello.arena_len // _POPULATE_CHUNK))
+                if _POPULATE_AT_CONNECT:
+                    threading.Thread(
+                        target=_populate_resident, args=(weakref.ref(self),),
+                        name="arrowpool-populate", daemon=True,
+                    ).start()
         finally:
             # mmap keeps its own duplicate of the descriptor; ours are not needed.
             for fd in fds:
@@ -628,6 +636,42 @@ def _madvise_populate(address: int, length: int) -> None:
         _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     start = address & ~(mmap.PAGESIZE - 1)
     _libc.madvise(start, length + (address - start), _MADV_POPULATE_WRITE)
+
+
+def _populate_resident(conn_ref: "weakref.ref[_Connection]") -> None:
+    """Builds a new writer's page tables, front to back, for every 2 MiB chunk of
+    the arena whose pages all exist already (``mincore``: the server's preallocated
+    region, earlier objects' pages), so that its first put into that memory copies
+    at memcpy speed. A page that does not exist is never touched (populating it
+    would allocate it: memory the server did not commit). Runs on a thread of its
+    own from connect on; stops when the connection closes or goes away. Off with
+    ``$ARROWPOOL_POPULATE_AT_CONNECT=0``."""
+    import ctypes
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    mincore = _libc.mincore
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    residency = ctypes.create_string_buffer(-(-_POPULATE_CHUNK // mmap.PAGESIZE))
+    conn = conn_ref()
+    if conn is None:
+        return
+    chunks, base, arena_len = len(conn.populated), conn.rw_address, conn.arena_len
+    del conn
+    for c in range(chunks):
+        conn = conn_ref()
+        if conn is None or conn.dead or conn.closing:
+            return
+        if not conn.populated[c]:
+            start = c * _POPULATE_CHUNK
+            length = min(_POPULATE_CHUNK, arena_len - start)
+            pages = -(-length // mmap.PAGESIZE)
+            if mincore(base + start, length, residency) == 0 and b"\x00" not in residency.raw[:pages]:
+                conn.populated[c] = 1
+                _madvise_populate(base + start, length)
+        del conn
 
 
 def _populate(conn: "_Connection", offset: int, length: int) -> list[threading.Thread]:
