@@ -47,28 +47,40 @@ pub fn run(r: &mut Run) -> Result<()> {
 /// One thread copying the table's buffers into memory that was touched
 /// before: the floor of a put (what the cold-path targets are relative to).
 fn memcpy(r: &Run) -> Result<Timing> {
-    let src: Vec<_> = r
-        .table
-        .batches
+    let src = buffers(&r.table.batches);
+    let mut dest = touched_like(&src);
+    r.sampler
+        .sample("memcpy", || Ok(copy_once(&src, &mut dest)))
+}
+
+/// Every buffer of `batches`.
+fn buffers(batches: &[arrow_array::RecordBatch]) -> Vec<impl AsRef<[u8]>> {
+    batches
         .iter()
         .flat_map(|b| {
             b.columns()
                 .iter()
                 .flat_map(|c| c.to_data().buffers().to_vec())
         })
-        .collect();
-    let bytes: usize = src.iter().map(|b| b.len()).sum();
-    let mut dest = vec![1u8; bytes];
-    r.sampler.sample("memcpy", || {
-        let start = Instant::now();
-        let mut at = 0;
-        for s in &src {
-            dest[at..at + s.len()].copy_from_slice(s.as_slice());
-            at += s.len();
-        }
-        std::hint::black_box(&dest);
-        Ok(start.elapsed())
-    })
+        .collect()
+}
+
+/// Memory as large as `src`, every page written once.
+fn touched_like(src: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    vec![1u8; src.iter().map(|b| b.as_ref().len()).sum()]
+}
+
+/// One thread's copy of `src` into `dest`, timed.
+fn copy_once(src: &[impl AsRef<[u8]>], dest: &mut [u8]) -> Duration {
+    let start = Instant::now();
+    let mut at = 0;
+    for s in src {
+        let s = s.as_ref();
+        dest[at..at + s.len()].copy_from_slice(s);
+        at += s.len();
+    }
+    std::hint::black_box(&dest);
+    start.elapsed()
 }
 
 /// Alternating: an echo round trip after `IDLE`, a get of the main table
@@ -189,26 +201,10 @@ pub fn put_once(a: &PutOnceArgs) -> Result<()> {
     let client = Client::connect(&a.socket).context("cannot connect to arrowpoold")?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let t = crate::parquet_io::read(&a.parquet, None, threads, a.batch_rows)?;
-    let src: Vec<_> = t
-        .batches
-        .iter()
-        .flat_map(|b| {
-            b.columns()
-                .iter()
-                .flat_map(|c| c.to_data().buffers().to_vec())
-        })
-        .collect();
-    let bytes: usize = src.iter().map(|b| b.len()).sum();
-    let mut dest = vec![1u8; bytes];
-    let began = Instant::now();
-    let mut at = 0;
-    for s in &src {
-        dest[at..at + s.len()].copy_from_slice(s.as_slice());
-        at += s.len();
-    }
-    std::hint::black_box(&dest);
-    let memcpy_us = began.elapsed().as_micros() as u64;
-    drop(dest);
+    let src = buffers(&t.batches);
+    let mut dest = touched_like(&src);
+    let memcpy_us = copy_once(&src, &mut dest).as_micros() as u64;
+    drop((dest, src));
     let began = Instant::now();
     client.put("first_put", &t.schema, &t.batches)?;
     let put_us = began.elapsed().as_micros() as u64;
