@@ -9,7 +9,8 @@
 //!                re-encoded in slices (no copy of the whole table either way)
 //!     do_put   ─ decode the stream ─ one IPC file written into the arena on
 //!                every core ─ checked and published as a socket put is
-//!     do_action delete | ingest | stats
+//!     do_action delete | ingest | stats | CreatePreparedStatement (Flight SQL)
+//!     sql.rs   ─ SELECT * / SELECT columns FROM name, as tickets (no state)
 //! ```
 //! gRPC needs tokio; the io_uring cores do not run it and never wait for it:
 //! the Flight threads take the store lock as the cores do, and do blocking
