@@ -1188,9 +1188,12 @@ fn resendable(kind: Kind) -> bool {
 }
 
 /// A writer's page tables for the memory the server has already allocated,
-/// built on a thread of their own right after connecting (`Mapping::
-/// populate_resident`), so that the first put into it copies at memcpy speed.
-/// The thread holds no strong reference: it stops when the connection goes.
+/// built on a thread of its own shortly after connecting (`Mapping::
+/// populate_resident_range`), so that the first put into it copies at memcpy
+/// speed. The thread waits `POPULATE_DELAY` first (a short-lived connection,
+/// such as a CLI command's, never pays), runs at the lowest priority (it uses
+/// idle CPU, not the caller's), stops after `POPULATE_AT_CONNECT_BYTES_MAX`,
+/// and holds no strong reference: it stops when the connection goes.
 /// `ARROWPOOL_POPULATE_AT_CONNECT=0` turns it off.
 fn populate_in_background(inner: &Arc<Inner>) {
     if inner.writable.is_none()
@@ -1202,26 +1205,37 @@ fn populate_in_background(inner: &Arc<Inner>) {
     let _ = std::thread::Builder::new()
         .name("arrowpool-populate".into())
         .spawn(move || {
-            let Some(inner) = weak.upgrade() else {
-                return;
+            // SAFETY: setpriority only changes the nice value of the thread
+            // named (this one); no memory is passed.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+            }
+            std::thread::sleep(POPULATE_DELAY);
+            let mapping_len = match weak.upgrade() {
+                Some(inner) => inner.writable.as_ref().map_or(0, Mapping::len) as u64,
+                None => return,
             };
-            let mapping_len = inner.writable.as_ref().map_or(0, Mapping::len);
-            drop(inner);
-            // 64 MiB at a time, each under a fresh upgrade: a dropped
-            // client stops the walk at the next step.
+            // 64 MiB at a time, each under a fresh upgrade: a dropped client
+            // stops the walk at the next step.
             let step = 64u64 << 20;
-            let mut at = 0u64;
-            while at < mapping_len as u64 {
+            let (mut at, mut populated) = (0u64, 0u64);
+            while at < mapping_len && populated < POPULATE_AT_CONNECT_BYTES_MAX {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
                 if let Some(w) = &inner.writable {
-                    w.populate_resident_range(at, step);
+                    populated += w.populate_resident_range(at, step);
                 }
                 at += step;
             }
         });
 }
+
+/// How long after connecting a writer starts building its page tables.
+const POPULATE_DELAY: Duration = Duration::from_millis(200);
+/// Most bytes of existing pages a writer builds page tables for at connect
+/// (`--preallocate auto` allocates at most 4 GiB).
+const POPULATE_AT_CONNECT_BYTES_MAX: u64 = 4 << 30;
 
 /// How long a request the server closed its connection on without reading
 /// it waits for a server to send it again to (a restart takes tens of ms).

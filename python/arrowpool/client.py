@@ -69,6 +69,10 @@ except ValueError:
 #: A writer builds its page tables for the arena's existing pages right after
 #: connecting (``_populate_resident``); ``$ARROWPOOL_POPULATE_AT_CONNECT=0`` turns it off.
 _POPULATE_AT_CONNECT = os.environ.get("ARROWPOOL_POPULATE_AT_CONNECT", "1").strip() != "0"
+#: It starts this long after connecting (short-lived connections never pay), at the
+#: lowest priority, and stops after this many bytes (``--preallocate auto``'s cap).
+_POPULATE_DELAY_S = 0.2
+_POPULATE_AT_CONNECT_MAX = 4 << 30
 #: Granule of ``_populate``'s record: 2 MiB.
 _POPULATE_CHUNK = 2 << 20
 #: Below this many bytes to populate, page faults during the copy cost less than a
@@ -644,8 +648,9 @@ def _populate_resident(conn_ref: "weakref.ref[_Connection]") -> None:
     region, earlier objects' pages), so that its first put into that memory copies
     at memcpy speed. A page that does not exist is never touched (populating it
     would allocate it: memory the server did not commit). Runs on a thread of its
-    own from connect on; stops when the connection closes or goes away. Off with
-    ``$ARROWPOOL_POPULATE_AT_CONNECT=0``."""
+    own from shortly after connect on, at the lowest priority, for at most
+    ``_POPULATE_AT_CONNECT_MAX`` bytes; stops when the connection closes or goes
+    away. Off with ``$ARROWPOOL_POPULATE_AT_CONNECT=0``."""
     import ctypes
 
     global _libc
@@ -655,14 +660,20 @@ def _populate_resident(conn_ref: "weakref.ref[_Connection]") -> None:
     mincore = _libc.mincore
     mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     residency = ctypes.create_string_buffer(-(-_POPULATE_CHUNK // mmap.PAGESIZE))
+    try:  # idle CPU only, not the caller's
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        pass
+    time.sleep(_POPULATE_DELAY_S)  # a short-lived connection never pays
     conn = conn_ref()
     if conn is None:
         return
     chunks, base, arena_len = len(conn.populated), conn.rw_address, conn.arena_len
     del conn
+    populated = 0
     for c in range(chunks):
         conn = conn_ref()
-        if conn is None or conn.dead or conn.closing:
+        if conn is None or conn.dead or conn.closing or populated >= _POPULATE_AT_CONNECT_MAX:
             return
         if not conn.populated[c]:
             start = c * _POPULATE_CHUNK
@@ -671,6 +682,7 @@ def _populate_resident(conn_ref: "weakref.ref[_Connection]") -> None:
             if mincore(base + start, length, residency) == 0 and b"\x00" not in residency.raw[:pages]:
                 conn.populated[c] = 1
                 _madvise_populate(base + start, length)
+                populated += length
         del conn
 
 
