@@ -430,8 +430,6 @@ fn split(batch: RecordBatch, max: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
-/// Where the version `wanted` names lies and its schema, projected (a spilled
-/// version is brought back; the lease is released on return).
 /// The table a descriptor names: a Flight SQL command (`sql.rs`) or our own
 /// path / JSON command (`ticket.rs`).
 fn described(d: &FlightDescriptor) -> Result<Wanted, Status> {
@@ -443,6 +441,8 @@ fn described(d: &FlightDescriptor) -> Result<Wanted, Status> {
     ticket::parse_descriptor(d).map_err(Status::invalid_argument)
 }
 
+/// Where the version `wanted` names lies and its schema, projected (a spilled
+/// version is brought back; the lease is released on return).
 fn leased_schema(pool: &Arc<Pool>, wanted: &Wanted) -> Result<(Location, SchemaRef), Status> {
     let lease = Lease::take(pool, &wanted.name, wanted.version)?;
     let loc = lease.location();
@@ -562,18 +562,8 @@ pub(super) fn put(
     let conn = pool.server_conn();
     let layout = crate::ipc::write::layout(schema, batches)
         .map_err(|e| Status::invalid_argument(format!("cannot lay the table out: {e}")))?;
-    // Each writer thread's `FileWriter` would emit the dictionaries again for
-    // its first batch, which the layout (one writer) has only once: tables
-    // with dictionaries are written by one thread.
-    let dictionaries = schema
-        .fields()
-        .iter()
-        .any(|f| crate::ipc::write::has_dictionary(f.data_type()));
-    let threads = if dictionaries {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
+    // Tables with dictionaries are written by one thread (`ipc::write`).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mapping = pool.arena.mapping();
     let base = mapping.as_ptr() as usize;
     let prepare = move |part: &mut [u8]| {
