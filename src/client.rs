@@ -489,15 +489,30 @@ impl Client {
         timeout: Option<Option<Duration>>,
         mut encode: impl FnMut(&mut Vec<u8>) -> Encoded,
     ) -> Result<Vec<u8>> {
+        self.request_resending(kind, timeout, &mut encode)
+            .map(|(_, body)| body)
+    }
+
+    /// One request on the live connection, sent once more on a new one when
+    /// the server closed the first without reading it (`Inner::unread`) and
+    /// the request names nothing of the old connection (`resendable`).
+    /// Returns the connection that answered, with the reply.
+    fn request_resending(
+        &self,
+        kind: Kind,
+        timeout: Option<Option<Duration>>,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Encoded,
+    ) -> Result<(Arc<Inner>, Vec<u8>)> {
         let inner = self.live()?;
         match Self::request_on(&inner, kind, timeout, &mut encode) {
             Err(_)
                 if inner.unread.load(std::sync::atomic::Ordering::Relaxed) && resendable(kind) =>
             {
                 let inner = self.live_after_unread()?;
-                Self::request_on(&inner, kind, timeout, encode)
+                let body = Self::request_on(&inner, kind, timeout, encode)?;
+                Ok((inner, body))
             }
-            result => result,
+            result => result.map(|body| (inner, body)),
         }
     }
 
@@ -569,17 +584,24 @@ impl Client {
         conn.next_id += 1;
         let sent = conn.stream.get_mut().write_all(&out);
         conn.out = out;
+        // EPIPE on the write, ECONNRESET on the read: on a Unix socket, the
+        // server closed with our request still queued, unread.
+        let noting = |e: std::io::Error, unread_kind| {
+            if e.kind() == unread_kind {
+                unread.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            e
+        };
         if let Err(e) = sent {
-            unread.store(
-                e.kind() == std::io::ErrorKind::BrokenPipe,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            let e = noting(e, std::io::ErrorKind::BrokenPipe);
             return Err(ClientError::Disconnected(e.to_string()));
         }
         if conn.stream.buffer().is_empty() {
             spin_until_readable(conn.stream.get_ref());
         }
-        let (header, body) = read_frame_noting_reset(&mut conn.stream, unread)?;
+        let (header, body) = read_frame_with(&mut conn.stream, |e| {
+            io_error(noting(e, std::io::ErrorKind::ConnectionReset))
+        })?;
         conn.last_reply = std::time::Instant::now();
         if header.kind == Kind::Shutdown as u16 {
             return Err(ClientError::Disconnected(
@@ -926,23 +948,21 @@ impl Client {
     /// thread's copy is bounded by memory latency, not bandwidth.
     fn put_whole(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
         let threads = copy_threads();
-        let (sealed, bytes) = if threads > 1
-            && batches.len() > 1
-            && crate::ipc::file_size_bound(schema, batches) >= PARALLEL_COPY_BYTES_MIN
-        {
-            let layout = crate::ipc::write::layout(schema, batches)?;
-            let size = layout.file_len() as u64;
-            self.put_object(name, ObjectKind::Table, size, |dest| {
-                let (n, _) =
-                    crate::ipc::write::write(dest, schema, batches, &layout, threads, &|_| {})?;
-                Ok(n)
-            })?
-        } else {
-            let bound = crate::ipc::file_size_bound(schema, batches) as u64;
-            self.put_object(name, ObjectKind::Table, bound, |dest| {
-                Ok(crate::ipc::write_file(dest, schema, batches)?)
-            })?
-        };
+        let bound = crate::ipc::file_size_bound(schema, batches);
+        let (sealed, bytes) =
+            if threads > 1 && batches.len() > 1 && bound >= PARALLEL_COPY_BYTES_MIN {
+                let layout = crate::ipc::write::layout(schema, batches)?;
+                let size = layout.file_len() as u64;
+                self.put_object(name, ObjectKind::Table, size, |dest| {
+                    let (n, _) =
+                        crate::ipc::write::write(dest, schema, batches, &layout, threads, &|_| {})?;
+                    Ok(n)
+                })?
+            } else {
+                self.put_object(name, ObjectKind::Table, bound as u64, |dest| {
+                    Ok(crate::ipc::write_file(dest, schema, batches)?)
+                })?
+            };
         Ok(PutInfo {
             version: sealed.version,
             rows: sealed.rows,
@@ -986,28 +1006,20 @@ impl Client {
     /// Arrow buffer that releases the lease when dropped.
     fn lease(&self, name: &str, version: Option<u64>) -> Result<(Located, Buffer)> {
         // The buffer lies in the mapping of the connection that got the lease.
-        let send = |inner: &Inner| match version {
-            None => Self::request_on(inner, Kind::Get, None, |o| {
+        let (inner, body) = match version {
+            None => self.request_resending(Kind::Get, None, |o| {
                 Get {
                     name: name.to_owned(),
                 }
                 .encode(o)
-            }),
-            Some(version) => Self::request_on(inner, Kind::GetVersion, None, |o| {
+            })?,
+            Some(version) => self.request_resending(Kind::GetVersion, None, |o| {
                 crate::protocol::get::GetVersion {
                     version,
                     name: name.to_owned(),
                 }
                 .encode(o)
-            }),
-        };
-        let mut inner = self.live()?;
-        let body = match send(&inner) {
-            Err(_) if inner.unread.load(std::sync::atomic::Ordering::Relaxed) => {
-                inner = self.live_after_unread()?;
-                send(&inner)?
-            }
-            result => result?,
+            })?,
         };
         let located = Self::decode(body, Located::decode)?;
         let lease = Arc::new(Lease {
@@ -1301,41 +1313,21 @@ fn io_error(e: std::io::Error) -> ClientError {
     }
 }
 
-/// `read_frame`, noting in `unread` when the server reset the connection
-/// (it closed with our request unread).
-fn read_frame_noting_reset(
-    stream: &mut impl Read,
-    unread: &std::sync::atomic::AtomicBool,
-) -> Result<(Header, Vec<u8>)> {
-    let mut reset = false;
-    let mut noting = |e: std::io::Error| {
-        reset = e.kind() == std::io::ErrorKind::ConnectionReset;
-        io_error(e)
-    };
-    let mut head = [0u8; HEADER_LEN];
-    let got = stream
-        .read_exact(&mut head)
-        .map_err(&mut noting)
-        .and_then(|()| {
-            let header = Header::parse(&head, REPLY_BODY_MAX)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let mut body = vec![0u8; header.len as usize];
-            stream.read_exact(&mut body).map_err(&mut noting)?;
-            Ok((header, body))
-        });
-    if got.is_err() {
-        unread.store(reset, std::sync::atomic::Ordering::Relaxed);
-    }
-    got
+fn read_frame(stream: &mut impl Read) -> Result<(Header, Vec<u8>)> {
+    read_frame_with(stream, io_error)
 }
 
-fn read_frame(stream: &mut impl Read) -> Result<(Header, Vec<u8>)> {
+/// `read_frame`, turning socket errors into client errors with `on_io`.
+fn read_frame_with(
+    stream: &mut impl Read,
+    mut on_io: impl FnMut(std::io::Error) -> ClientError,
+) -> Result<(Header, Vec<u8>)> {
     let mut head = [0u8; HEADER_LEN];
-    stream.read_exact(&mut head).map_err(io_error)?;
+    stream.read_exact(&mut head).map_err(&mut on_io)?;
     let header =
         Header::parse(&head, REPLY_BODY_MAX).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut body = vec![0u8; header.len as usize];
-    stream.read_exact(&mut body).map_err(io_error)?;
+    stream.read_exact(&mut body).map_err(&mut on_io)?;
     Ok((header, body))
 }
 /// The client side of the handshake on a connected socket: sends the hello
