@@ -96,7 +96,6 @@ pub enum StartError {
         path: PathBuf,
         err: std::io::Error,
     },
-    Unsupported(&'static str),
     /// The Flight listener could not start (address, TLS files, tokens).
     Flight(String),
     Socket {
@@ -113,7 +112,6 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Arena(e) => write!(f, "{e}"),
             StartError::State(e) => write!(f, "{e}"),
-            StartError::Unsupported(m) => write!(f, "{m}"),
             StartError::Flight(m) => write!(f, "{m}"),
             StartError::Spill { path, err } => write!(
                 f,
