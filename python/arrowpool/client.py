@@ -632,14 +632,21 @@ def _madvise_populate(address: int, length: int) -> None:
     """``madvise(MADV_POPULATE_WRITE)`` through ctypes, which lets go of the GIL, so
     that several threads build page tables at once. Best effort: an older kernel's
     EINVAL leaves the work to page faults."""
+    start = address & ~(mmap.PAGESIZE - 1)
+    _load_libc().madvise(start, length + (address - start), _MADV_POPULATE_WRITE)
+
+
+def _load_libc():
+    """The C library, with the signatures of the calls made through it."""
     global _libc
     import ctypes
 
     if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    start = address & ~(mmap.PAGESIZE - 1)
-    _libc.madvise(start, length + (address - start), _MADV_POPULATE_WRITE)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        _libc = libc
+    return _libc
 
 
 def _populate_resident(conn_ref: "weakref.ref[_Connection]") -> None:
@@ -653,12 +660,7 @@ def _populate_resident(conn_ref: "weakref.ref[_Connection]") -> None:
     away. Off with ``$ARROWPOOL_POPULATE_AT_CONNECT=0``."""
     import ctypes
 
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    mincore = _libc.mincore
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    mincore = _load_libc().mincore
     residency = ctypes.create_string_buffer(-(-_POPULATE_CHUNK // mmap.PAGESIZE))
     try:  # idle CPU only, not the caller's
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
