@@ -25,6 +25,9 @@ pub struct Allocator {
     /// Live allocations, offset -> size. Kept to assert that frees match allocations.
     live: BTreeMap<u64, u64>,
     free_bytes: u64,
+    /// Every range handed out (`true`) or given back (`false`) since the
+    /// last `take_journal`, in order; `None` until `journal` is called.
+    journal: Option<Vec<(bool, u64, u64)>>,
 }
 
 /// Rounds `n` up to the allocation granule.
@@ -50,6 +53,7 @@ impl Allocator {
             by_offset: BTreeMap::new(),
             live: BTreeMap::new(),
             free_bytes: 0,
+            journal: None,
         };
         if capacity > 0 {
             a.insert_free(start, capacity);
@@ -59,6 +63,75 @@ impl Allocator {
 
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// From now on, remembers every range handed out and given back, for
+    /// `take_journal`: how a `--state-dir` catalog knows which ranges a
+    /// killed server had given to writers and readers.
+    pub fn journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The ranges handed out (`true`) and given back (`false`) since the
+    /// last call, in order.
+    pub fn take_journal(&mut self) -> Vec<(bool, u64, u64)> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Whether `take_journal` has something.
+    pub fn has_journal(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    fn note(&mut self, allocated: bool, offset: u64, size: u64) {
+        if let Some(j) = &mut self.journal {
+            j.push((allocated, offset, size));
+        }
+    }
+
+    /// The allocated ranges, neighbours merged, in offset order.
+    pub fn used_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (&o, &s) in &self.live {
+            match out.last_mut() {
+                Some((lo, ls)) if *lo + *ls == o => *ls += s,
+                _ => out.push((o, s)),
+            }
+        }
+        out
+    }
+
+    /// Takes every free part of `[start, end)` (clamped to this allocator's
+    /// range; granule multiples) as allocations of their own, and returns
+    /// them: how a restarted server holds back what the server before it had
+    /// handed out, around the ranges it took back for recovered versions.
+    pub fn take_free_within(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let start = round_up(start.max(self.start));
+        let end = (end.min(self.start + self.capacity)) / GRANULE_BYTES * GRANULE_BYTES;
+        if start >= end {
+            return Vec::new();
+        }
+        // Free ranges that reach into [start, end): the one that begins
+        // before `start`, and every one that begins inside.
+        let first = self
+            .by_offset
+            .range(..start)
+            .next_back()
+            .filter(|(&o, &s)| o + s > start)
+            .map(|(&o, _)| o);
+        let inside: Vec<u64> = first
+            .into_iter()
+            .chain(self.by_offset.range(start..end).map(|(&o, _)| o))
+            .collect();
+        let mut taken = Vec::new();
+        for o in inside {
+            let s = self.by_offset[&o];
+            let (a, b) = (o.max(start), (o + s).min(end));
+            if a < b && self.take(a, b - a) {
+                taken.push((a, b - a));
+            }
+        }
+        taken
     }
 
     pub fn free_bytes(&self) -> u64 {
@@ -114,6 +187,7 @@ impl Allocator {
         }
         let prev = self.live.insert(start, size);
         assert!(prev.is_none(), "allocator handed out offset {start} twice");
+        self.note(true, start, size);
         Some((start, size))
     }
 
@@ -144,6 +218,7 @@ impl Allocator {
         }
         let prev = self.live.insert(offset, size);
         debug_assert!(prev.is_none());
+        self.note(true, offset, size);
         true
     }
 
@@ -155,6 +230,7 @@ impl Allocator {
             Some(size),
             "free of {size} bytes at {offset} does not match an allocation"
         );
+        self.note(false, offset, size);
         let mut start = offset;
         let mut end = offset + size;
         if let Some((&o, &s)) = self.by_offset.range(..offset).next_back() {
@@ -257,6 +333,54 @@ mod tests {
         a.free(16384, 4096);
         a.check_invariants();
         assert_eq!(a.largest_free(), a.capacity());
+    }
+
+    #[test]
+    fn the_journal_replays_to_the_used_ranges() {
+        let mut a = Allocator::over(4096, 1 << 20);
+        a.journal();
+        let x = a.alloc(20_000, 4096).unwrap();
+        let y = a.alloc(8192, 4096).unwrap();
+        a.shrink(x.0, x.1, 4096);
+        a.free(y.0, y.1);
+        assert!(a.take(65536, 4096));
+        let mut live = std::collections::BTreeMap::new();
+        for (allocated, o, s) in a.take_journal() {
+            for g in (o..o + s).step_by(GRANULE_BYTES as usize) {
+                if allocated {
+                    assert!(live.insert(g, ()).is_none(), "granule {g} handed out twice");
+                } else {
+                    assert!(live.remove(&g).is_some(), "granule {g} freed but not live");
+                }
+            }
+        }
+        let granules: Vec<u64> = live.into_keys().collect();
+        let used: Vec<u64> = a
+            .used_ranges()
+            .iter()
+            .flat_map(|&(o, s)| (o..o + s).step_by(GRANULE_BYTES as usize))
+            .collect();
+        assert_eq!(granules, used);
+        assert_eq!(a.used_ranges(), vec![(x.0, 4096), (65536, 4096)]);
+        assert!(!a.has_journal());
+    }
+
+    #[test]
+    fn take_free_within_takes_only_what_is_free() {
+        let mut a = Allocator::over(4096, 1 << 20);
+        assert!(a.take(16384, 8192));
+        assert!(a.take(40960, 4096));
+        let got = a.take_free_within(8192, 49152);
+        assert_eq!(got, vec![(8192, 8192), (24576, 16384), (45056, 4096)]);
+        assert_eq!(a.free_bytes(), a.capacity() - (49152 - 8192));
+        a.check_invariants();
+        assert!(a.take_free_within(8192, 49152).is_empty(), "nothing free is left there");
+        assert!(a.take_free_within(2 << 20, 3 << 20).is_empty(), "outside the range");
+        for (o, s) in got {
+            a.free(o, s);
+        }
+        a.check_invariants();
+        assert_eq!(a.free_bytes(), a.capacity() - 12288);
     }
 
     #[test]

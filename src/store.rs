@@ -176,6 +176,13 @@ pub enum Change {
     /// A current version left the arena for a spill file (`--spill-dir`);
     /// its `Published` record was forgotten just before.
     Spilled(Spilled),
+    /// Arena bytes were handed out (a writer's reservation, a manifest's
+    /// room, a version taken back at a restart) or given back. Replayed,
+    /// these say which bytes a killed server had given to writers and
+    /// readers: its successor holds back those no recovered version explains
+    /// (`quarantine`), since those clients may still write or read them.
+    Allocated { offset: u64, bytes: u64 },
+    Freed { offset: u64, bytes: u64 },
 }
 
 /// Why `Store::restore` refused a version.
@@ -301,6 +308,8 @@ pub enum StoreError {
         requested_bytes: u64,
         free_bytes: u64,
         held_bytes: u64,
+        /// Held back after a restart (`Store::quarantine`).
+        quarantined_bytes: u64,
         largest_free_bytes: u64,
         /// The data region's size: the most any chunk can take.
         arena_bytes: u64,
@@ -356,14 +365,22 @@ impl std::fmt::Display for StoreError {
                 exact_if_close(*requested_bytes, *arena_bytes),
                 exact_if_close(*arena_bytes, *requested_bytes),
             ),
-            StoreError::OutOfMemory { requested_bytes, free_bytes, held_bytes, largest_free_bytes, arena_bytes } => write!(
+            StoreError::OutOfMemory { requested_bytes, free_bytes, held_bytes, quarantined_bytes, largest_free_bytes, arena_bytes } => write!(
                 f,
-                "arena full: {} requested, {} free (largest free range {}), {} held by readers, arena {}; \
+                "arena full: {} requested, {} free (largest free range {}), {} held by readers, {}arena {}; \
                  raise --memory, delete objects, or release leases",
                 exact_if_close(*requested_bytes, (*free_bytes).max(*largest_free_bytes)),
                 exact_if_close(*free_bytes, *requested_bytes),
                 exact_if_close(*largest_free_bytes, *requested_bytes),
                 human_bytes(*held_bytes),
+                if *quarantined_bytes > 0 {
+                    format!(
+                        "{} held back for the clients of the server before a restart (--quarantine), ",
+                        human_bytes(*quarantined_bytes)
+                    )
+                } else {
+                    String::new()
+                },
                 human_bytes(*arena_bytes)
             ),
             StoreError::InvalidObject { object_id, reason } => write!(f, "object {object_id}: {reason}"),
@@ -547,6 +564,8 @@ pub struct StoreStats {
     pub spilled_versions: u64,
     pub spilled_bytes: u64,
     pub spills: u64,
+    /// Held back after a restart (`quarantine`).
+    pub quarantined_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -585,6 +604,9 @@ pub struct Store {
     spills: u64,
     /// The version a copy is being written of (`next_copy_candidate`).
     copying: Option<ObjectId>,
+    /// Ranges held back after a restart (`quarantine`), and until when.
+    quarantined: Vec<(u64, u64)>,
+    quarantine_until: Option<std::time::Instant>,
     next_id: ObjectId,
     clock: u64,
     evictions: u64,
@@ -619,6 +641,8 @@ impl Store {
             spill_garbage: Vec::new(),
             spills: 0,
             copying: None,
+            quarantined: Vec::new(),
+            quarantine_until: None,
             next_id: 1,
             clock: 0,
             evictions: 0,
@@ -632,19 +656,104 @@ impl Store {
     /// its catalog.
     pub fn record_changes(&mut self) {
         self.changes.get_or_insert_with(Vec::new);
+        self.data.journal();
+        self.low.journal();
+        self.high.journal();
     }
 
-    /// The changes since the last call, oldest first.
+    /// The changes since the last call, oldest first (the arena's
+    /// `Allocated` and `Freed` last: they concern other bytes than each
+    /// other's and the versions' records, so only their own order matters).
     pub fn take_changes(&mut self) -> Vec<Change> {
-        self.changes
+        let mut changes = self
+            .changes
             .as_mut()
             .map(std::mem::take)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for a in [&mut self.data, &mut self.low, &mut self.high] {
+            changes.extend(a.take_journal().into_iter().map(|(allocated, offset, bytes)| {
+                if allocated {
+                    Change::Allocated { offset, bytes }
+                } else {
+                    Change::Freed { offset, bytes }
+                }
+            }));
+        }
+        changes
     }
 
     /// Whether changes are waiting for `take_changes`.
     pub fn has_changes(&self) -> bool {
         self.changes.as_ref().is_some_and(|c| !c.is_empty())
+            || self.data.has_journal()
+            || self.low.has_journal()
+            || self.high.has_journal()
+    }
+
+    /// Every allocated range of the arena, neighbours merged: what a fresh
+    /// catalog records as `Allocated` (with `durable_state`).
+    pub fn allocated_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for a in [&self.low, &self.data, &self.high] {
+            for (o, n) in a.used_ranges() {
+                match out.last_mut() {
+                    Some((lo, ln)) if *lo + *ln == o => *ln += n,
+                    _ => out.push((o, n)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Holds back, until `until`, every free byte of `ranges`: what the
+    /// server before this one had handed out and no recovered version
+    /// explains (a writer's reservation, a replaced version a reader still
+    /// held). Their clients may still be writing or reading there: were the
+    /// bytes reused at once, a killed server's writer would overwrite a new
+    /// table, or a reader would see one. Returns the bytes held back.
+    pub fn quarantine(&mut self, ranges: &[(u64, u64)], until: std::time::Instant) -> u64 {
+        let mut bytes = 0;
+        for &(offset, len) in ranges {
+            let end = offset.saturating_add(len);
+            for a in [&mut self.low, &mut self.data, &mut self.high] {
+                for (o, n) in a.take_free_within(offset, end) {
+                    bytes += n;
+                    self.quarantined.push((o, n));
+                }
+            }
+        }
+        if !self.quarantined.is_empty() {
+            self.quarantine_until = Some(until);
+        }
+        bytes
+    }
+
+    /// Bytes `quarantine` holds back now.
+    pub fn quarantined_bytes(&self) -> u64 {
+        self.quarantined.iter().map(|&(_, n)| n).sum()
+    }
+
+    /// Gives back the quarantined bytes once their time is up (now, when
+    /// `force`). Returns the bytes given back.
+    pub fn end_quarantine(&mut self, force: bool) -> u64 {
+        match self.quarantine_until {
+            Some(until) if force || std::time::Instant::now() >= until => {}
+            _ => return 0,
+        }
+        self.quarantine_until = None;
+        let mut bytes = 0;
+        for (o, n) in std::mem::take(&mut self.quarantined) {
+            let a = if o < self.regions.low_end {
+                &mut self.low
+            } else if o < self.regions.high_start {
+                &mut self.data
+            } else {
+                &mut self.high
+            };
+            a.free(o, n);
+            bytes += n;
+        }
+        bytes
     }
 
     fn push_change(&mut self, change: Change) {
@@ -1131,6 +1240,9 @@ impl Store {
         align: u64,
         for_name: &str,
     ) -> Result<(u64, u64), StoreError> {
+        if self.quarantine_until.is_some() {
+            self.end_quarantine(false);
+        }
         if let Some(r) = self.allocator(region).alloc(size, align) {
             return Ok(r);
         }
@@ -1244,6 +1356,7 @@ impl Store {
                     requested_bytes,
                     free_bytes: self.data.free_bytes(),
                     held_bytes: s.held_bytes,
+                    quarantined_bytes: s.quarantined_bytes,
                     largest_free_bytes: self.data.largest_free(),
                     arena_bytes: self.data.capacity(),
                 }
@@ -1944,6 +2057,7 @@ impl Store {
             spilled_versions: self.spilled.len() as u64,
             spilled_bytes: self.spilled.values().map(|s| s.file_bytes).sum(),
             spills: self.spills,
+            quarantined_bytes: self.quarantined_bytes(),
         }
     }
 
@@ -1979,7 +2093,20 @@ impl Store {
                 );
             }
         }
-        let chunk_bytes: u64 = self.chunks.values().map(|c| c.alloc_bytes).sum();
+        // Quarantined ranges are allocations of their own, in their regions.
+        let (mut q_low, mut q_data, mut q_high) = (0, 0, 0);
+        for &(o, n) in &self.quarantined {
+            let (a, sum) = if o < self.regions.low_end {
+                (&self.low, &mut q_low)
+            } else if o < self.regions.high_start {
+                (&self.data, &mut q_data)
+            } else {
+                (&self.high, &mut q_high)
+            };
+            assert!(a.is_live(o, n), "quarantined {o} (+{n}) is not one allocation");
+            *sum += n;
+        }
+        let chunk_bytes: u64 = self.chunks.values().map(|c| c.alloc_bytes).sum::<u64>() + q_data;
         assert_eq!(
             chunk_bytes,
             self.data.used_bytes(),
@@ -1990,7 +2117,7 @@ impl Store {
             .values()
             .filter_map(|v| v.manifest)
             .chain(self.manifests.values().map(|(_, m)| *m));
-        let (mut low, mut high) = (0, 0);
+        let (mut low, mut high) = (q_low, q_high);
         for m in manifests {
             low += m.low.1;
             high += m.high.1;

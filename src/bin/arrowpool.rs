@@ -322,6 +322,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                     human_bytes(s.free_bytes),
                     human_bytes(s.largest_free_bytes)
                 );
+                if s.quarantined_bytes > 0 {
+                    out!(
+                        "held back  {} for the clients of the server before the restart (--quarantine)",
+                        human_bytes(s.quarantined_bytes)
+                    );
+                }
                 out!(
                     "objects    {} ({} named), {} leases, {} connections",
                     s.objects,

@@ -90,6 +90,12 @@ struct Args {
     /// survive the server, not a reboot. One server per directory.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// With --state-dir: after a restart, hold back for SECS the arena bytes
+    /// the server before had handed out and no recovered version explains (a
+    /// put it was copying, a replaced table a reader still held): their
+    /// clients may still write or read them. 0: reuse them at once.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "state_dir")]
+    quarantine: u64,
     /// When a put needs room, write least-recently-used tables to DIR (a disk
     /// directory) instead of dropping them; a get brings them back. A full or
     /// failing disk refuses the put and keeps the table in memory.
@@ -219,6 +225,7 @@ fn main() -> ExitCode {
             Preallocate::Bytes(n) => Some(n),
         },
         state_dir: args.state_dir,
+        quarantine: std::time::Duration::from_secs(args.quarantine),
         spill_dir: args.spill_dir,
         spill_ahead: args.spill_ahead.0,
         flight: args.flight.map(|addr| arrowpool::flight::FlightConfig {

@@ -15,8 +15,15 @@
 //!   4 spilled    name, number u64, kind u8, rows u64, data bytes u64, file bytes u64,
 //!                file path (length u32, bytes): the version is in a spill file
 //!                (`--spill-dir`); a later `forgotten` of the same name and number ends it
+//!   5 allocated  offset u64, bytes u64: the arena range was handed out
+//!   6 freed      offset u64, bytes u64: the range (or part of one handed out) was given back
 //! name: length u32, UTF-8 bytes. Integers little-endian.
 //! ```
+//! `allocated` and `freed` replay to the ranges the server had handed out when
+//! it died, writers' reservations and replaced versions readers still held
+//! among them; its successor holds back the ones no recovered version explains
+//! for `--quarantine` (`Store::quarantine`). A server that predates them reads
+//! them as damaged records, skips them and loses nothing else.
 //! A change is appended (one `pwrite`) before the request that made it is
 //! answered, so an acknowledged seal is in the file when the server dies: the
 //! file lives on tmpfs, whose pages outlive the process. Replaying the records
@@ -47,6 +54,8 @@ const PUBLISHED: u8 = 1;
 const FORGOTTEN: u8 = 2;
 const NUMBERED: u8 = 3;
 const SPILLED: u8 = 4;
+const ALLOCATED: u8 = 5;
+const FREED: u8 = 6;
 
 /// What the arena looked like when the catalog was made: a restart must map
 /// the same arena the same way.
@@ -73,6 +82,14 @@ pub enum Record {
         number: u64,
     },
     Spilled(Spilled),
+    Allocated {
+        offset: u64,
+        bytes: u64,
+    },
+    Freed {
+        offset: u64,
+        bytes: u64,
+    },
 }
 
 /// What reading a catalog found.
@@ -84,6 +101,8 @@ pub struct Replay {
     pub last_numbers: Vec<(String, u64)>,
     /// Versions in spill files, not forgotten since.
     pub spilled: Vec<Spilled>,
+    /// Arena ranges handed out and not given back, merged, in offset order.
+    pub allocated: Vec<(u64, u64)>,
     /// Damage found and skipped, one line each.
     pub problems: Vec<String>,
     pub records: u64,
@@ -176,6 +195,15 @@ fn encode_record(out: &mut Vec<u8>, record: &Record) {
             });
             put_name(&mut p, name);
             p.extend_from_slice(&number.to_le_bytes());
+        }
+        Record::Allocated { offset, bytes } | Record::Freed { offset, bytes } => {
+            p.push(if matches!(record, Record::Allocated { .. }) {
+                ALLOCATED
+            } else {
+                FREED
+            });
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&bytes.to_le_bytes());
         }
     }
     out.extend_from_slice(&(p.len() as u32).to_le_bytes());
@@ -292,6 +320,14 @@ fn decode_record(payload: &[u8]) -> Option<Record> {
                 Record::Numbered { name, number }
             }
         }
+        t @ (ALLOCATED | FREED) => {
+            let (offset, bytes) = (r.u64()?, r.u64()?);
+            if t == ALLOCATED {
+                Record::Allocated { offset, bytes }
+            } else {
+                Record::Freed { offset, bytes }
+            }
+        }
         _ => return None,
     };
     (r.at == payload.len()).then_some(record)
@@ -357,6 +393,7 @@ pub fn replay(bytes: &[u8]) -> Replay {
     let mut index: HashMap<(String, u64), usize> = HashMap::new();
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut spilled: HashMap<(String, u64), Spilled> = HashMap::new();
+    let mut allocated = Ranges::default();
     let mut at = HEADER_BYTES as usize;
     while at + 8 <= bytes.len() {
         match record_at(bytes, at) {
@@ -391,6 +428,8 @@ pub fn replay(bytes: &[u8]) -> Replay {
                         *n = (*n).max(s.number);
                         spilled.insert((s.name.clone(), s.number), s);
                     }
+                    Record::Allocated { offset, bytes } => allocated.add(offset, bytes),
+                    Record::Freed { offset, bytes } => allocated.remove(offset, bytes),
                 }
             }
             None => {
@@ -423,10 +462,61 @@ pub fn replay(bytes: &[u8]) -> Replay {
     let mut spilled: Vec<Spilled> = spilled.into_values().collect();
     spilled.sort_by(|a, b| (&a.name, a.number).cmp(&(&b.name, b.number)));
     out.spilled = spilled;
+    out.allocated = allocated.0.into_iter().map(|(o, e)| (o, e - o)).collect();
     let mut last: Vec<(String, u64)> = last.into_iter().collect();
     last.sort();
     out.last_numbers = last;
     out
+}
+
+/// A set of byte ranges, start -> end, neighbours merged.
+#[derive(Default)]
+struct Ranges(std::collections::BTreeMap<u64, u64>);
+
+impl Ranges {
+    fn add(&mut self, offset: u64, bytes: u64) {
+        let (mut start, mut end) = (offset, offset.saturating_add(bytes));
+        if start >= end {
+            return;
+        }
+        // Merge every range that overlaps or touches [start, end).
+        let touching: Vec<(u64, u64)> = self
+            .0
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.0.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.0.insert(start, end);
+    }
+
+    fn remove(&mut self, offset: u64, bytes: u64) {
+        let (start, end) = (offset, offset.saturating_add(bytes));
+        if start >= end {
+            return;
+        }
+        let overlapping: Vec<(u64, u64)> = self
+            .0
+            .range(..end)
+            .rev()
+            .take_while(|(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.0.remove(&s);
+            if s < start {
+                self.0.insert(s, start);
+            }
+            if e > end {
+                self.0.insert(end, e);
+            }
+        }
+    }
 }
 
 impl Catalog {
@@ -482,13 +572,15 @@ impl Catalog {
         ))
     }
 
-    /// Replaces the file with one holding exactly `versions` and the last
-    /// numbers: written beside it, synced, renamed over it.
+    /// Replaces the file with one holding exactly `versions`, the last
+    /// numbers, the spilled versions and the arena ranges handed out: written
+    /// beside it, synced, renamed over it.
     pub fn rewrite(
         &mut self,
         versions: &[(VersionRecord, u32)],
         last_numbers: &[(String, u64)],
         spilled: &[Spilled],
+        allocated: &[(u64, u64)],
     ) -> Result<(), CatalogError> {
         let mut bytes = encode_header(self.geometry);
         for (name, number) in last_numbers {
@@ -511,6 +603,15 @@ impl Catalog {
         }
         for s in spilled {
             encode_record(&mut bytes, &Record::Spilled(s.clone()));
+        }
+        for &(offset, bytes_) in allocated {
+            encode_record(
+                &mut bytes,
+                &Record::Allocated {
+                    offset,
+                    bytes: bytes_,
+                },
+            );
         }
         let tmp = self.path.with_extension("new");
         let write = || -> std::io::Result<File> {
@@ -568,6 +669,8 @@ impl Catalog {
                     number: *number,
                 },
                 Change::Spilled(s) => Record::Spilled(s.clone()),
+                &Change::Allocated { offset, bytes } => Record::Allocated { offset, bytes },
+                &Change::Freed { offset, bytes } => Record::Freed { offset, bytes },
             };
             encode_record(&mut bytes, &record);
         }
@@ -637,7 +740,7 @@ mod tests {
         let path = dir.join("catalog");
         let (mut c, r) = Catalog::open(&path, G).unwrap();
         assert!(r.versions.is_empty());
-        c.rewrite(&[], &[], &[]).unwrap();
+        c.rewrite(&[], &[], &[], &[]).unwrap();
         let crc = |v: &VersionRecord| v.number as u32 * 7;
         c.append(&[Change::Published(table("a", 1, 1 << 16))], crc)
             .unwrap();
@@ -676,11 +779,47 @@ mod tests {
     }
 
     #[test]
+    fn allocated_and_freed_replay_to_the_ranges_still_handed_out() {
+        let dir = temp_dir("ranges");
+        let path = dir.join("catalog");
+        let (mut c, _) = Catalog::open(&path, G).unwrap();
+        // A rewrite's merged ranges, then a journal of single ones.
+        c.rewrite(&[], &[], &[], &[(4096, 8192), (65536, 65536)])
+            .unwrap();
+        let a = |offset, bytes| Change::Allocated { offset, bytes };
+        let f = |offset, bytes| Change::Freed { offset, bytes };
+        c.append(
+            &[
+                a(12288, 4096),        // touches the first: merged
+                f(69632, 8192),        // splits the second
+                a(1 << 20, 1 << 20),   // a new one
+                f(1 << 20, 1 << 20),   // gone again
+                a(3 << 20, 4096),
+                f(65536, 4096),        // the second's first granule
+            ],
+            |_| 0,
+        )
+        .unwrap();
+        drop(c);
+        let (_, r) = Catalog::open(&path, G).unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(
+            r.allocated,
+            vec![
+                (4096, 12288),
+                (77824, 131072 - 77824),
+                (3 << 20, 4096)
+            ]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_corrupt_record_is_skipped_and_a_torn_tail_dropped() {
         let dir = temp_dir("damage");
         let path = dir.join("catalog");
         let (mut c, _) = Catalog::open(&path, G).unwrap();
-        c.rewrite(&[], &[], &[]).unwrap();
+        c.rewrite(&[], &[], &[], &[]).unwrap();
         let crc = |_: &VersionRecord| 1;
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             c.append(
@@ -727,7 +866,7 @@ mod tests {
             c.wants_rewrite(),
             "a freshly opened catalog is rewritten first"
         );
-        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[]).unwrap();
+        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[], &[]).unwrap();
         assert!(!c.wants_rewrite());
         let mut n = 1;
         while !c.wants_rewrite() {

@@ -119,6 +119,7 @@ impl<'a> Placer<'a> {
                 requested_bytes,
                 free_bytes,
                 held_bytes,
+                quarantined_bytes,
                 largest_free_bytes,
                 arena_bytes,
             }) => {
@@ -132,6 +133,7 @@ impl<'a> Placer<'a> {
                     },
                     free_bytes,
                     held_bytes,
+                    quarantined_bytes,
                     largest_free_bytes,
                     arena_bytes,
                 })

@@ -82,7 +82,12 @@ impl StoreGuard<'_> {
                     (v, crc)
                 })
                 .collect();
-            catalog.rewrite(&versions, &last, &locked.store.spilled_state())
+            catalog.rewrite(
+                &versions,
+                &last,
+                &locked.store.spilled_state(),
+                &locked.store.allocated_ranges(),
+            )
         } else {
             catalog.append(&changes, |v| manifest_crc(arena, v))
         };
@@ -139,6 +144,8 @@ pub struct Recovery {
     pub bytes: u64,
     /// Spilled versions whose files were found.
     pub restored_spilled: usize,
+    /// Bytes held back (`Store::quarantine`).
+    pub quarantined_bytes: u64,
     /// One line per version left out, and per damaged catalog record.
     pub problems: Vec<String>,
     pub seconds: f64,
@@ -149,7 +156,12 @@ impl Pool {
     /// directory this pool's arena file belongs to), checked as the module
     /// says, then writes a fresh catalog of what was restored and from now on
     /// records every change there. The store must be empty.
-    pub fn recover(&self, mut catalog: Catalog, replay: Replay) -> Result<Recovery, PoolError> {
+    pub fn recover(
+        &self,
+        mut catalog: Catalog,
+        replay: Replay,
+        quarantine: std::time::Duration,
+    ) -> Result<Recovery, PoolError> {
         let began = Instant::now();
         let mut report = Recovery {
             problems: replay.problems.clone(),
@@ -251,6 +263,9 @@ impl Pool {
                 )),
             }
         }
+        if !quarantine.is_zero() {
+            report.quarantined_bytes = store.quarantine(&replay.allocated, Instant::now() + quarantine);
+        }
         // Whatever the store kept, written afresh: the old log's dead records go.
         let (versions, last) = store.durable_state();
         let versions: Vec<(VersionRecord, u32)> = versions
@@ -261,7 +276,12 @@ impl Pool {
             })
             .collect();
         catalog
-            .rewrite(&versions, &last, &store.spilled_state())
+            .rewrite(
+                &versions,
+                &last,
+                &store.spilled_state(),
+                &store.allocated_ranges(),
+            )
             .map_err(|e| PoolError::Catalog(e.to_string()))?;
         #[cfg(debug_assertions)]
         store.check_invariants();

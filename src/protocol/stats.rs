@@ -63,6 +63,10 @@ pub struct StatsReply {
     pub spilled_bytes: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spills: u64,
+    /// Bytes a restarted server holds back for the clients of the one before
+    /// it (`--quarantine`), for a while after the restart.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quarantined_bytes: u64,
     /// `--flight`: the address the Arrow Flight service listens on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flight: Option<String>,

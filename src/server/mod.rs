@@ -72,6 +72,10 @@ pub struct Config {
     /// `--state-dir`: the arena in a tmpfs file and a catalog of its versions,
     /// so a restarted server serves them again (`durable`).
     pub state_dir: Option<PathBuf>,
+    /// `--quarantine`: how long a restarted server holds back what the one
+    /// before it had handed out and no recovered version explains
+    /// (`Store::quarantine`).
+    pub quarantine: Duration,
     /// `--spill-dir`: versions that must leave the arena go there instead of
     /// being dropped, and come back on get (`pool/spill.rs`).
     pub spill_dir: Option<PathBuf>,
@@ -230,7 +234,9 @@ fn durable_pool(
     let pool = Pool::with_large_align(arena, geometry.large_align).map_err(StartError::Arena)?;
     pool.store().set_keep_versions(config.keep_versions);
     let recorded = replay.versions.len();
-    let report = pool.recover(catalog, replay).map_err(|e| {
+    // A new arena file: no client of the server before maps it.
+    let quarantine = if kept { config.quarantine } else { Duration::ZERO };
+    let report = pool.recover(catalog, replay, quarantine).map_err(|e| {
         StartError::State(crate::durable::StateError::Catalog(
             crate::durable::CatalogError(e.to_string()),
         ))
@@ -250,6 +256,14 @@ fn durable_pool(
         },
         report.seconds
     );
+    if report.quarantined_bytes > 0 {
+        eprintln!(
+            "arrowpoold: holding back {} for {} s: the server before this one had handed it to \
+             writers or readers, who may still use it (--quarantine)",
+            human_bytes(report.quarantined_bytes),
+            quarantine.as_secs_f64()
+        );
+    }
     Ok((
         pool,
         dir,

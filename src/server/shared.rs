@@ -120,7 +120,11 @@ impl Shared {
     }
 
     pub fn stats(&self) -> StatsReply {
-        let s = self.pool.store().stats();
+        let s = {
+            let mut store = self.pool.store();
+            store.end_quarantine(false);
+            store.stats()
+        };
         StatsReply {
             memory_kind: self.pool.arena.kind().as_str().into(),
             io_driver: self.io_driver.as_str().into(),
@@ -148,6 +152,7 @@ impl Shared {
             spilled_versions: s.spilled_versions,
             spilled_bytes: s.spilled_bytes,
             spills: s.spills,
+            quarantined_bytes: s.quarantined_bytes,
             flight: self.flight.get().cloned(),
         }
     }

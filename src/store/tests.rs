@@ -1,7 +1,7 @@
 //! Store tests: unit cases and a property test against a reference model.
 use super::*;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const MB: u64 = 1024 * 1024;
 
@@ -383,8 +383,13 @@ impl Model {
     }
 }
 
-/// Applies changes as a catalog replays its records.
-fn replay(durable: &mut BTreeMap<(String, u64), VersionRecord>, changes: Vec<Change>) {
+/// Applies changes as a catalog replays its records: the durable versions,
+/// and the arena's handed-out 4 KiB granules.
+fn replay(
+    durable: &mut BTreeMap<(String, u64), VersionRecord>,
+    granules: &mut BTreeSet<u64>,
+    changes: Vec<Change>,
+) {
     for c in changes {
         match c {
             Change::Published(r) => {
@@ -397,6 +402,16 @@ fn replay(durable: &mut BTreeMap<(String, u64), VersionRecord>, changes: Vec<Cha
                 );
             }
             Change::Spilled(s) => panic!("no spilling in this model: {s:?}"),
+            Change::Allocated { offset, bytes } => {
+                for g in (offset..offset + bytes).step_by(4096) {
+                    assert!(granules.insert(g), "granule {g} handed out twice");
+                }
+            }
+            Change::Freed { offset, bytes } => {
+                for g in (offset..offset + bytes).step_by(4096) {
+                    assert!(granules.remove(&g), "granule {g} freed but not handed out");
+                }
+            }
         }
     }
 }
@@ -411,6 +426,7 @@ proptest! {
         let mut m = Model::default();
         // The durable versions as a catalog replaying the changes sees them.
         let mut replayed: BTreeMap<(String, u64), VersionRecord> = BTreeMap::new();
+        let mut granules: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             let evictions_before = s.stats().evictions;
             match op {
@@ -545,11 +561,18 @@ proptest! {
             prop_assert!(s.stats().evictions - evictions_before >= evicted.len() as u64);
             prop_assert_eq!(listed.len(), m.names.len());
             s.check_invariants();
-            replay(&mut replayed, s.take_changes());
+            replay(&mut replayed, &mut granules, s.take_changes());
             let (durable, _) = s.durable_state();
             let durable: BTreeMap<(String, u64), VersionRecord> =
                 durable.into_iter().map(|r| ((r.name.clone(), r.number), r)).collect();
             prop_assert_eq!(&replayed, &durable);
+            // The journal says exactly which bytes are handed out.
+            let used: BTreeSet<u64> = s
+                .allocated_ranges()
+                .into_iter()
+                .flat_map(|(o, n)| (o..o + n).step_by(4096))
+                .collect();
+            prop_assert_eq!(&granules, &used);
         }
         for conn in 0..4 { s.disconnect(conn); }
         // A store restored from the replayed changes holds the same versions
@@ -762,4 +785,49 @@ fn spilling_pins_the_victim_and_keeps_its_number_when_it_comes_back() {
         vec![std::path::PathBuf::from("/spill/a")]
     );
     s.check_invariants();
+}
+
+#[test]
+fn a_restart_holds_back_what_the_killed_server_had_handed_out() {
+    // The killed server: a published table, a writer's reservation, and a
+    // replaced version a reader still holds.
+    let mut old = Store::new(64 * MB, 2 * MB);
+    old.record_changes();
+    put_table(&mut old, 1, "kept", 4 * MB).unwrap();
+    put_table(&mut old, 1, "replaced", 4 * MB).unwrap();
+    old.get(2, "replaced").unwrap();
+    let held = old.chunks_of("replaced")[0];
+    let held = (old.chunks[&held].offset, old.chunks[&held].alloc_bytes);
+    put_table(&mut old, 1, "replaced", 4 * MB).unwrap();
+    let writing = old.create(3, "new", ObjectKind::Table, 6 * MB).unwrap();
+    let mut granules = BTreeSet::new();
+    let mut durable = BTreeMap::new();
+    replay(&mut durable, &mut granules, old.take_changes());
+    let handed_out: Vec<(u64, u64)> = old.allocated_ranges();
+    // Its successor restores the durable versions, then holds back the rest.
+    let mut new = Store::new(64 * MB, 2 * MB);
+    for r in durable.values() {
+        new.restore(r, None).unwrap();
+    }
+    let restored = new.stats().used_bytes;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let bytes = new.quarantine(&handed_out, until);
+    assert_eq!(new.quarantined_bytes(), bytes);
+    assert_eq!(new.stats().used_bytes, restored + bytes);
+    assert_eq!(new.allocated_ranges(), handed_out, "exactly what the old server had out");
+    new.check_invariants();
+    // The writer's range and the held version's chunk are not handed out again.
+    let other = new.create(9, "other", ObjectKind::Table, 6 * MB).unwrap();
+    let overlaps = |a: u64, an: u64, b: u64, bn: u64| a < b + bn && b < a + an;
+    assert!(!overlaps(other.offset, other.capacity, writing.offset, writing.capacity));
+    assert!(!overlaps(other.offset, other.capacity, held.0, held.1));
+    // A full arena says why.
+    let e = new.create(9, "big", ObjectKind::Table, 50 * MB).unwrap_err();
+    assert!(e.to_string().contains("--quarantine"), "{e}");
+    // Not before its time; then all of it comes back.
+    assert_eq!(new.end_quarantine(false), 0);
+    assert_eq!(new.end_quarantine(true), bytes);
+    assert_eq!(new.quarantined_bytes(), 0);
+    new.check_invariants();
+    assert_eq!(new.stats().used_bytes, restored + other.capacity);
 }
