@@ -655,3 +655,84 @@ fn spilling_and_bringing_back_keep_every_version_exact() {
         verify(&server, &mut k);
     }
 }
+
+/// What the killed server had handed out and no recovered version explains
+/// is held back for `--quarantine`: a writer still copying into its
+/// reservation, and a reader holding a replaced version, write and read the
+/// same bytes for that long, whatever the restarted server is asked to store;
+/// then the bytes are reused.
+#[test]
+fn a_restart_holds_back_what_the_killed_servers_clients_still_use() {
+    use arrowpool::protocol::create::{Create, Created};
+    use arrowpool::protocol::{Kind, ObjectKind};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    const BLOB: usize = 8 << 20;
+    let dir = state_dir();
+    let mut s = start(dir.path(), &["--quarantine", "3"]);
+    // A reader holds version 1 of "t" after version 2 replaced it.
+    let c = s.client();
+    let (schema, batches) = table(100_000, 1, 21);
+    c.put("t", &schema, &batches).unwrap();
+    let held = c.get("t").unwrap();
+    let (schema2, batches2) = table(100_000, 1, 22);
+    c.put("t", &schema2, &batches2).unwrap();
+    // A writer has reserved room and is copying into it.
+    let mut w = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    let (hello, fds) = arrowpool::client::handshake(&w, true).unwrap();
+    let map =
+        arrowpool::arena::Mapping::map(fds[1].as_fd(), hello.arena_len as usize, true).unwrap();
+    let mut body = Vec::new();
+    Create {
+        object_kind: ObjectKind::Bytes,
+        size: BLOB as u64,
+        name: "w".into(),
+    }
+    .encode(&mut body)
+    .unwrap();
+    w.write_all(&common::frame(1, Kind::Create as u16, 0, &body))
+        .unwrap();
+    let (_, kind, reply) = common::read_reply(&mut w).unwrap();
+    assert_eq!(kind, Kind::Create.reply());
+    let created = Created::decode(&reply).unwrap();
+    // SAFETY: the server reserved this range for the pending chunk; this
+    // test is its only writer (the point: it keeps writing after the kill).
+    let dest = unsafe { map.slice_mut(created.offset, BLOB as u64) }.unwrap();
+    dest.fill(0x11);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+
+    let s = start(dir.path(), &["--quarantine", "3"]);
+    let stats = s.client().stats().unwrap();
+    assert!(
+        stats.quarantined_bytes >= BLOB as u64,
+        "the reservation and the held version are held back: {stats:?}"
+    );
+    assert!(s.stderr().contains("--quarantine"), "{}", s.stderr());
+    let c2 = s.client();
+    // Puts of the same sizes land elsewhere while the old clients go on.
+    let blob: Vec<u8> = (0..BLOB).map(|i| (i % 251) as u8).collect();
+    c2.put_bytes("b", &blob).unwrap();
+    let (schema3, batches3) = table(100_000, 1, 23);
+    c2.put("u", &schema3, &batches3).unwrap();
+    dest.fill(0x22);
+    assert!(
+        c2.get_bytes("b").unwrap()[..] == blob[..],
+        "the blob put after the restart was overwritten by the old writer"
+    );
+    assert_eq!(owned(&schema3, &c2.get("u").unwrap().batches), owned(&schema3, &batches3));
+    assert_eq!(owned(&schema, &held.batches), owned(&schema, &batches));
+    assert_eq!(owned(&schema2, &c2.get("t").unwrap().batches), owned(&schema2, &batches2));
+    // Then the bytes come back (stats gives them back once the time is up).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c2.stats().unwrap();
+        if st.quarantined_bytes == 0 {
+            assert!(st.used_bytes < stats.used_bytes + (BLOB as u64) * 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still held back: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
+}
