@@ -75,7 +75,10 @@ impl Allocator {
     /// The ranges handed out (`true`) and given back (`false`) since the
     /// last call, in order.
     pub fn take_journal(&mut self) -> Vec<(bool, u64, u64)> {
-        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether `take_journal` has something.
@@ -374,8 +377,14 @@ mod tests {
         assert_eq!(got, vec![(8192, 8192), (24576, 16384), (45056, 4096)]);
         assert_eq!(a.free_bytes(), a.capacity() - (49152 - 8192));
         a.check_invariants();
-        assert!(a.take_free_within(8192, 49152).is_empty(), "nothing free is left there");
-        assert!(a.take_free_within(2 << 20, 3 << 20).is_empty(), "outside the range");
+        assert!(
+            a.take_free_within(8192, 49152).is_empty(),
+            "nothing free is left there"
+        );
+        assert!(
+            a.take_free_within(2 << 20, 3 << 20).is_empty(),
+            "outside the range"
+        );
         for (o, s) in got {
             a.free(o, s);
         }

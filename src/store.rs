@@ -172,7 +172,10 @@ pub enum Change {
     /// A version is no longer current nor retained (a newer one, delete,
     /// eviction), or a spilled one is gone (brought back, replaced,
     /// deleted): a restart must not bring it back.
-    Forgotten { name: String, number: u64 },
+    Forgotten {
+        name: String,
+        number: u64,
+    },
     /// A current version left the arena for a spill file (`--spill-dir`);
     /// its `Published` record was forgotten just before.
     Spilled(Spilled),
@@ -181,8 +184,14 @@ pub enum Change {
     /// these say which bytes a killed server had given to writers and
     /// readers: its successor holds back those no recovered version explains
     /// (`quarantine`), since those clients may still write or read them.
-    Allocated { offset: u64, bytes: u64 },
-    Freed { offset: u64, bytes: u64 },
+    Allocated {
+        offset: u64,
+        bytes: u64,
+    },
+    Freed {
+        offset: u64,
+        bytes: u64,
+    },
 }
 
 /// Why `Store::restore` refused a version.
@@ -671,13 +680,17 @@ impl Store {
             .map(std::mem::take)
             .unwrap_or_default();
         for a in [&mut self.data, &mut self.low, &mut self.high] {
-            changes.extend(a.take_journal().into_iter().map(|(allocated, offset, bytes)| {
-                if allocated {
-                    Change::Allocated { offset, bytes }
-                } else {
-                    Change::Freed { offset, bytes }
-                }
-            }));
+            changes.extend(
+                a.take_journal()
+                    .into_iter()
+                    .map(|(allocated, offset, bytes)| {
+                        if allocated {
+                            Change::Allocated { offset, bytes }
+                        } else {
+                            Change::Freed { offset, bytes }
+                        }
+                    }),
+            );
         }
         changes
     }
@@ -2103,7 +2116,10 @@ impl Store {
             } else {
                 (&self.high, &mut q_high)
             };
-            assert!(a.is_live(o, n), "quarantined {o} (+{n}) is not one allocation");
+            assert!(
+                a.is_live(o, n),
+                "quarantined {o} (+{n}) is not one allocation"
+            );
             *sum += n;
         }
         let chunk_bytes: u64 = self.chunks.values().map(|c| c.alloc_bytes).sum::<u64>() + q_data;

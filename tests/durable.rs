@@ -198,7 +198,17 @@ fn verify(server: &Server, known: &mut Known) {
     let in_flight = known.in_flight.take();
     for (name, (version, content)) in known.acked.clone() {
         let flight = in_flight.as_ref().filter(|(n, _)| *n == name);
-        match read(&c, &name, &content) {
+        let mut got = read(&c, &name, &content);
+        if got.is_none() && c.stats().unwrap().quarantined_bytes > 0 {
+            // A spilled version may not fit back while the bytes the killed
+            // server had handed out are held back: read it once they are not.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.stats().unwrap().quarantined_bytes > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            got = read(&c, &name, &content);
+        }
+        match got {
             Some((v, got)) if v == version && got == content => {}
             Some((v, got))
                 if flight.is_some_and(|(_, c)| c.as_ref() == Some(&got)) && v > version =>
@@ -263,6 +273,10 @@ fn kill_9_while_spilling_loses_no_acknowledged_version() {
 /// Rounds of writing and `kill -9`, each followed by a restart that must
 /// serve exactly what was acknowledged.
 fn kill_9_rounds(memory: &str, extra: &[&str]) {
+    // What each killed server had handed out is held back for a second
+    // after its restart: the rounds restart within that, so held-back
+    // ranges are carried across restarts too.
+    let extra = &[extra, &["--quarantine", "1"]].concat();
     let dir = state_dir();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -277,8 +291,10 @@ fn kill_9_rounds(memory: &str, extra: &[&str]) {
         s.client().stats().unwrap().used_bytes
     };
     let rounds = 25;
+    let mut held_back = 0;
     for round in 0..rounds {
         let mut server = start_sized(dir.path(), memory, extra);
+        held_back += server.client().stats().unwrap().quarantined_bytes;
         verify(&server, &mut known.lock().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
@@ -308,13 +324,25 @@ fn kill_9_rounds(memory: &str, extra: &[&str]) {
         k.requests
     );
     assert!(server.stderr().contains("restored"), "{}", server.stderr());
-    // Memory accounting: once every name is deleted, the arena holds nothing
-    // (no chunk of a version that was not brought back stays allocated).
+    // Most kills land in puts, whose reservations are then held back
+    // (a_restart_holds_back_what_the_killed_servers_clients_still_use checks
+    // that deterministically).
+    eprintln!("held back after restarts: {held_back} bytes in all");
+    // Memory accounting: once every name is deleted and the held-back
+    // ranges are given back, the arena holds nothing (no chunk of a version
+    // that was not brought back stays allocated).
     let c = server.client();
     for name in k.acked.keys() {
         c.delete(name).unwrap();
     }
-    let s = c.stats().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = c.stats().unwrap();
+        if s.quarantined_bytes == 0 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(s.used_bytes, empty_used, "{s:?}");
     assert_eq!(s.names, 0);
 }
@@ -720,9 +748,15 @@ fn a_restart_holds_back_what_the_killed_servers_clients_still_use() {
         c2.get_bytes("b").unwrap()[..] == blob[..],
         "the blob put after the restart was overwritten by the old writer"
     );
-    assert_eq!(owned(&schema3, &c2.get("u").unwrap().batches), owned(&schema3, &batches3));
+    assert_eq!(
+        owned(&schema3, &c2.get("u").unwrap().batches),
+        owned(&schema3, &batches3)
+    );
     assert_eq!(owned(&schema, &held.batches), owned(&schema, &batches));
-    assert_eq!(owned(&schema2, &c2.get("t").unwrap().batches), owned(&schema2, &batches2));
+    assert_eq!(
+        owned(&schema2, &c2.get("t").unwrap().batches),
+        owned(&schema2, &batches2)
+    );
     // Then the bytes come back (stats gives them back once the time is up).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -94,7 +94,12 @@ struct Args {
     /// the server before had handed out and no recovered version explains (a
     /// put it was copying, a replaced table a reader still held): their
     /// clients may still write or read them. 0: reuse them at once.
-    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "state_dir")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        requires = "state_dir"
+    )]
     quarantine: u64,
     /// When a put needs room, write least-recently-used tables to DIR (a disk
     /// directory) instead of dropping them; a get brings them back. A full or

@@ -790,12 +790,12 @@ mod tests {
         let f = |offset, bytes| Change::Freed { offset, bytes };
         c.append(
             &[
-                a(12288, 4096),        // touches the first: merged
-                f(69632, 8192),        // splits the second
-                a(1 << 20, 1 << 20),   // a new one
-                f(1 << 20, 1 << 20),   // gone again
+                a(12288, 4096),      // touches the first: merged
+                f(69632, 8192),      // splits the second
+                a(1 << 20, 1 << 20), // a new one
+                f(1 << 20, 1 << 20), // gone again
                 a(3 << 20, 4096),
-                f(65536, 4096),        // the second's first granule
+                f(65536, 4096), // the second's first granule
             ],
             |_| 0,
         )
@@ -805,11 +805,7 @@ mod tests {
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(
             r.allocated,
-            vec![
-                (4096, 12288),
-                (77824, 131072 - 77824),
-                (3 << 20, 4096)
-            ]
+            vec![(4096, 12288), (77824, 131072 - 77824), (3 << 20, 4096)]
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -866,7 +862,8 @@ mod tests {
             c.wants_rewrite(),
             "a freshly opened catalog is rewritten first"
         );
-        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[], &[]).unwrap();
+        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[], &[])
+            .unwrap();
         assert!(!c.wants_rewrite());
         let mut n = 1;
         while !c.wants_rewrite() {

@@ -264,7 +264,8 @@ impl Pool {
             }
         }
         if !quarantine.is_zero() {
-            report.quarantined_bytes = store.quarantine(&replay.allocated, Instant::now() + quarantine);
+            report.quarantined_bytes =
+                store.quarantine(&replay.allocated, Instant::now() + quarantine);
         }
         // Whatever the store kept, written afresh: the old log's dead records go.
         let (versions, last) = store.durable_state();

@@ -235,7 +235,11 @@ fn durable_pool(
     pool.store().set_keep_versions(config.keep_versions);
     let recorded = replay.versions.len();
     // A new arena file: no client of the server before maps it.
-    let quarantine = if kept { config.quarantine } else { Duration::ZERO };
+    let quarantine = if kept {
+        config.quarantine
+    } else {
+        Duration::ZERO
+    };
     let report = pool.recover(catalog, replay, quarantine).map_err(|e| {
         StartError::State(crate::durable::StateError::Catalog(
             crate::durable::CatalogError(e.to_string()),

@@ -814,15 +814,26 @@ fn a_restart_holds_back_what_the_killed_server_had_handed_out() {
     let bytes = new.quarantine(&handed_out, until);
     assert_eq!(new.quarantined_bytes(), bytes);
     assert_eq!(new.stats().used_bytes, restored + bytes);
-    assert_eq!(new.allocated_ranges(), handed_out, "exactly what the old server had out");
+    assert_eq!(
+        new.allocated_ranges(),
+        handed_out,
+        "exactly what the old server had out"
+    );
     new.check_invariants();
     // The writer's range and the held version's chunk are not handed out again.
     let other = new.create(9, "other", ObjectKind::Table, 6 * MB).unwrap();
     let overlaps = |a: u64, an: u64, b: u64, bn: u64| a < b + bn && b < a + an;
-    assert!(!overlaps(other.offset, other.capacity, writing.offset, writing.capacity));
+    assert!(!overlaps(
+        other.offset,
+        other.capacity,
+        writing.offset,
+        writing.capacity
+    ));
     assert!(!overlaps(other.offset, other.capacity, held.0, held.1));
     // A full arena says why.
-    let e = new.create(9, "big", ObjectKind::Table, 50 * MB).unwrap_err();
+    let e = new
+        .create(9, "big", ObjectKind::Table, 50 * MB)
+        .unwrap_err();
     assert!(e.to_string().contains("--quarantine"), "{e}");
     // Not before its time; then all of it comes back.
     assert_eq!(new.end_quarantine(false), 0);
