@@ -15,7 +15,10 @@
 //! 4. no range overlaps a newer version's, unless it is the same chunk.
 //!
 //! A version that fails is reported and left out; its bytes become free
-//! space. Table bytes are not checksummed (a restart would read every byte);
+//! space once `--quarantine` is over: every range the killed server had
+//! handed out (the catalog's `allocated`/`freed` records) that no restored
+//! version occupies is held back that long, since its writers and readers
+//! may still be using it (`Store::quarantine`). Table bytes are not checksummed (a restart would read every byte);
 //! sealed chunks are never written by the server, and writers only get
 //! ranges they reserved.
 
