@@ -232,3 +232,95 @@ fn a_client_that_stops_reading_or_dies_mid_call_leaves_no_lease_or_space() {
         st.pending_bytes == 0 && st.leases == 0
     });
 }
+
+/// 16 MB: one million rows of an integer and a float column.
+fn big_batch(seed: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Float64, false),
+    ]));
+    let n = 1_000_000;
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i * seed))),
+            Arc::new(arrow_array::Float64Array::from_iter_values(
+                (0..n).map(|i| (i ^ seed) as f64 * 0.5),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// A `do_put` of a table without dictionaries is written into the arena as
+/// it arrives (chunks pending while the stream is still open), and the
+/// version is all of it; a client that dies after some chunks were written
+/// leaves nothing behind.
+#[test]
+fn a_large_put_is_written_as_it_arrives_and_a_death_mid_stream_leaves_nothing() {
+    let (s, addr) = server();
+    let c = s.client();
+    let empty = c.stats().unwrap().used_bytes;
+    // A runtime whose thread drives the call while this one waits.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tx = rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<FlightData>();
+        let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["dies".into()])))
+            .build(futures::stream::iter((1..=6).map(|i| Ok(big_batch(i)))))
+            .try_collect()
+            .await
+            .unwrap();
+        for m in messages {
+            tx.unbounded_send(m).unwrap();
+        }
+        tokio::spawn(async move {
+            let _ = client.do_put(rx.map(Ok)).await;
+        });
+        tx
+    });
+    // 96 MB sent, the stream still open: the first 64 MiB are in the arena.
+    s.wait_until("a chunk written before the stream ended", |st| {
+        st.pending_bytes >= 64 << 20
+    });
+    drop(rt);
+    drop(tx);
+    s.wait_until("the dead put's chunks given back", |st| {
+        st.pending_bytes == 0 && st.used_bytes == empty
+    });
+    assert!(c.list().unwrap().is_empty());
+
+    let batches: Vec<RecordBatch> = (1..=12).map(big_batch).collect();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let messages = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["whole".into()])))
+            .build(futures::stream::iter(batches.clone().into_iter().map(Ok)));
+        let replies: Vec<_> = client
+            .do_put(messages)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(replies.len(), 1);
+    });
+    let got = c.get("whole").unwrap();
+    let rows: usize = got.batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 12_000_000);
+    let expected = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let got_all = arrow_select::concat::concat_batches(&got.schema, &got.batches).unwrap();
+    assert!(got_all == expected, "the streamed put reads back different");
+    let st = c.stats().unwrap();
+    assert_eq!(st.pending_bytes, 0);
+    assert!(
+        st.used_bytes - empty < 200 << 20,
+        "the version holds its 192 MB once: {st:?}"
+    );
+}
