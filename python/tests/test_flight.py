@@ -429,3 +429,19 @@ def test_one_server_pulls_a_table_from_another(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_put_of_compressed_batches_is_stored_uncompressed(served):
+    s, client = served
+    rng = np.random.default_rng(9)
+    t = pa.table({"id": np.arange(200_000, dtype=np.int64), "x": rng.random(200_000), "s": [f"v{i}" for i in range(200_000)]})
+    for codec in ("lz4", "zstd"):
+        options = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression=codec))
+        put_flight(client, fl.FlightDescriptor.for_path(f"z-{codec}"), t, options=options)
+        c = s.connect()
+        got = c.get(f"z-{codec}")
+        assert got.equals(t)
+        # Zero-copy from the arena: the buffers are the arena's, not decoded copies.
+        assert assert_in_arena(c, got) > 0
+        assert client.do_get(fl.Ticket(f"z-{codec}".encode())).read_all().equals(t)
+        c.close()

@@ -7,8 +7,10 @@
 //!     do_get   ─ lease (a server-side connection) ─ each batch as it lies in the
 //!                arena (header rewritten, body zero-copy), or decoded in place and
 //!                re-encoded in slices (no copy of the whole table either way)
-//!     do_put   ─ decode the stream ─ one IPC file written into the arena on
-//!                every core ─ checked and published as a socket put is
+//!     do_put   ─ no dictionaries: the IPC messages, undecoded, into a chunk per
+//!                64 MiB as they arrive, each checked as a seal checks a file,
+//!                one version over all (`put.rs`); with dictionaries: decoded,
+//!                gathered, one IPC file written, checked and published
 //!     do_action delete | ingest | stats | CreatePreparedStatement (Flight SQL)
 //!     sql.rs   ─ SELECT * / SELECT columns FROM name, as tickets (no state)
 //! ```
@@ -27,6 +29,7 @@
 
 pub mod auth;
 pub mod pull;
+mod put;
 mod service;
 pub mod sql;
 pub mod ticket;

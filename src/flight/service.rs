@@ -23,7 +23,7 @@ use super::ticket::{self, IngestAction, Wanted};
 use crate::pool::{Pool, PoolError};
 use crate::protocol::{ErrorCode, ErrorReply};
 use crate::server::Shared;
-use crate::store::{ConnId, Location, ObjectId, ObjectKind, StoreError};
+use crate::store::{ConnId, Location, ObjectKind, StoreError};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -117,7 +117,7 @@ fn store_status(e: StoreError) -> Status {
     status(crate::server::store_error(e))
 }
 
-fn pool_status(e: PoolError) -> Status {
+pub(super) fn pool_status(e: PoolError) -> Status {
     status(crate::server::pool_error(e))
 }
 
@@ -596,166 +596,6 @@ pub(super) fn put(
     Ok((sealed, len))
 }
 
-/// Bytes of received batches that a streaming `do_put` writes together, as one
-/// IPC file in a chunk of their own: the heap holds about two of these (one
-/// being written, one arriving), never the table.
-const PUT_CHUNK_BYTES: usize = 64 << 20;
-
-/// The server-side connection a streaming put's chunks are pending on,
-/// shared by the put and its writes on the blocking pool: closed (whatever it
-/// left pending aborted) when the last of them is done, so a write still
-/// running when the client vanished never writes into a freed chunk.
-struct PutConn {
-    pool: Arc<Pool>,
-    id: ConnId,
-}
-
-impl Drop for PutConn {
-    fn drop(&mut self) {
-        self.pool.store().disconnect(self.id);
-    }
-}
-
-/// Writes a group of batches as one IPC file into a new chunk on `conn`.
-fn write_group(
-    conn: &PutConn,
-    name: &str,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<(ObjectId, u64, crate::ipc::manifest::Manifest), Status> {
-    let pool = &conn.pool;
-    let layout = crate::ipc::write::layout(schema, batches)
-        .map_err(|e| Status::invalid_argument(format!("cannot lay the table out: {e}")))?;
-    let mapping = pool.arena.mapping();
-    let base = mapping.as_ptr() as usize;
-    let prepare = move |part: &mut [u8]| {
-        let offset = (part.as_ptr() as usize).wrapping_sub(base) as u64;
-        mapping.populate_write_once(offset, part.len() as u64);
-    };
-    pool.write_chunk(conn.id, name, layout.file_len() as u64, |dest| {
-        crate::ipc::write::write(dest, schema, batches, &layout, 1, &prepare).map(|(n, _)| n)
-    })
-    .map_err(|e| match e {
-        crate::pool::PutError::Pool(e) => pool_status(e),
-        crate::pool::PutError::Write(e) => {
-            Status::invalid_argument(format!("cannot write the table: {e}"))
-        }
-    })
-}
-
-/// A `do_put` of a table without dictionaries, written as it arrives: every
-/// `PUT_CHUNK_BYTES` of batches go into a chunk of their own (on the blocking
-/// pool, while the next ones arrive), and the version is a manifest over all
-/// of them, published once the stream ends. A stream that fails or ends early
-/// publishes nothing and leaves nothing pending.
-async fn put_streaming(
-    pool: Arc<Pool>,
-    name: String,
-    if_version: Option<u64>,
-    schema: SchemaRef,
-    first: Vec<RecordBatch>,
-    stream: &mut arrow_flight::decode::FlightRecordBatchStream,
-    limit: usize,
-) -> Result<(crate::store::SealInfo, u64), Status> {
-    let conn = Arc::new(PutConn {
-        id: pool.server_conn().into_id(),
-        pool: pool.clone(),
-    });
-    type Written = (ObjectId, u64, crate::ipc::manifest::Manifest);
-    let mut writing: Option<tokio::task::JoinHandle<Result<Written, Status>>> = None;
-    let mut chunks: Vec<(ObjectId, u64)> = Vec::new();
-    let mut layouts = Vec::new();
-    let mut total = 0usize;
-    let mut group: Vec<RecordBatch> = Vec::new();
-    let mut group_bytes = 0usize;
-    let mut pending = first.into_iter();
-    let mut done = false;
-    while !done {
-        let batch = match pending.next() {
-            Some(b) => Some(b),
-            None => stream.next().await.transpose().map_err(|e| match e {
-                FlightError::Tonic(s) => *s,
-                e => Status::invalid_argument(format!("do_put: {e}")),
-            })?,
-        };
-        match batch {
-            Some(b) => {
-                if b.schema() != schema {
-                    return Err(Status::invalid_argument(format!(
-                        "do_put: a batch's schema differs from the stream's: {:?}",
-                        b.schema()
-                    )));
-                }
-                let bytes = slice_bytes(&b);
-                total += bytes;
-                if total > limit {
-                    return Err(Status::resource_exhausted(format!(
-                        "do_put of {name:?}: the table is larger than the arena ({}); it can never fit",
-                        crate::util::human_bytes(limit as u64)
-                    )));
-                }
-                group_bytes += bytes;
-                group.push(b);
-                if group_bytes < PUT_CHUNK_BYTES {
-                    continue;
-                }
-            }
-            None => done = true,
-        }
-        if group.is_empty() && !(done && chunks.is_empty() && writing.is_none()) {
-            continue;
-        }
-        // One write at a time: the previous group's, then this one's.
-        if let Some(w) = writing.take() {
-            let (id, len, m) = w
-                .await
-                .map_err(|_| Status::internal("a Flight worker panicked"))??;
-            chunks.push((id, len));
-            layouts.extend(m.batches);
-        }
-        let batches = std::mem::take(&mut group);
-        group_bytes = 0;
-        let (conn, name, schema) = (conn.clone(), name.clone(), schema.clone());
-        writing = Some(tokio::task::spawn_blocking(move || {
-            write_group(&conn, &name, &schema, &batches)
-        }));
-    }
-    if let Some(w) = writing.take() {
-        let (id, len, m) = w
-            .await
-            .map_err(|_| Status::internal("a Flight worker panicked"))??;
-        chunks.push((id, len));
-        layouts.extend(m.batches);
-    }
-    let manifest = Arc::new(crate::ipc::manifest::Manifest {
-        schema: schema.clone(),
-        dictionaries: Vec::new(),
-        batches: layouts,
-    });
-    let bytes = chunks.iter().map(|c| c.1).sum();
-    let publish = conn.clone();
-    let sealed = blocking(move || {
-        let first = publish.id;
-        publish
-            .pool
-            .publish_manifest(
-                first,
-                &name,
-                if_version,
-                None,
-                &chunks,
-                &[],
-                manifest,
-                chunks.first().map_or(0, |c| c.0),
-            )
-            .map_err(pool_status)
-    })
-    .await?;
-    drop(conn);
-    pool.versions_changed.notify(usize::MAX);
-    Ok((sealed, bytes))
-}
-
 /// What a `do_put` answers (one `PutResult`, JSON app metadata).
 #[derive(serde::Serialize)]
 struct PutReply {
@@ -964,47 +804,38 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         let target = ticket::parse_put(&descriptor).map_err(Status::invalid_argument)?;
         crate::protocol::check_name(&target.name)
             .map_err(|e| Status::invalid_argument(format!("table name: {e}")))?;
-        let data = futures::stream::once(async { Ok(first) })
-            .chain(input.map_err(FlightError::from))
-            .boxed();
-        let mut batches_in =
-            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
         // Bounded by the arena: a larger table could never be stored.
         let limit = self.shared.pool.arena.len() as usize;
-        // The schema comes with the first message; a table without
-        // dictionaries is written as it arrives (`put_streaming`).
-        let mut first = Vec::new();
-        match batches_in.next().await {
-            Some(Ok(b)) => first.push(b),
-            Some(Err(FlightError::Tonic(s))) => return Err(*s),
-            Some(Err(e)) => return Err(Status::invalid_argument(format!("do_put: {e}"))),
-            None => {}
-        }
-        let schema = match first.first() {
-            Some(b) => Some(b.schema()),
-            None => batches_in.schema().cloned(),
-        };
-        let streams = schema.as_ref().is_some_and(|s| {
-            !s.fields()
-                .iter()
-                .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
-        });
-        if let (true, Some(schema)) = (streams, schema) {
-            let (sealed, bytes) = put_streaming(
+        // A schema without dictionaries: the messages go into the arena as
+        // they arrive (`put.rs`).
+        let plain = arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&first.data_header)
+            .ok()
+            .filter(|s| {
+                !s.fields()
+                    .iter()
+                    .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
+            });
+        if let Some(schema) = plain {
+            let (sealed, bytes) = super::put::put_streaming(
                 self.pool(),
                 target.name.clone(),
                 target.if_version,
-                schema,
-                first,
-                &mut batches_in,
+                Arc::new(schema),
+                first.data_header.clone(),
+                input,
                 limit,
             )
             .await?;
             return Ok(put_reply(target.name, sealed, bytes));
         }
+        let data = futures::stream::once(async { Ok(first) })
+            .chain(input.map_err(FlightError::from))
+            .boxed();
+        let mut batches_in =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
         // With dictionaries the table arrives whole before it is written (its
         // dictionaries may be replaced mid-stream; one file has one per field).
-        let (schema, mut batches) = collect(&mut batches_in, limit).await.map_err(|e| match e {
+        let (schema, batches) = collect(&mut batches_in, limit).await.map_err(|e| match e {
             Collect::Flight(FlightError::Tonic(s)) => *s,
             Collect::Flight(e) => Status::invalid_argument(format!("do_put: {e}")),
             Collect::TooLarge => Status::resource_exhausted(format!(
@@ -1014,8 +845,6 @@ impl arrow_flight::flight_service_server::FlightService for Service {
             )),
             Collect::NoSchema => Status::invalid_argument("do_put: the stream carried no schema"),
         })?;
-        first.append(&mut batches);
-        let batches = first;
         let pool = self.pool();
         let name = target.name.clone();
         let (sealed, bytes) =

@@ -41,7 +41,7 @@ use super::{block_range, footer};
 /// The magic at arena offset 0 (and in every footer's trailer), padded to 8.
 pub const ARENA_MAGIC: &[u8; 8] = b"ARROW1\0\0";
 /// IPC messages start with this marker, then their metadata length.
-const CONTINUATION: u32 = 0xFFFF_FFFF;
+pub(crate) const CONTINUATION: u32 = 0xFFFF_FFFF;
 
 /// One field node of a batch, as IPC records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,7 +432,7 @@ fn message_fb(
 }
 
 /// The footer flatbuffer (padded to 8), its length and the trailing magic.
-fn encode_footer(
+pub(crate) fn encode_footer(
     schema: &Schema,
     dictionaries: &[Block],
     batches: &[Block],
