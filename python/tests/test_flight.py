@@ -402,6 +402,10 @@ def test_one_server_pulls_a_table_from_another(tmp_path):
         got = cb.get("copy")
         assert got.equals(t)
         assert_in_arena(cb, got) > 0
+        # With a dictionary column: received whole, then written.
+        ca.put("withcat", table(15))
+        cb.ingest(url.replace("/source", "/withcat"), "wc")
+        assert cb.get("wc").equals(table(15))
         proj = cb.ingest(url, "ids", columns=["id"])
         assert cb.get("ids").column_names == ["id"] and proj["rows"] == t.num_rows
         # A version by number, from the CLI.

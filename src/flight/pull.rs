@@ -2,19 +2,22 @@
 //! pulls a table from another Flight server — another arrowpoold, so that N
 //! app hosts share one loading host — and publishes it as a new version here.
 //!
-//! The table is read whole over Flight (`do_get`, the ingest's columns as a
-//! projection, `?version=N` for a version by number), then written into the
-//! arena on every core as a Flight `do_put` is. The token, when given, goes
+//! The table is read over Flight (`do_get`, the ingest's columns as a
+//! projection, `?version=N` for a version by number) and written into the
+//! arena as a Flight `do_put` is: a table without dictionaries as its IPC
+//! messages arrive (`put.rs`), one with dictionaries once whole. The token, when given, goes
 //! out as `authorization: Bearer TOKEN` and never into logs or replies.
 //! `flight+tls://` checks the remote certificate against the system's roots
 //! plus `--flight-remote-ca FILE`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_flight::Ticket;
 use arrow_schema::SchemaRef;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::pool::Pool;
 use crate::protocol::ingest::{Ingest, IngestReply};
@@ -102,7 +105,11 @@ const WINDOW_BYTES: u32 = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pulls `req.path` (a Flight URL) and publishes it as `req.name`.
-pub fn ingest(pool: &Pool, req: &Ingest, remote_ca: Option<&Path>) -> Result<IngestReply, String> {
+pub fn ingest(
+    pool: &Arc<Pool>,
+    req: &Ingest,
+    remote_ca: Option<&Path>,
+) -> Result<IngestReply, String> {
     let remote = parse(&req.path)?;
     let shown = remote.shown();
     let fail = |e: String| format!("ingest from {shown}: {e}");
@@ -112,13 +119,25 @@ pub fn ingest(pool: &Pool, req: &Ingest, remote_ca: Option<&Path>) -> Result<Ing
         .build()
         .map_err(|e| fail(format!("cannot start a runtime: {e}")))?;
     let limit = pool.arena.len() as usize;
-    let (schema, batches) = runtime
-        .block_on(fetch(&remote, &req.columns, remote_ca, limit))
+    let fetched = runtime
+        .block_on(fetch(
+            pool,
+            &req.name,
+            &remote,
+            &req.columns,
+            remote_ca,
+            limit,
+        ))
         .map_err(fail)?;
     let read_ms = began.elapsed().as_secs_f64() * 1e3;
     let written = Instant::now();
-    let (sealed, bytes) = super::service::put(pool, &req.name, None, &schema, &batches)
-        .map_err(|s| fail(s.message().to_owned()))?;
+    let (sealed, bytes) = match fetched {
+        Fetched::Published(sealed, bytes) => (sealed, bytes),
+        Fetched::Whole(schema, batches) => {
+            super::service::put(pool, &req.name, None, &schema, &batches)
+                .map_err(|s| fail(s.message().to_owned()))?
+        }
+    };
     Ok(IngestReply {
         version: sealed.version,
         rows: sealed.rows,
@@ -133,12 +152,21 @@ pub fn ingest(pool: &Pool, req: &Ingest, remote_ca: Option<&Path>) -> Result<Ing
     })
 }
 
+/// What `fetch` got: a table written as it arrived and published, or a
+/// table with dictionaries, whole, to write.
+enum Fetched {
+    Published(crate::store::SealInfo, u64),
+    Whole(SchemaRef, Vec<RecordBatch>),
+}
+
 async fn fetch(
+    pool: &Arc<Pool>,
+    name: &str,
     remote: &Remote,
     columns: &[String],
     remote_ca: Option<&Path>,
     limit: usize,
-) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+) -> Result<Fetched, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let scheme = if remote.tls { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", remote.authority))
@@ -176,12 +204,53 @@ async fn fetch(
         columns: (!columns.is_empty()).then(|| columns.to_vec()),
     };
     let ticket = serde_json::to_vec(&ticket).map_err(|e| e.to_string())?;
+    // The raw messages: a table without dictionaries is not decoded.
+    let mut request = tonic::Request::new(Ticket::new(ticket));
+    if let Some(t) = &remote.token {
+        let value = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut stream = client
-        .do_get(Ticket::new(ticket))
+        .inner_mut()
+        .do_get(request)
         .await
-        .map_err(flight_error)?;
-    super::service::collect(&mut stream, limit)
+        .map_err(|s| flight_error(s.into()))?
+        .into_inner();
+    let first = stream
+        .message()
         .await
+        .map_err(|s| flight_error(s.into()))?
+        .ok_or("the remote stream carried no schema")?;
+    let plain = arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&first.data_header)
+        .ok()
+        .filter(|s| {
+            !s.fields()
+                .iter()
+                .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
+        });
+    if let Some(schema) = plain {
+        let (sealed, bytes) = super::put::put_streaming(
+            pool.clone(),
+            name.to_owned(),
+            None,
+            Arc::new(schema),
+            first.data_header.clone(),
+            stream,
+            limit,
+        )
+        .await
+        .map_err(|s| flight_error(s.into()))?;
+        return Ok(Fetched::Published(sealed, bytes));
+    }
+    let data = futures::stream::once(async { Ok(first) })
+        .chain(stream.map_err(arrow_flight::error::FlightError::from))
+        .boxed();
+    let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+    super::service::collect(&mut batches, limit)
+        .await
+        .map(|(schema, batches)| Fetched::Whole(schema, batches))
         .map_err(|e| match e {
             super::service::Collect::Flight(e) => flight_error(e),
             super::service::Collect::TooLarge => format!(
