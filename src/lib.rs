@@ -68,6 +68,8 @@ pub mod arena;
 #[allow(unsafe_code)] // zero-copy buffers over the mapping; writing a pending range
 pub mod client;
 pub mod durable;
+#[allow(unsafe_code)] // io_uring submissions: buffers owned until their completion
+pub mod engine;
 #[cfg(feature = "flight")]
 #[allow(unsafe_code)] // do_get: buffers over the server's mapping that own a lease
 pub mod flight;

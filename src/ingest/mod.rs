@@ -42,8 +42,6 @@ mod buffer;
 mod chunks;
 mod decode;
 mod dictionary;
-#[allow(unsafe_code)] // io_uring submissions: buffers owned until their completion
-mod engine;
 mod error;
 mod files;
 mod footer;

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::buffer::{BufferPool, ReadBudget, ReadBuf};
-use super::engine::{Completion, Engine, Pread, Uring};
 use super::error::IngestError;
 use super::files::Source;
 use super::plan::Extent;
+use crate::engine::{Completion, Engine, Pread, Uring};
 
 /// Largest single read.
 pub const READ_BYTES: usize = 8 * 1024 * 1024;

@@ -21,6 +21,7 @@
 mod durable;
 mod publish;
 mod spill;
+mod spill_io;
 
 pub use durable::{Recovery, StoreGuard};
 

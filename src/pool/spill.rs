@@ -10,16 +10,18 @@
 //!                              check as a seal does, publish with the same version number ─> get
 //! ```
 //! A table's file is a compact Arrow IPC file of its own (arrow's writer over
-//! the version's zero-copy batches); a blob's is its bytes. Writes are
-//! buffered and synced before the version leaves memory: a failing or full
-//! disk is an error for the request that needed room and the table stays
-//! where it was. Bringing back reads the file from the page cache or disk
-//! into a new chunk (one copy) rather than serving from the file: readers
-//! then get the same zero-copy mapping as for any other version. The file is
+//! the version's zero-copy batches); a blob's is its bytes. Files are written
+//! and read with io_uring and `O_DIRECT` where the kernel and the filesystem
+//! allow (`spill_io.rs`: no page cache filled when memory is short), and
+//! synced before the version leaves memory: a failing or full disk is an
+//! error for the request that needed room and the table stays where it was.
+//! Bringing back reads the file straight into a new chunk rather than serving
+//! from the file: readers then get the same zero-copy mapping as for any
+//! other version. The file is
 //! kept while the brought-back version is current (it leaves again without a
 //! write) and deleted with it; `--spill-ahead` writes such files ahead of need.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -180,8 +182,7 @@ impl Pool {
         ));
         let tmp = file.with_extension("tmp");
         let write = || -> std::io::Result<u64> {
-            let f = std::fs::File::create_new(&tmp)?;
-            let mut w = BufWriter::with_capacity(8 << 20, f);
+            let mut w = super::spill_io::SpillWriter::create(&tmp)?;
             let bytes = self
                 .arena
                 .mapping()
@@ -193,9 +194,8 @@ impl Pool {
                 }
                 ObjectKind::Bytes => w.write_all(bytes)?,
             }
-            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let (f, n) = w.finish()?;
             f.sync_all()?;
-            let n = f.metadata()?.len();
             std::fs::rename(&tmp, &file)?;
             Ok(n)
         };
@@ -281,18 +281,9 @@ impl Pool {
     fn read_back(&self, conn: u64, s: &Spilled) -> Result<(), PoolError> {
         let began = Instant::now();
         let read = |dest: &mut [u8]| -> std::io::Result<usize> {
-            let mut f = std::fs::File::open(&s.file)?;
-            let n = f.metadata()?.len() as usize;
-            if n as u64 != s.file_bytes {
-                return Err(std::io::Error::other(format!(
-                    "the file has {n} bytes, {} were written (damaged or replaced)",
-                    s.file_bytes
-                )));
-            }
-            let dest = dest
-                .get_mut(..n)
-                .ok_or_else(|| std::io::Error::other("the spill file grew"))?;
-            f.read_exact(dest)?;
+            let n = usize::try_from(s.file_bytes)
+                .map_err(|_| std::io::Error::other("the spill file is too large"))?;
+            super::spill_io::read_into(&s.file, dest, n)?;
             Ok(n)
         };
         let failed = |e: std::io::Error| {

@@ -1,5 +1,7 @@
-//! Read engines: io_uring (several large reads in flight) and plain `pread`
-//! (one at a time, for machines where io_uring is disabled or blocked).
+//! File I/O engines: io_uring (several large reads or writes in flight) and
+//! plain `pread`/`pwrite` (one at a time, for machines where io_uring is
+//! disabled or blocked). Ingest reads Parquet with them (`ingest/read.rs`);
+//! spilling writes and reads its files with them (`pool/spill.rs`).
 //!
 //! Both take raw destination pointers because an io_uring read outlives the
 //! call that starts it: the kernel writes the buffer until its completion is
@@ -38,6 +40,22 @@ pub trait Engine {
         &mut self,
         fd: BorrowedFd<'_>,
         dst: *mut u8,
+        len: usize,
+        offset: u64,
+        tag: u64,
+    ) -> io::Result<()>;
+
+    /// Starts writing `len` bytes from `src` at `offset` of `fd`; the result
+    /// (bytes written) comes out of `wait` with `tag`.
+    ///
+    /// # Safety
+    /// `src` is valid for reads of `len` bytes, and neither that memory nor
+    /// `fd` is freed, closed or written by anyone else until the completion
+    /// with `tag` has been returned by `wait` (or `drain` returned true).
+    unsafe fn start_write(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        src: *const u8,
         len: usize,
         offset: u64,
         tag: u64,
@@ -82,6 +100,28 @@ impl Engine for Pread {
         let result = loop {
             match rustix::io::pread(fd, &mut *buf, offset) {
                 Ok((read, _)) => break Ok(read.len()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => break Err(io::Error::from(e)),
+            }
+        };
+        self.done.push_back((tag, result));
+        Ok(())
+    }
+
+    unsafe fn start_write(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        src: *const u8,
+        len: usize,
+        offset: u64,
+        tag: u64,
+    ) -> io::Result<()> {
+        // SAFETY: the caller guarantees `src` is valid for `len` bytes until
+        // this completion is returned; the write finishes before we return.
+        let buf = unsafe { std::slice::from_raw_parts(src, len) };
+        let result = loop {
+            match rustix::io::pwrite(fd, buf, offset) {
+                Ok(n) => break Ok(n),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => break Err(io::Error::from(e)),
             }
@@ -175,6 +215,28 @@ impl Engine for Uring {
         // caller keeps alive and unused until this tag's completion is reaped
         // by `wait` or `drain` (the contract of `start`). The queue has room:
         // the scheduler keeps in_flight <= queue_depth <= ring entries.
+        unsafe { self.ring.submission().push(&entry) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    unsafe fn start_write(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        src: *const u8,
+        len: usize,
+        offset: u64,
+        tag: u64,
+    ) -> io::Result<()> {
+        let len = u32::try_from(len).map_err(|_| io::Error::other("write larger than 4 GiB"))?;
+        let raw: RawFd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let entry = opcode::Write::new(types::Fd(raw), src, len)
+            .offset(offset)
+            .build()
+            .user_data(tag);
+        // SAFETY: as in `start`: `src` and `fd` stay alive and untouched until
+        // this tag's completion is reaped, and the queue has room.
         unsafe { self.ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
         self.in_flight += 1;
