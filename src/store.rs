@@ -1078,6 +1078,14 @@ impl Store {
         self.copying.is_some()
     }
 
+    /// Whether a version is being written to disk (a spill or a copy ahead):
+    /// room may appear when it is done.
+    pub fn spilling(&self) -> bool {
+        self.conns
+            .get(&SPILL_CONN)
+            .is_some_and(|c| c.lease_count > 0)
+    }
+
     /// Writing a copy ahead failed: nothing changes.
     pub fn abort_copy(&mut self, id: ObjectId) {
         self.copying = None;

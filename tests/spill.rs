@@ -352,3 +352,69 @@ fn a_truncated_spill_file_is_reported_and_the_rest_recovered() {
     let got = c.get("d").unwrap();
     assert_eq!(owned(&d.0, &got.batches), owned(&d.0, &d.1));
 }
+
+/// An ingest reserves from every decoder thread at once: when the first
+/// reservation must spill a table, the others wait for that room instead of
+/// failing for lack of it (found with `--spill-ahead off`, where nothing was
+/// written ahead).
+#[test]
+fn an_ingest_that_needs_a_spill_waits_for_it_on_every_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    // 24 MiB of numbers in 12 row groups.
+    let path = dir.path().join("t.parquet");
+    let (schema, batches) = {
+        let n = 1_000_000i64;
+        let schema = std::sync::Arc::new(arrow_schema::Schema::new(vec![
+            arrow_schema::Field::new("a", arrow_schema::DataType::Int64, false),
+            arrow_schema::Field::new("b", arrow_schema::DataType::Float64, false),
+            arrow_schema::Field::new("c", arrow_schema::DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                std::sync::Arc::new(arrow_array::Int64Array::from_iter_values(0..n)),
+                std::sync::Arc::new(arrow_array::Float64Array::from_iter_values(
+                    (0..n).map(|i| i as f64 / 3.0),
+                )),
+                std::sync::Arc::new(arrow_array::Int64Array::from_iter_values(
+                    (0..n).map(|i| i * 7),
+                )),
+            ],
+        )
+        .unwrap();
+        (schema, vec![batch])
+    };
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(1_000_000 / 12))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema.clone(),
+        Some(props),
+    )
+    .unwrap();
+    w.write(&batches[0]).unwrap();
+    w.close().unwrap();
+    let s = Server::start_with(&[
+        "--memory",
+        "40M",
+        "--threads",
+        "2",
+        "--spill-dir",
+        spill.path().to_str().unwrap(),
+        "--spill-ahead",
+        "off",
+    ]);
+    let c = s.client();
+    let p = path.to_str().unwrap();
+    for round in 0..4 {
+        for name in ["x", "y"] {
+            c.ingest(p, name, &[])
+                .unwrap_or_else(|e| panic!("round {round}, ingest of {name}: {e}"));
+        }
+    }
+    assert_eq!(on_disk(&c), vec!["x".to_string()]);
+    let got = c.get("x").unwrap();
+    assert_eq!(owned(&schema, &got.batches), owned(&schema, &batches));
+}

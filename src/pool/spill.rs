@@ -95,15 +95,18 @@ impl Pool {
             let (r, copying) = {
                 let mut store = self.store();
                 let r = f(&mut store);
-                (r, store.copying())
+                (r, store.copying() || store.spilling())
             };
             match r {
                 Err(StoreError::NeedsSpill { victim }) => {
                     self.spill(victim)?;
                     spills += 1;
                 }
-                // The version a copy is being written of cannot go until the
-                // copy is done (then it goes without a write): wait for it.
+                // The version a copy or a spill is being written of cannot go
+                // until it is done (then it goes, making room): wait for it.
+                // Another thread's spill, too: the decoders of one ingest
+                // reserve at once, and the second must not fail while the
+                // first one's spill is making room.
                 Err(StoreError::OutOfMemory { .. }) if copying && waited < COPY_WAIT_MAX => {
                     self.waiting_for_room
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
