@@ -8,7 +8,10 @@ to CPU 1 in turn, measures after ``--idle`` seconds of sleep:
 
 - a Unix-socket echo whose server thread is pinned to the client's CPU, and to the other;
 - ``stats`` (a round trip that touches no table) to arrowpoold;
-- ``stats`` back to back, for reference.
+- ``stats`` back to back, for reference;
+- a ``get`` of a 100k-row table, and the client's own part of it with no server at
+  all (``pyarrow.ipc.open_file(...).read_all()`` of the same table in memory), after
+  idle and back to back: what the process itself costs after a sleep.
 
 On the 2-core VM this was written on, a round trip that must wake the other (idle)
 virtual CPU costs 400-550 us whoever the server is, against about 90 us on the
@@ -70,9 +73,25 @@ def measure(sock_path: str, cpu: int, idle: float, samples: int) -> None:
         rows[label] = after_idle(lambda: (s.sendall(b"x"), s.recv(8)), idle, samples)
     rows["arrowpoold stats (server core on CPU 0)"] = after_idle(c.stats, idle, samples)
     rows["arrowpoold stats, back to back"] = after_idle(c.stats, 0, samples)
+    import pyarrow as pa
+
+    table = pa.table({"a": list(range(100_000)), "b": [str(i) for i in range(100_000)]})
+    c.put("wake", table)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    buf = sink.getvalue()
+    rows["arrowpoold get (100k rows)"] = after_idle(lambda: c.get("wake"), idle, samples)
+    rows["arrowpoold get, back to back"] = after_idle(lambda: c.get("wake"), 0, samples)
+    rows["no server: pyarrow open_file + read_all"] = after_idle(
+        lambda: pa.ipc.open_file(buf).read_all(), idle, samples
+    )
+    rows["no server: the same, back to back"] = after_idle(
+        lambda: pa.ipc.open_file(buf).read_all(), 0, samples
+    )
     print(f"client on CPU {cpu}, after {idle} s idle:")
     for label, xs in rows.items():
-        print(f"  {label:42s} median {statistics.median(xs):6.0f} us   {[round(x) for x in xs]}")
+        print(f"  {label:44s} median {statistics.median(xs):6.0f} us   {[round(x) for x in xs]}")
     c.close()
 
 
