@@ -1157,12 +1157,30 @@ impl Client {
 
     /// Asks the server to read Parquet at `path` (a file or a directory) into `name`.
     pub fn ingest(&self, path: &str, name: &str, columns: &[&str]) -> Result<IngestReply> {
+        self.ingest_with(path, name, columns, &[])
+    }
+
+    /// `ingest` with object store settings for this ingest only (`options`:
+    /// `("aws_access_key_id", ...)`, `("aws_region", ...)`, ...; the keys of
+    /// the `object_store` crate's builders, see docs/INGEST.md). They take
+    /// precedence over the server's environment.
+    pub fn ingest_with(
+        &self,
+        path: &str,
+        name: &str,
+        columns: &[&str],
+        options: &[(&str, &str)],
+    ) -> Result<IngestReply> {
         // Ingests of large files take as long as they take.
         let body = self.request_within(Kind::Ingest, Some(None), |o| {
             Ingest {
                 name: name.to_owned(),
                 path: path.to_owned(),
                 columns: columns.iter().map(|c| c.to_string()).collect(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             }
             .encode(o)
         })?;

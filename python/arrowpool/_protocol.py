@@ -454,22 +454,36 @@ class Wait:
 
 
 class Ingest:
-    """kind 11: ``name str, path str, column_count u16, column str x column_count``
-    -> JSON object (rows, bytes, timings)."""
+    """kind 11: ``name str, path str, column_count u16, column str x column_count``,
+    then, only when there are some, ``option_count u16, (key str, value str) x
+    option_count`` (object store settings) -> JSON object (rows, bytes, timings)."""
 
     KIND = Kind.INGEST
+    OPTIONS_MAX = 64
 
     @staticmethod
-    def encode(name: str, path: str, columns: list[str] | None = None) -> bytes:
+    def encode(
+        name: str, path: str, columns: list[str] | None = None, options: dict[str, str] | None = None
+    ) -> bytes:
         columns = list(columns or ())
+        options = dict(options or {})
         if len(columns) > COLUMNS_MAX:
             raise ValueError(f"ingest takes at most {COLUMNS_MAX} columns, got {len(columns)}")
+        if len(options) > Ingest.OPTIONS_MAX:
+            raise ValueError(f"ingest takes at most {Ingest.OPTIONS_MAX} options, got {len(options)}")
         parts = [
             encode_str(name, "name"),
             encode_str(path, "ingest path", PATH_MAX),
             struct.pack("<H", len(columns)),
         ]
         parts += [encode_str(c, "column name") for c in columns]
+        if options:
+            parts.append(struct.pack("<H", len(options)))
+            for k, v in options.items():
+                if not isinstance(k, str) or not isinstance(v, str) or not k:
+                    raise ValueError("storage options are non-empty str keys with str values")
+                # The value's own text never goes into the message: it can be a secret.
+                parts += [encode_str(k, "storage option key"), encode_str(v, f"value of storage option {k!r}")]
         return b"".join(parts)
 
     @staticmethod

@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -1128,6 +1128,7 @@ class Client:
         name: str,
         columns: Sequence[str] | None = None,
         timeout: float | None = None,
+        storage_options: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Makes the server read Parquet at ``path`` (a file, or a directory of
         ``.parquet`` files with one schema) into the table ``name``.
@@ -1135,7 +1136,10 @@ class Client:
         ``path`` is made absolute here: the server resolves it, not this process.
         An object store URL (``s3://bucket/key.parquet`` or a prefix, ``gs://``,
         ``az://``, ``https://``) is read by the server with ranged GETs, credentials
-        from the server's environment (docs/INGEST.md).
+        from the server's environment, or from ``storage_options`` for this ingest
+        only (the ``object_store`` crate's keys, as pandas' ``storage_options``:
+        ``{"aws_access_key_id": ..., "aws_secret_access_key": ..., "aws_region": ...,
+        "aws_endpoint": ...}``; docs/INGEST.md).
         ``flight://[TOKEN@]HOST:PORT/NAME`` (or ``flight+tls://``) makes the server pull
         table ``NAME`` from another Flight server (another arrowpoold) instead.
         ``columns`` selects columns (all when None). Returns the server's report
@@ -1145,7 +1149,7 @@ class Client:
         where = os.fspath(path)
         if "://" not in where:  # flight://HOST:PORT/NAME goes as it is
             where = os.path.abspath(where)
-        body = proto.Ingest.encode(name, where, list(columns or ()))
+        body = proto.Ingest.encode(name, where, list(columns or ()), dict(storage_options or {}))
         _, reply = self._request(proto.Kind.INGEST, body, timeout=timeout)
         return proto.Ingest.decode_reply(reply)
 

@@ -313,3 +313,45 @@ def test_missing_credentials_are_a_clear_error(s3, tmp_path):
             assert f"s3://{BUCKET}/one.parquet" in str(e.value)
     finally:
         srv.stop()
+
+
+def test_storage_options_of_one_ingest_take_the_place_of_the_environment(s3, tmp_path):
+    _, endpoint = s3
+    table = sample(5_000, 11)
+    upload(s3, "opts.parquet", table)
+    # A server with no AWS settings but the one keeping it off the network.
+    keep_off = {"AWS_METADATA_ENDPOINT": "http://127.0.0.1:9", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    try:
+        with mock.patch.dict(os.environ, keep_off):
+            (tmp_path / "srv").mkdir()
+            srv = Server(tmp_path / "srv")
+    finally:
+        os.environ.update(saved)
+    secret = "s3cr3t-only-in-this-request"
+    options = {
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": secret,
+        "aws_region": "us-east-1",
+        "aws_endpoint": endpoint,
+        "aws_allow_http": "true",
+    }
+    url = f"s3://{BUCKET}/opts.parquet"
+    try:
+        with srv.connect() as c:
+            reply = c.ingest(url, "opts", storage_options=options)
+            assert reply["rows"] == 5_000
+            assert got(c, "opts").equals(table)
+            # An unknown key is named; no value is ever quoted back.
+            typo = dict(options, aws_secret_acess_key="typo-" + secret)
+            with pytest.raises(arrowpool.IngestError) as e:
+                c.ingest(url, "typo", storage_options=typo)
+            assert "aws_secret_acess_key" in str(e.value) and secret not in str(e.value)
+            # A local path takes none.
+            local = tmp_path / "local.parquet"
+            pq.write_table(table, local)
+            with pytest.raises(arrowpool.IngestError, match="local path takes none"):
+                c.ingest(local, "local", storage_options={"aws_region": "us-east-1"})
+        assert secret not in srv.log()
+    finally:
+        srv.stop()

@@ -62,6 +62,13 @@ enum Command {
         /// Comma-separated columns to read (default: all).
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
+        /// An object store setting for this ingest, over the server's
+        /// environment (repeatable): KEY=VALUE with the object_store crate's
+        /// keys, e.g. aws_region=eu-west-1, aws_endpoint=http://host:9000.
+        /// Values on a command line are visible to other users (ps): give
+        /// secrets through the server's environment or the Python client.
+        #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+        storage_options: Vec<(String, String)>,
     },
     /// List objects.
     Ls,
@@ -222,6 +229,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             path,
             name,
             columns,
+            storage_options,
         } => {
             // A URL (flight://HOST:PORT/NAME) goes to the server as it is; a
             // local path is made absolute (the server's directory is not ours).
@@ -242,7 +250,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             let pb = spinner(format!("server ingesting {shown}"));
             let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-            let reply = client.ingest(&path.to_string_lossy(), &name, &cols)?;
+            let options: Vec<(&str, &str)> = storage_options
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let reply = client.ingest_with(&path.to_string_lossy(), &name, &cols, &options)?;
             pb.finish_and_clear();
             if args.json {
                 out!("{}", serde_json::to_string(&reply)?);
@@ -371,4 +383,12 @@ fn write_table(
         _ => bail!("--out must end in .arrow or .parquet"),
     }
     Ok(())
+}
+
+/// `KEY=VALUE` of `--storage-option` (the value is never echoed in errors).
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err("expected KEY=VALUE, with a non-empty KEY".into()),
+    }
 }

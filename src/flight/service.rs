@@ -890,6 +890,7 @@ impl arrow_flight::flight_service_server::FlightService for Service {
                     name: a.name,
                     path: a.path,
                     columns: a.columns,
+                    options: a.storage_options.into_iter().collect(),
                 };
                 // The checks the socket's decoder makes (name rules, lengths).
                 let mut probe = Vec::new();

@@ -38,13 +38,31 @@ pub struct PutTarget {
 }
 
 /// An `ingest` action: a Parquet file or directory the server reads.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// (`Debug` leaves the option values out: they can be secrets.)
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestAction {
     pub name: String,
     pub path: String,
     #[serde(default)]
     pub columns: Vec<String>,
+    /// Object store settings for this ingest (as the socket's `ingest`).
+    #[serde(default)]
+    pub storage_options: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for IngestAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestAction")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("columns", &self.columns)
+            .field(
+                "storage_options (values hidden)",
+                &self.storage_options.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 fn text(bytes: &[u8], what: &str) -> Result<String, String> {

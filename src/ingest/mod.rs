@@ -116,7 +116,7 @@ pub fn ingest(
 
     // Footers and schemas first: a bad file, a mixed directory or an unknown
     // column fails before any data is read.
-    let mut inputs = Inputs::open(&req.path)?;
+    let mut inputs = Inputs::open(&req.path, &req.options)?;
     let paths = inputs.paths();
     let mut metadata = Vec::with_capacity(paths.len());
     for source in inputs.footers() {
@@ -231,11 +231,20 @@ enum Inputs {
 }
 
 impl Inputs {
-    /// Opens the file, the directory's files, or (a URL) the objects `path` names.
-    fn open(path: &str) -> Result<Inputs, IngestError> {
+    /// Opens the file, the directory's files, or (a URL) the objects `path`
+    /// names; `options` are settings of the object store, for URLs only.
+    fn open(path: &str, options: &[(String, String)]) -> Result<Inputs, IngestError> {
         #[cfg(feature = "object-store")]
         if remote::is_object_url(path) {
-            return Ok(Inputs::Remote(remote::Objects::open(path)?));
+            return Ok(Inputs::Remote(remote::Objects::open(path, options)?));
+        }
+        if !options.is_empty() {
+            return Err(IngestError::Open {
+                path: path.into(),
+                err: std::io::Error::other(
+                    "options are settings of an object store; a local path takes none",
+                ),
+            });
         }
         let paths = files::parquet_files(Path::new(path))?;
         files::ensure_descriptors(paths.len());

@@ -104,7 +104,7 @@ pub struct Objects {
 
 impl Objects {
     /// Lists the Parquet objects `url` names (see the module docs).
-    pub fn open(url: &str) -> Result<Objects, IngestError> {
+    pub fn open(url: &str, options: &[(String, String)]) -> Result<Objects, IngestError> {
         let error = |what: String| IngestError::Open {
             path: url.into(),
             err: std::io::Error::other(what),
@@ -113,7 +113,7 @@ impl Objects {
         // tonic's TLS. Installing it twice is refused harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let parsed = url::Url::parse(url).map_err(|e| error(format!("not a valid URL: {e}")))?;
-        let (store, prefix) = store_for(&parsed).map_err(|e| error(e.to_string()))?;
+        let (store, prefix) = store_for(&parsed, options).map_err(|e| error(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
             .thread_name("arrowpool-objects")
@@ -284,8 +284,34 @@ impl<'a> Fetch<'a> {
     }
 }
 
-/// The store behind `url` and the object path (or prefix) it names.
-fn store_for(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), object_store::Error> {
+/// `options` as configuration keys of one store's builder (`K`): an unknown
+/// key is an error naming it (never its value, which can be a secret).
+fn config_keys<'a, K: std::str::FromStr>(
+    options: &'a [(String, String)],
+    store: &str,
+) -> Result<Vec<(K, &'a str)>, object_store::Error> {
+    options
+        .iter()
+        .map(|(k, v)| {
+            k.parse::<K>().map(|key| (key, v.as_str())).map_err(|_| {
+                object_store::Error::NotSupported {
+                    source: format!(
+                        "{k:?} is not a setting of {store} (the object_store crate's keys, \
+                         e.g. aws_access_key_id, aws_region, aws_endpoint; docs/INGEST.md)"
+                    )
+                    .into(),
+                }
+            })
+        })
+        .collect()
+}
+
+/// The store behind `url` and the object path (or prefix) it names, with
+/// `options` over the server's environment.
+fn store_for(
+    url: &url::Url,
+    options: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath), object_store::Error> {
     let (scheme, path) = ObjectStoreScheme::parse(url)?;
     let retry = RetryConfig {
         max_retries: RETRIES_MAX,
@@ -294,31 +320,41 @@ fn store_for(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), objec
     };
     let s = url.as_str();
     let store: Arc<dyn ObjectStore> = match scheme {
-        ObjectStoreScheme::AmazonS3 => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(s)
-                .with_retry(retry)
-                .build()?,
-        ),
-        ObjectStoreScheme::GoogleCloudStorage => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(s)
-                .with_retry(retry)
-                .build()?,
-        ),
-        ObjectStoreScheme::MicrosoftAzure => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(s)
-                .with_retry(retry)
-                .build()?,
-        ),
+        ObjectStoreScheme::AmazonS3 => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(s);
+            for (k, v) in config_keys::<object_store::aws::AmazonS3ConfigKey>(options, "S3")? {
+                b = b.with_config(k, v);
+            }
+            Arc::new(b.with_retry(retry).build()?)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(s);
+            for (k, v) in
+                config_keys::<object_store::gcp::GoogleConfigKey>(options, "Google Cloud Storage")?
+            {
+                b = b.with_config(k, v);
+            }
+            Arc::new(b.with_retry(retry).build()?)
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(s);
+            for (k, v) in
+                config_keys::<object_store::azure::AzureConfigKey>(options, "Azure storage")?
+            {
+                b = b.with_config(k, v);
+            }
+            Arc::new(b.with_retry(retry).build()?)
+        }
         ObjectStoreScheme::Http => {
             // The user named the scheme: plain http:// is what they asked for.
-            let options = object_store::ClientOptions::new().with_allow_http(true);
+            let mut client = object_store::ClientOptions::new().with_allow_http(true);
+            for (k, v) in config_keys::<object_store::ClientConfigKey>(options, "HTTP")? {
+                client = client.with_config(k, v);
+            }
             Arc::new(
                 object_store::http::HttpBuilder::new()
                     .with_url(&url[..url::Position::BeforePath])
-                    .with_client_options(options)
+                    .with_client_options(client)
                     .with_retry(retry)
                     .build()?,
             )

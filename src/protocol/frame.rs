@@ -179,6 +179,11 @@ impl<'a> BodyReader<'a> {
         std::str::from_utf8(bytes).map_err(|_| FrameError::Malformed("string is not valid UTF-8"))
     }
 
+    /// Bytes not read yet (for a body with an optional trailing part).
+    pub fn rest_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Remaining bytes, for bodies that end in a blob (JSON replies).
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)

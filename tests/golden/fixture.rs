@@ -304,6 +304,7 @@ fn case_ingest(f: &Value) -> Ingest {
             .iter()
             .map(|c| c.as_str().expect("column names are strings").to_owned())
             .collect(),
+        options: Vec::new(),
     }
 }
 

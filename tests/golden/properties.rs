@@ -64,13 +64,20 @@ fn valid_request() -> impl Strategy<Value = Request> {
                 name,
             })
         }),
-        (name(), path(), vec(".{0,16}", 0..8)).prop_map(|(name, path, columns)| {
-            Request::Ingest(Ingest {
-                name,
-                path,
-                columns,
-            })
-        }),
+        (
+            name(),
+            path(),
+            vec(".{0,16}", 0..8),
+            vec(("[a-z_]{1,24}", ".{0,40}"), 0..4)
+        )
+            .prop_map(|(name, path, columns, options)| {
+                Request::Ingest(Ingest {
+                    name,
+                    path,
+                    columns,
+                    options,
+                })
+            }),
     ]
 }
 

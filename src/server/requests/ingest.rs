@@ -57,6 +57,12 @@ async fn pull(ctx: &Ctx<'_>, req: Ingest) -> Reply {
     if !crate::flight::pull::is_flight_url(&req.path) {
         return Err(unknown_scheme(&req.path));
     }
+    if !req.options.is_empty() {
+        return Err(ErrorReply::new(
+            ErrorCode::Ingest,
+            "options are settings of an object store; a flight:// pull takes none (its token goes in the URL)",
+        ));
+    }
     let (pool, ca) = (ctx.shared.pool.clone(), ctx.shared.flight_remote_ca.clone());
     let result = compio::runtime::spawn_blocking(move || {
         crate::flight::pull::ingest(&pool, &req, ca.as_deref())
