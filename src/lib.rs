@@ -11,7 +11,7 @@
 //! ```text
 //! util, sys, paths     alloc ─> store ─> protocol (wire; uses store::ObjectKind)
 //!                                  └─> durable (state dir, catalog)
-//! arena, ipc ────────────┴───────┴──────┴─> pool (arena + store + the one put) ─> ingest ─> server
+//! arena, ipc, engine ────┴───────┴──────┴─> pool (arena + store + the one put) ─> ingest ─> server
 //!                                                       client (protocol, arena, ipc, sys)
 //! ```
 //! - [`util`]: byte-size parsing and formatting, thread placement.
@@ -34,6 +34,9 @@
 //!   `ipc/manifest.rs` a table version as an IPC file spanning the arena
 //!   (messages low, chunks between, footer high), `ipc/write.rs` a file
 //!   written by several threads (ingest, Flight puts, the client's large puts).
+//! - [`engine`]: file I/O engines: io_uring with several reads or writes in
+//!   flight, or `pread`/`pwrite`; ingest reads Parquet and the pool spill
+//!   files with them.
 //! - [`protocol`]: the wire format: frame header, handshake, one file per request
 //!   kind (encode + decode shared by server and client).
 //! - [`pool`]: the arena and the object table together, and the one put path
@@ -49,8 +52,8 @@
 //!   hold a lease.
 //!
 //! `unsafe` lives only in `arena`, `sys`, `client`, `ipc/{mod,check}.rs`,
-//! `pool` and `ingest/{engine,buffer,read}.rs` (io_uring submissions, aligned
-//! read buffers); the crate root denies it everywhere else.
+//! `pool`, `engine` and `ingest/{buffer,read}.rs` (io_uring submissions,
+//! aligned buffers), and `flight`; the crate root denies it everywhere else.
 //!
 //! Binaries (feature `cli`, on by default): `arrowpoold` (server) and
 //! `arrowpool` (CLI) in `src/bin/`; with `default-features = false` the library
