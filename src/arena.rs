@@ -473,7 +473,11 @@ impl Arena {
     /// arena of a server that stopped or died. Returns whether the file was
     /// there with this size. Mapped as a memfd is; 4 KiB pages (transparent
     /// hugepages of a tmpfs file are the mount's `huge=` option, not asked for).
-    pub fn open_file(path: &std::path::Path, capacity: u64) -> Result<(Arena, bool), ArenaError> {
+    pub fn open_file(
+        path: &std::path::Path,
+        capacity: u64,
+        hugetlb: bool,
+    ) -> Result<(Arena, bool), ArenaError> {
         if capacity == 0 || capacity > isize::MAX as u64 / 2 {
             return Err(ArenaError::BadCapacity(capacity));
         }
@@ -493,11 +497,24 @@ impl Arena {
             rustix::fs::ftruncate(&fd, 0).map_err(sys("ftruncate"))?;
             rustix::fs::ftruncate(&fd, len).map_err(sys("ftruncate"))?;
         }
-        let mapping = Mapping::map(fd.as_fd(), len as usize, true)?;
-        Ok((
-            Self::assemble(fd, mapping, MemoryKind::SmallPages, len)?,
-            kept,
-        ))
+        if !hugetlb {
+            let mapping = Mapping::map(fd.as_fd(), len as usize, true)?;
+            return Ok((
+                Self::assemble(fd, mapping, MemoryKind::SmallPages, len)?,
+                kept,
+            ));
+        }
+        // A file on hugetlbfs: its pages are reserved at mapping (no
+        // MAP_NORESERVE), or the mapping fails; pages it holds already (the
+        // tables of the server before) are its own.
+        let mapping = Mapping::map(fd.as_fd(), len as usize, true).map_err(|e| match e {
+            ArenaError::Sys { err, .. } if err == rustix::io::Errno::NOMEM => ArenaError::Sys {
+                call: "mmap of the hugetlbfs arena file (not enough free reserved hugepages in vm.nr_hugepages)",
+                err,
+            },
+            e => e,
+        })?;
+        Ok((Self::assemble(fd, mapping, MemoryKind::Hugetlb, len)?, kept))
     }
 
     fn create_hugetlb(capacity: u64) -> Result<Arena, ArenaError> {

@@ -770,3 +770,108 @@ fn a_restart_holds_back_what_the_killed_servers_clients_still_use() {
     }
     drop(held);
 }
+
+/// `--state-hugetlbfs`: the arena of a new state directory is a file of
+/// reserved hugepages that outlives the server (root only: it mounts a
+/// hugetlbfs, and needs 128 free hugepages, which scripts/test.sh reserves).
+#[test]
+fn a_state_dir_keeps_its_arena_on_hugetlbfs_across_kill_9() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: cannot mount hugetlbfs; not checked here");
+        return;
+    }
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if free < 128 {
+        eprintln!("{free} free hugepages (vm.nr_hugepages): 128 needed; not checked here");
+        return;
+    }
+    let mnt = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "hugetlbfs", "-o", "pagesize=2M,mode=0700", "none"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount hugetlbfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            for e in std::fs::read_dir(self.0).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let m = mnt.path().to_str().unwrap();
+    let dir = state_dir();
+    let (schema, batches) = table(50_000, 3, 31);
+    let d = dir.path().to_str().unwrap();
+    let args = [
+        "--memory",
+        "256M",
+        "--threads",
+        "2",
+        "--state-dir",
+        d,
+        "--state-hugetlbfs",
+        m,
+    ];
+    let mut s = match Server::try_start_with(&args) {
+        Ok(s) => s,
+        // Other tests' servers took the free hugepages meanwhile.
+        Err(e) if e.contains("not enough free reserved hugepages") => {
+            eprintln!("hugepages taken by other tests: not checked this time ({e})");
+            return;
+        }
+        Err(e) => panic!("server did not start: {e}"),
+    };
+    let st = s.client().stats().unwrap();
+    assert_eq!(st.memory_kind, "hugetlb", "{}", s.stderr());
+    let link = std::fs::read_link(dir.path().join("arena")).unwrap();
+    assert_eq!(link.parent(), Some(mnt.path()));
+    s.client().put("t", &schema, &batches).unwrap();
+    s.client().put_bytes("b", b"bytes on hugepages").unwrap();
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    // Restarted, with the flag or without it: the link says where the arena is.
+    for extra in [&["--state-hugetlbfs", m][..], &[][..]] {
+        let s = start(dir.path(), extra);
+        let c = s.client();
+        assert_eq!(c.stats().unwrap().memory_kind, "hugetlb");
+        assert_eq!(c.stats().unwrap().recovered_versions, 2, "{}", s.stderr());
+        assert_eq!(
+            owned(&schema, &c.get("t").unwrap().batches),
+            owned(&schema, &batches)
+        );
+        assert_eq!(&c.get_bytes("b").unwrap()[..], b"bytes on hugepages");
+    }
+    // Another place than the arena's, a directory that is not hugetlbfs, and
+    // a state directory whose arena is on tmpfs: refused, saying why.
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path().to_str().unwrap();
+    let e = start_refused(dir.path(), &["--state-hugetlbfs", o]);
+    assert!(e.contains(&format!("give --state-hugetlbfs {m}")), "{e}");
+    let plain = state_dir();
+    drop(start(plain.path(), &[]));
+    let e = start_refused(plain.path(), &["--state-hugetlbfs", m]);
+    assert!(e.contains("keeps its arena on tmpfs"), "{e}");
+    let fresh = state_dir();
+    let e = start_refused(fresh.path(), &["--state-hugetlbfs", o]);
+    assert!(e.contains("is not a hugetlbfs mount"), "{e}");
+}
+
+/// The error of a server that must not start.
+fn start_refused(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["--memory", "256M", "--threads", "2", "--state-dir"];
+    args.push(dir.to_str().unwrap());
+    args.extend_from_slice(extra);
+    match Server::try_start_with(&args) {
+        Ok(_) => panic!("started with {args:?}"),
+        Err(e) => e,
+    }
+}

@@ -101,6 +101,12 @@ struct Args {
         requires = "state_dir"
     )]
     quarantine: u64,
+    /// With --state-dir: keep a new state directory's arena in a file on
+    /// this hugetlbfs mount (reserved hugepages, which the file keeps while
+    /// the server is down), DIR/arena pointing to it. Removing the state
+    /// directory does not free those pages: remove the file too.
+    #[arg(long, value_name = "MOUNT", requires = "state_dir")]
+    state_hugetlbfs: Option<PathBuf>,
     /// When a put needs room, write least-recently-used tables to DIR (a disk
     /// directory) instead of dropping them; a get brings them back. A full or
     /// failing disk refuses the put and keeps the table in memory.
@@ -231,6 +237,7 @@ fn main() -> ExitCode {
         },
         state_dir: args.state_dir,
         quarantine: std::time::Duration::from_secs(args.quarantine),
+        state_hugetlbfs: args.state_hugetlbfs,
         spill_dir: args.spill_dir,
         spill_ahead: args.spill_ahead.0,
         flight: args.flight.map(|addr| arrowpool::flight::FlightConfig {

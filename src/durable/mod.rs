@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! DIR/lock      flock(LOCK_EX) held while a server runs; holds its pid (for the refusal message)
-//! DIR/arena     the arena: a tmpfs file of --memory bytes, mapped as the memfd is without it
+//! DIR/arena     the arena: a tmpfs file of --memory bytes, mapped as the memfd is without it;
+//!               or, with --state-hugetlbfs MNT, a symlink to MNT/arrowpool-<uid>-<inode of DIR>.arena,
+//!               a file of reserved hugepages (hugetlbfs files keep their pages until removed)
 //! DIR/catalog   the durable versions, a log of checksummed records (`catalog.rs`)
 //! ```
 //! The directory must be on tmpfs (`/dev/shm`, `$XDG_RUNTIME_DIR`): the arena
@@ -26,6 +28,7 @@ pub use catalog::{Catalog, CatalogError, Geometry, Replay};
 /// `statfs` magic numbers of the filesystems an arena file may live on.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6_u32 as i64;
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6_u32 as i64;
 
 /// Why a state directory cannot be used.
 #[derive(Debug)]
@@ -39,6 +42,12 @@ pub enum StateError {
     NotMemory {
         path: PathBuf,
         fs_type: i64,
+    },
+    /// `--state-hugetlbfs` is not a hugetlbfs mount, or does not fit what
+    /// the state directory already holds.
+    Hugetlbfs {
+        path: PathBuf,
+        why: String,
     },
     /// Another server holds the lock.
     InUse {
@@ -75,12 +84,34 @@ impl std::fmt::Display for StateError {
             StateError::Unsafe { path, why } => {
                 write!(f, "state directory {}: {why}", path.display())
             }
+            StateError::Hugetlbfs { path, why } => {
+                write!(f, "--state-hugetlbfs {}: {why}", path.display())
+            }
             StateError::Catalog(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for StateError {}
+
+/// `mount` is a hugetlbfs mount this user can create files in.
+fn check_hugetlbfs(mount: &Path) -> Result<(), StateError> {
+    let fs = rustix::fs::statfs(mount).map_err(|e| StateError::Hugetlbfs {
+        path: mount.to_owned(),
+        why: format!("{}", std::io::Error::from(e)),
+    })?;
+    if fs.f_type as i64 != HUGETLBFS_MAGIC {
+        return Err(StateError::Hugetlbfs {
+            path: mount.to_owned(),
+            why: format!(
+                "is not a hugetlbfs mount (filesystem type {:#x}); mount one, e.g. \
+                 `mount -t hugetlbfs -o pagesize=2M,mode=0700 none /dev/hugepages`",
+                fs.f_type
+            ),
+        });
+    }
+    Ok(())
+}
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
     let path = path.to_owned();
@@ -178,6 +209,65 @@ impl StateDir {
 
     pub fn arena_path(&self) -> PathBuf {
         self.path.join("arena")
+    }
+
+    /// Where the arena file is, and whether it is on hugetlbfs. `DIR/arena`
+    /// is the file itself (tmpfs), or a symlink to a file on hugetlbfs. With
+    /// `hugetlbfs` (a mount point) and no arena yet, the arena goes there,
+    /// named after this user and the directory's inode, and `DIR/arena`
+    /// points to it. An arena already on tmpfs stays there (a flag cannot
+    /// move the tables): asking for hugetlbfs then is an error, as is a
+    /// hugetlbfs arena elsewhere than `hugetlbfs`.
+    pub fn arena_file(&self, hugetlbfs: Option<&Path>) -> Result<(PathBuf, bool), StateError> {
+        let link = self.arena_path();
+        let existing = std::fs::symlink_metadata(&link);
+        let is_link = existing.as_ref().is_ok_and(|m| m.file_type().is_symlink());
+        if let Ok(m) = &existing {
+            if !is_link && hugetlbfs.is_some() {
+                return Err(StateError::Hugetlbfs {
+                    path: hugetlbfs.unwrap_or(Path::new("")).to_owned(),
+                    why: format!(
+                        "this state directory keeps its arena on tmpfs ({}, {} bytes); its tables \
+                         cannot move. Start without --state-hugetlbfs, or remove {} to start empty",
+                        link.display(),
+                        m.len(),
+                        self.path.display()
+                    ),
+                });
+            }
+            if !is_link {
+                return Ok((link, false));
+            }
+        }
+        if is_link {
+            let target = std::fs::read_link(&link).map_err(io("read the arena link", &link))?;
+            if let Some(mount) = hugetlbfs {
+                if target.parent() != Some(mount) {
+                    return Err(StateError::Hugetlbfs {
+                        path: mount.to_owned(),
+                        why: format!(
+                            "this state directory's arena is {}; give --state-hugetlbfs {}",
+                            target.display(),
+                            target.parent().unwrap_or(Path::new("/")).display()
+                        ),
+                    });
+                }
+            }
+            check_hugetlbfs(target.parent().unwrap_or(Path::new("/")))?;
+            return Ok((target, true));
+        }
+        let Some(mount) = hugetlbfs else {
+            return Ok((link, false));
+        };
+        check_hugetlbfs(mount)?;
+        let dir_meta = std::fs::metadata(&self.path).map_err(io("stat", &self.path))?;
+        let target = mount.join(format!(
+            "arrowpool-{}-{}.arena",
+            rustix::process::geteuid().as_raw(),
+            dir_meta.ino()
+        ));
+        std::os::unix::fs::symlink(&target, &link).map_err(io("link the arena", &link))?;
+        Ok((target, true))
     }
 
     pub fn catalog_path(&self) -> PathBuf {

@@ -76,6 +76,9 @@ pub struct Config {
     /// before it had handed out and no recovered version explains
     /// (`Store::quarantine`).
     pub quarantine: Duration,
+    /// `--state-hugetlbfs`: a hugetlbfs mount where a new state directory's
+    /// arena file goes (`durable::StateDir::arena_file`).
+    pub state_hugetlbfs: Option<PathBuf>,
     /// `--spill-dir`: versions that must leave the arena go there instead of
     /// being dropped, and come back on get (`pool/spill.rs`).
     pub spill_dir: Option<PathBuf>,
@@ -199,10 +202,11 @@ fn durable_pool(
     config: &Config,
 ) -> Result<(Pool, crate::durable::StateDir, u64), StartError> {
     use crate::durable::{Geometry, StateDir};
-    if config.hugepages == HugepageMode::Require {
+    if config.hugepages == HugepageMode::Require && config.state_hugetlbfs.is_none() {
         return Err(StartError::State(crate::durable::StateError::Unsafe {
             path: dir.to_owned(),
-            why: "--hugepages require: an arena in a state directory uses 4 KiB pages (tmpfs);                   hugetlbfs arenas are not supported yet"
+            why: "--hugepages require: an arena in a state directory is a tmpfs file of 4 KiB \
+                  pages unless --state-hugetlbfs names a hugetlbfs mount to keep it in"
                 .into(),
         }));
     }
@@ -217,12 +221,15 @@ fn durable_pool(
     };
     // The catalog first: a refusal (another --memory) must not touch the arena file.
     let (catalog, replay) = dir.catalog(geometry).map_err(StartError::State)?;
+    let (arena_file, hugetlb) = dir
+        .arena_file(config.state_hugetlbfs.as_deref())
+        .map_err(StartError::State)?;
     let (arena, kept) =
-        Arena::open_file(&dir.arena_path(), config.memory_bytes).map_err(StartError::Arena)?;
+        Arena::open_file(&arena_file, config.memory_bytes, hugetlb).map_err(StartError::Arena)?;
     if !kept && !replay.versions.is_empty() {
         eprintln!(
             "arrowpoold: the arena file {} was missing or of another size: the {} version(s) the catalog records are lost",
-            dir.arena_path().display(),
+            arena_file.display(),
             replay.versions.len()
         );
     }
