@@ -37,6 +37,9 @@ use super::service::pool_status;
 /// Bytes of message bodies written together, as one IPC file in a chunk of
 /// their own.
 const PUT_CHUNK_BYTES: usize = 64 << 20;
+/// Messages written together at most (a stream of tiny batches closes its
+/// groups by count, so the heap holds few headers whatever the sizes).
+const PUT_CHUNK_MESSAGES: usize = 16 * 1024;
 
 /// The server-side connection a put's chunks are pending on, shared by the
 /// put and its writes on the blocking pool: closed (whatever it left pending
@@ -273,7 +276,7 @@ pub(super) async fn put_streaming(
                 }
                 group_bytes += m.body.len();
                 group.push(m);
-                if group_bytes < PUT_CHUNK_BYTES {
+                if group_bytes < PUT_CHUNK_BYTES && group.len() < PUT_CHUNK_MESSAGES {
                     continue;
                 }
             }
