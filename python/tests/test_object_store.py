@@ -284,7 +284,10 @@ def test_the_flight_ingest_action_reads_object_storage(s3, tmp_path):
         with srv.connect() as c:
             addr = c.stats()["flight"]
         client = fl.connect(f"grpc://{addr}")
-        body = json.dumps({"name": "viaflight", "path": f"s3://{BUCKET}/flight.parquet"}).encode()
+        body = json.dumps({
+            "name": "viaflight", "path": f"s3://{BUCKET}/flight.parquet",
+            "storage_options": {"aws_region": "us-east-1"},
+        }).encode()
         [r] = list(client.do_action(fl.Action("ingest", body)))
         assert json.loads(r.body.to_pybytes())["rows"] == 8_000
         with srv.connect() as c:
