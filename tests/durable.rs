@@ -620,6 +620,23 @@ fn a_request_the_killed_server_never_read_goes_to_the_restarted_one() {
     c.put("t", &schema, &batches).unwrap();
     let pid = rustix::process::Pid::from_raw(s.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The stop lands on each thread when it next runs: on a loaded machine a
+    // core thread can still read the request sent right after kill(2)
+    // returns. Wait until every thread is stopped (state T).
+    let tasks = format!("/proc/{}/task", s.child.id());
+    let stopped = || {
+        std::fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "pid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stopped() {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let getter = {
         let (c, schema) = (c.clone(), schema.clone());
         std::thread::spawn(move || c.get("t").map(|t| owned(&schema, &t.batches)))
@@ -627,18 +644,21 @@ fn a_request_the_killed_server_never_read_goes_to_the_restarted_one() {
     std::thread::sleep(Duration::from_millis(200)); // sent, queued, unread
     s.child.kill().unwrap(); // SIGKILL ends a stopped process too
     s.child.wait().unwrap();
+    let log = s.dir.path().join("restarted.log");
     let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))
         .args(["--socket", s.socket.to_str().unwrap(), "--memory", "256M"])
         .arg("--state-dir")
         .arg(dir.path())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let _guard = KillOnDrop(restarted);
-    let got = getter
-        .join()
-        .unwrap()
-        .expect("sent again to the restarted server");
+    let got = getter.join().unwrap().unwrap_or_else(|e| {
+        panic!(
+            "not sent again to the restarted server: {e:?}; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     assert_eq!(got, owned(&schema, &batches));
 }
 
