@@ -194,3 +194,18 @@ def assert_in_arena(client: arrowpool.Client, table: pa.Table) -> int:
             f"[{lo:#x}, {hi:#x}): it was copied"
         )
     return count
+
+
+def wait_until_stopped(pid: int) -> None:
+    """SIGSTOP is delivered asynchronously: wait until every thread is stopped, or
+    a request sent right away may still be answered."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(st == "T" for st in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"server {pid} did not stop: thread states {states}")

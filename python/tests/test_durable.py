@@ -15,7 +15,7 @@ import pytest
 
 import arrowpool
 
-from conftest import Server, leases_of
+from conftest import Server, leases_of, wait_until_stopped
 
 
 @pytest.fixture
@@ -85,6 +85,7 @@ def test_a_request_the_killed_server_never_read_goes_to_the_new_one(tmp_path, st
     t = table(5)
     c.put("t", t)
     s.proc.send_signal(signal.SIGSTOP)
+    wait_until_stopped(s.proc.pid)
     result = {}
 
     def get() -> None:

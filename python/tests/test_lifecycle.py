@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import arrowpool
-from conftest import Server
+from conftest import Server, wait_until_stopped
 
 
 def test_shutdown_is_server_unavailable(fresh_server):
@@ -26,27 +26,12 @@ def test_shutdown_is_server_unavailable(fresh_server):
         client.ping()
 
 
-def _wait_until_stopped(pid: int) -> None:
-    """SIGSTOP is delivered asynchronously: wait until every thread is stopped, or
-    a request sent right away may still be answered."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        states = []
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                states.append(f.read().rsplit(")", 1)[1].split()[0])
-        if all(st == "T" for st in states):
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"server {pid} did not stop: thread states {states}")
-
-
 def test_hung_server_is_a_timeout_not_a_hang(fresh_server):
     client = fresh_server.connect(timeout=0.5)
     client.ping()
     fresh_server.proc.send_signal(signal.SIGSTOP)
     try:
-        _wait_until_stopped(fresh_server.proc.pid)
+        wait_until_stopped(fresh_server.proc.pid)
         start = time.monotonic()
         with pytest.raises(arrowpool.ServerUnavailable, match="did not answer within 0.5 s"):
             client.ping()
