@@ -431,6 +431,45 @@ mod tests {
     }
 
     proptest! {
+        /// After random allocations, `take_free_within` takes exactly the free
+        /// granules of the range: the range is then all used, nothing outside
+        /// it changed, and freeing what it took restores the allocator.
+        #[test]
+        fn take_free_within_takes_exactly_the_free_part(
+            sizes in proptest::collection::vec(1u64..200_000, 0..40),
+            start in 0u64..(4 << 20),
+            len in 0u64..(2 << 20),
+        ) {
+            let mut a = Allocator::over(4096, 4 << 20);
+            for s in sizes {
+                a.alloc(s, 4096);
+            }
+            let before = a.used_ranges();
+            let used_before = a.used_bytes();
+            let taken = a.take_free_within(start, start + len);
+            a.check_invariants();
+            let (lo, hi) = (round_up(start.max(4096)), ((start + len).min(4 << 20)) / GRANULE_BYTES * GRANULE_BYTES);
+            for &(o, n) in &taken {
+                prop_assert!(o >= lo && o + n <= hi, "took {o}+{n} outside [{lo}, {hi})");
+            }
+            let took: u64 = taken.iter().map(|t| t.1).sum();
+            prop_assert_eq!(a.used_bytes(), used_before + took);
+            if lo < hi {
+                // Every granule of the range is used now.
+                let covered: u64 = a
+                    .used_ranges()
+                    .iter()
+                    .map(|&(o, n)| (o + n).min(hi).saturating_sub(o.max(lo)))
+                    .sum();
+                prop_assert_eq!(covered, hi - lo);
+            }
+            for (o, n) in taken {
+                a.free(o, n);
+            }
+            a.check_invariants();
+            prop_assert_eq!(a.used_ranges(), before);
+        }
+
         #[test]
         fn random_alloc_free_keeps_invariants(ops in proptest::collection::vec((any::<bool>(), 1u64..300_000, 0usize..64), 1..300)) {
             let mut a = Allocator::new(4 << 20);
