@@ -778,6 +778,36 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    proptest::proptest! {
+        /// The replay's range set against a set of granules.
+        #[test]
+        fn ranges_add_and_remove_as_granules_do(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..64, 1u64..16), 0..60)
+        ) {
+            let mut r = Ranges::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (add, at, n) in ops {
+                if add {
+                    r.add(at, n);
+                    model.extend(at..at + n);
+                } else {
+                    r.remove(at, n);
+                    for g in at..at + n {
+                        model.remove(&g);
+                    }
+                }
+                let got: std::collections::BTreeSet<u64> =
+                    r.0.iter().flat_map(|(&s, &e)| s..e).collect();
+                proptest::prop_assert_eq!(&got, &model);
+                // Merged: no two ranges touch.
+                let ends: Vec<(u64, u64)> = r.0.iter().map(|(&s, &e)| (s, e)).collect();
+                for w in ends.windows(2) {
+                    proptest::prop_assert!(w[0].1 < w[1].0, "{:?}", ends);
+                }
+            }
+        }
+    }
+
     #[test]
     fn allocated_and_freed_replay_to_the_ranges_still_handed_out() {
         let dir = temp_dir("ranges");
