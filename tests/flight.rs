@@ -324,3 +324,125 @@ fn a_large_put_is_written_as_it_arrives_and_a_death_mid_stream_leaves_nothing() 
         "the version holds its 192 MB once: {st:?}"
     );
 }
+
+/// A compressed batch whose body is damaged (lengths and bytes scrambled
+/// after a valid LZ4 encoding): refused, nothing published or left pending,
+/// no panic in the server's log, and the server still takes puts.
+#[test]
+fn a_damaged_compressed_batch_is_refused() {
+    use arrow_ipc::writer::{
+        DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
+    };
+    let (s, addr) = server();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let descriptor = FlightDescriptor::new_path(vec!["z".into()]);
+        let schema_message: FlightData = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor.clone()))
+            .build(futures::stream::iter([Ok(batch(10))]))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .remove(0);
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(arrow_ipc::CompressionType::LZ4_FRAME))
+            .unwrap();
+        let (_, encoded) = IpcDataGenerator::default()
+            .encode(
+                &batch(50_000),
+                &mut DictionaryTracker::new(false),
+                &options,
+                &mut IpcWriteContext::default(),
+            )
+            .unwrap();
+        let mut refused = 0;
+        for seed in 0..12u64 {
+            let mut body = encoded.arrow_data.clone();
+            // Scramble a stretch: the uncompressed-length prefix, frame bytes.
+            let g = garbage(seed, 64);
+            let at = (seed as usize * 8) % body.len().saturating_sub(64).max(1);
+            body[at..at + 64].copy_from_slice(&g);
+            let bad = FlightData::new()
+                .with_data_header(encoded.ipc_message.clone())
+                .with_data_body(body);
+            let stream = futures::stream::iter([Ok(schema_message.clone()), Ok(bad)]);
+            let r: Result<Vec<_>, _> = match client.do_put(stream).await {
+                Ok(s) => s.try_collect().await,
+                Err(e) => Err(e),
+            };
+            if r.is_err() {
+                refused += 1;
+            }
+        }
+        assert!(
+            refused >= 10,
+            "only {refused} of 12 damaged batches refused"
+        );
+
+        // A table with a dictionary (the decoding path): its compressed
+        // dictionary batch declares a huge length.
+        let dict_schema = Arc::new(Schema::new(vec![Field::new(
+            "d",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        )]));
+        let keys = arrow_array::Int32Array::from_iter_values((0..1000).map(|i| i % 3));
+        let values = Arc::new(arrow_array::StringArray::from(vec!["a", "b", "c"]));
+        let dict = arrow_array::DictionaryArray::new(keys, values);
+        let dict_batch = RecordBatch::try_new(dict_schema.clone(), vec![Arc::new(dict)]).unwrap();
+        let schema_message: FlightData = FlightDataEncoderBuilder::new()
+            .with_dictionary_handling(arrow_flight::encode::DictionaryHandling::Resend)
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["zd".into()])))
+            .build(futures::stream::iter([Ok(dict_batch.clone())]))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .remove(0);
+        let mut tracker = DictionaryTracker::new(false);
+        let generator = IpcDataGenerator::default();
+        // Numbers the dictionary fields, as a writer does with its schema.
+        generator.schema_to_bytes_with_dictionary_tracker(&dict_schema, &mut tracker, &options);
+        let (dicts, encoded) = generator
+            .encode(
+                &dict_batch,
+                &mut tracker,
+                &options,
+                &mut IpcWriteContext::default(),
+            )
+            .unwrap();
+        let mut dict_body = dicts[0].arrow_data.clone();
+        // The first buffer's uncompressed-length prefix.
+        dict_body[..8].copy_from_slice(&(1i64 << 60).to_le_bytes());
+        let stream = futures::stream::iter([
+            Ok(schema_message),
+            Ok(FlightData::new()
+                .with_data_header(dicts[0].ipc_message.clone())
+                .with_data_body(dict_body)),
+            Ok(FlightData::new()
+                .with_data_header(encoded.ipc_message.clone())
+                .with_data_body(encoded.arrow_data.clone())),
+        ]);
+        let r: Result<Vec<_>, _> = match client.do_put(stream).await {
+            Ok(s) => s.try_collect().await,
+            Err(e) => Err(e),
+        };
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("uncompressed"), "{e}");
+    });
+    s.wait_until("no pending bytes", |st| st.pending_bytes == 0);
+    assert!(!s.stderr().contains("panicked"), "{}", s.stderr());
+    rt.block_on(async {
+        let mut client = connect(&addr).await;
+        let put = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["ok".into()])))
+            .build(futures::stream::iter([Ok(batch(1000))]));
+        client
+            .do_put(put)
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+    });
+}

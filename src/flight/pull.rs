@@ -246,6 +246,11 @@ async fn fetch(
     }
     let data = futures::stream::once(async { Ok(first) })
         .chain(stream.map_err(arrow_flight::error::FlightError::from))
+        .and_then(move |fd| async move {
+            super::put::check_compressed(&fd.data_header, &fd.data_body, limit)
+                .map_err(arrow_flight::error::FlightError::protocol)?;
+            Ok(fd)
+        })
         .boxed();
     let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
     super::service::collect(&mut batches, limit)

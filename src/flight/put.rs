@@ -157,6 +157,53 @@ fn invalid(what: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("do_put: {what}"))
 }
 
+/// A compressed message's buffers each begin with the length they have
+/// uncompressed, which arrow's decoder allocates before anything else looks
+/// at it: a damaged or hostile length would make the server ask for
+/// petabytes and abort. Checked here first, against `limit` (the arena: a
+/// table could never be larger). Messages that are not compressed, or not
+/// Arrow, pass (the decoder reports the latter).
+pub(super) fn check_compressed(header: &[u8], body: &[u8], limit: usize) -> Result<(), String> {
+    let Ok(message) = arrow_ipc::root_as_message(header) else {
+        return Ok(());
+    };
+    let rb = match message.header_type() {
+        MessageHeader::RecordBatch => message.header_as_record_batch(),
+        MessageHeader::DictionaryBatch => {
+            message.header_as_dictionary_batch().and_then(|d| d.data())
+        }
+        _ => None,
+    };
+    let Some(rb) = rb.filter(|rb| rb.compression().is_some()) else {
+        return Ok(());
+    };
+    let mut total: u64 = 0;
+    for b in rb.buffers().into_iter().flatten() {
+        if b.length() == 0 {
+            continue;
+        }
+        let at = usize::try_from(b.offset()).map_err(|_| "a negative buffer offset".to_string())?;
+        let prefix = at
+            .checked_add(8)
+            .filter(|_| b.length() >= 8)
+            .and_then(|end| body.get(at..end))
+            .ok_or("a compressed buffer without its length prefix inside the body")?;
+        let n = i64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+        // -1: the buffer is stored uncompressed.
+        if n == -1 {
+            continue;
+        }
+        let n = u64::try_from(n).map_err(|_| format!("a compressed buffer declares {n} bytes"))?;
+        total = total.saturating_add(n);
+        if total > limit as u64 {
+            return Err(format!(
+                "a compressed batch declares {total} bytes uncompressed, more than the arena ({limit} bytes)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A record batch message with a compressed body, decoded and encoded again
 /// without compression.
 fn decompressed(
@@ -167,14 +214,18 @@ fn decompressed(
     let rb = message
         .header_as_record_batch()
         .ok_or_else(|| invalid("a record batch message without its header"))?;
-    let batch = arrow_ipc::reader::read_record_batch(
-        &arrow_buffer::Buffer::from(body),
-        rb,
-        schema.clone(),
-        &std::collections::HashMap::new(),
-        None,
-        &message.version(),
-    )
+    // Arrow's decoder on a client's bytes: a panic in it is a refusal.
+    let batch = crate::ipc::quietly(|| {
+        arrow_ipc::reader::read_record_batch(
+            &arrow_buffer::Buffer::from(body),
+            rb,
+            schema.clone(),
+            &std::collections::HashMap::new(),
+            None,
+            &message.version(),
+        )
+    })
+    .map_err(|e| invalid(format!("cannot decode a compressed batch: {e}")))?
     .map_err(|e| invalid(format!("cannot decode a compressed batch: {e}")))?;
     let mut tracker = arrow_ipc::writer::DictionaryTracker::new(false);
     let (_, encoded) = arrow_ipc::writer::IpcDataGenerator::default()
@@ -195,6 +246,7 @@ fn decompressed(
 async fn next_message(
     input: &mut Streaming<FlightData>,
     schema: &SchemaRef,
+    limit: usize,
 ) -> Result<Option<Message>, Status> {
     while let Some(data) = input.message().await? {
         let message = arrow_ipc::root_as_message(&data.data_header)
@@ -230,6 +282,7 @@ async fn next_message(
             .header_as_record_batch()
             .is_some_and(|rb| rb.compression().is_some());
         if compressed {
+            check_compressed(&data.data_header, &body, limit).map_err(invalid)?;
             return decompressed(schema, message, body).map(Some);
         }
         return Ok(Some(Message {
@@ -265,7 +318,7 @@ pub(super) async fn put_streaming(
     let mut group_bytes = 0usize;
     let mut done = false;
     while !done {
-        match next_message(&mut input, &schema).await? {
+        match next_message(&mut input, &schema, limit).await? {
             Some(m) => {
                 total += m.body.len();
                 if total > limit {

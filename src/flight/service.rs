@@ -828,8 +828,20 @@ impl arrow_flight::flight_service_server::FlightService for Service {
             .await?;
             return Ok(put_reply(target.name, sealed, bytes));
         }
+        // Compressed messages' declared lengths are checked before arrow
+        // allocates them (`put::check_compressed`).
         let data = futures::stream::once(async { Ok(first) })
             .chain(input.map_err(FlightError::from))
+            .and_then(move |fd| async move {
+                super::put::check_compressed(&fd.data_header, &fd.data_body, limit).map_err(
+                    |e| {
+                        FlightError::Tonic(Box::new(Status::invalid_argument(format!(
+                            "do_put: {e}"
+                        ))))
+                    },
+                )?;
+                Ok(fd)
+            })
             .boxed();
         let mut batches_in =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);

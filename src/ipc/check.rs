@@ -157,7 +157,7 @@ thread_local! {
 
 /// Runs `f`, turning a panic into `CheckError::DecoderPanic` with its message
 /// and location, printed by nobody (the caller logs one line).
-fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, CheckError> {
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, CheckError> {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
@@ -254,6 +254,13 @@ fn check_structure(bytes: &[u8]) -> Result<FileSummary, ArrowError> {
                 ArrowError::ParseError("dictionary block holds another message".into())
             })?;
         check_buffers_in_body(&data, block)?;
+        // Decoding a compressed dictionary would allocate what its buffers
+        // declare before anything checks it; the arena holds plain buffers.
+        if data.compression().is_some() {
+            return Err(ArrowError::ParseError(
+                "compressed IPC buffers are not allowed in the arena".into(),
+            ));
+        }
     }
     Ok(FileSummary {
         rows,

@@ -15,6 +15,7 @@ mod layout;
 pub mod manifest;
 pub mod write;
 
+pub(crate) use check::quietly;
 pub use check::{check_file, CheckError, FileSummary};
 
 use std::io::Cursor;
