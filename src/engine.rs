@@ -171,6 +171,20 @@ impl Uring {
         })
     }
 
+    /// Queues `entry`. The queue has room: callers keep in_flight <=
+    /// queue_depth <= ring entries.
+    ///
+    /// # Safety
+    /// The memory and descriptor `entry` names stay valid and untouched until
+    /// its completion is reaped by `wait` or `drain`.
+    unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        // SAFETY: the caller's contract above.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
     fn reap(&mut self, out: Option<&mut Vec<Completion>>) {
         let mut out = out;
         for cqe in self.ring.completion() {
@@ -213,12 +227,8 @@ impl Engine for Uring {
             .user_data(tag);
         // SAFETY: the entry points at `len` bytes at `dst` and at `fd`, which the
         // caller keeps alive and unused until this tag's completion is reaped
-        // by `wait` or `drain` (the contract of `start`). The queue has room:
-        // the scheduler keeps in_flight <= queue_depth <= ring entries.
-        unsafe { self.ring.submission().push(&entry) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.in_flight += 1;
-        Ok(())
+        // by `wait` or `drain` (the contract of `start`).
+        unsafe { self.push(&entry) }
     }
 
     unsafe fn start_write(
@@ -236,11 +246,8 @@ impl Engine for Uring {
             .build()
             .user_data(tag);
         // SAFETY: as in `start`: `src` and `fd` stay alive and untouched until
-        // this tag's completion is reaped, and the queue has room.
-        unsafe { self.ring.submission().push(&entry) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.in_flight += 1;
-        Ok(())
+        // this tag's completion is reaped (the contract of `start_write`).
+        unsafe { self.push(&entry) }
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {

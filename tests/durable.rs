@@ -811,23 +811,7 @@ fn a_state_dir_keeps_its_arena_on_hugetlbfs_across_kill_9() {
         eprintln!("{free} free hugepages (vm.nr_hugepages): 128 needed; not checked here");
         return;
     }
-    let mnt = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "hugetlbfs", "-o", "pagesize=2M,mode=0700", "none"])
-        .arg(mnt.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount hugetlbfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            for e in std::fs::read_dir(self.0).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.path());
+    let mnt = common::Mounted::new("hugetlbfs", "pagesize=2M,mode=0700");
     let m = mnt.path().to_str().unwrap();
     let dir = state_dir();
     let (schema, batches) = table(50_000, 3, 31);

@@ -59,6 +59,33 @@ fn batch(rows: i64) -> RecordBatch {
     .unwrap()
 }
 
+/// The first message of a put of `b` (its schema, dictionaries kept) under
+/// `descriptor`.
+async fn first_message(descriptor: &FlightDescriptor, b: RecordBatch) -> FlightData {
+    FlightDataEncoderBuilder::new()
+        .with_dictionary_handling(arrow_flight::encode::DictionaryHandling::Resend)
+        .with_flight_descriptor(Some(descriptor.clone()))
+        .build(futures::stream::iter([Ok(b)]))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+/// A valid put of `b` as "ok": the server still takes puts.
+async fn put_ok(client: &mut FlightClient, b: RecordBatch) {
+    let put = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["ok".into()])))
+        .build(futures::stream::iter([Ok(b)]));
+    client
+        .do_put(put)
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+}
+
 /// Deterministic bytes (xorshift), for garbage that is the same every run.
 fn garbage(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -80,13 +107,7 @@ fn malformed_put_messages_are_refused_and_leave_nothing() {
         let mut client = connect(&addr).await;
         let descriptor = FlightDescriptor::new_path(vec!["t".into()]);
         // A valid schema message first, then garbage headers and bodies.
-        let schema_message: FlightData = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(descriptor.clone()))
-            .build(futures::stream::iter([Ok(batch(10))]))
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .remove(0);
+        let schema_message = first_message(&descriptor, batch(10)).await;
         let mut refused = 0;
         for seed in 0..60u64 {
             let bad = FlightData::new()
@@ -127,16 +148,7 @@ fn malformed_put_messages_are_refused_and_leave_nothing() {
     // Still serving, both ways.
     rt.block_on(async {
         let mut client = connect(&addr).await;
-        let put = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["ok".into()])))
-            .build(futures::stream::iter([Ok(batch(1000))]));
-        client
-            .do_put(put)
-            .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap();
+        put_ok(&mut client, batch(1000)).await;
         let got: Vec<RecordBatch> = client
             .do_get(Ticket::new("ok"))
             .await
@@ -338,13 +350,7 @@ fn a_damaged_compressed_batch_is_refused() {
     rt.block_on(async {
         let mut client = connect(&addr).await;
         let descriptor = FlightDescriptor::new_path(vec!["z".into()]);
-        let schema_message: FlightData = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(descriptor.clone()))
-            .build(futures::stream::iter([Ok(batch(10))]))
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .remove(0);
+        let schema_message = first_message(&descriptor, batch(10)).await;
         let options = IpcWriteOptions::default()
             .try_with_compression(Some(arrow_ipc::CompressionType::LZ4_FRAME))
             .unwrap();
@@ -391,14 +397,8 @@ fn a_damaged_compressed_batch_is_refused() {
         let values = Arc::new(arrow_array::StringArray::from(vec!["a", "b", "c"]));
         let dict = arrow_array::DictionaryArray::new(keys, values);
         let dict_batch = RecordBatch::try_new(dict_schema.clone(), vec![Arc::new(dict)]).unwrap();
-        let schema_message: FlightData = FlightDataEncoderBuilder::new()
-            .with_dictionary_handling(arrow_flight::encode::DictionaryHandling::Resend)
-            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["zd".into()])))
-            .build(futures::stream::iter([Ok(dict_batch.clone())]))
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .remove(0);
+        let zd = FlightDescriptor::new_path(vec!["zd".into()]);
+        let dict_schema_message = first_message(&zd, dict_batch.clone()).await;
         let mut tracker = DictionaryTracker::new(false);
         let generator = IpcDataGenerator::default();
         // Numbers the dictionary fields, as a writer does with its schema.
@@ -415,7 +415,7 @@ fn a_damaged_compressed_batch_is_refused() {
         // The first buffer's uncompressed-length prefix.
         dict_body[..8].copy_from_slice(&(1i64 << 60).to_le_bytes());
         let stream = futures::stream::iter([
-            Ok(schema_message),
+            Ok(dict_schema_message),
             Ok(FlightData::new()
                 .with_data_header(dicts[0].ipc_message.clone())
                 .with_data_body(dict_body)),
@@ -434,15 +434,6 @@ fn a_damaged_compressed_batch_is_refused() {
     assert!(!s.stderr().contains("panicked"), "{}", s.stderr());
     rt.block_on(async {
         let mut client = connect(&addr).await;
-        let put = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["ok".into()])))
-            .build(futures::stream::iter([Ok(batch(1000))]));
-        client
-            .do_put(put)
-            .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap();
+        put_ok(&mut client, batch(1000)).await;
     });
 }

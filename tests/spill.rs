@@ -153,20 +153,7 @@ fn a_full_spill_disk_refuses_the_put_and_keeps_the_table() {
         eprintln!("not root: cannot mount a small tmpfs; the full-disk case is not checked here");
         return;
     }
-    let mnt = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.path());
+    let mnt = common::Mounted::new("tmpfs", "size=4m");
     let s = spilling(mnt.path(), "off", &[]);
     let c = s.client();
     let (a, b, d) = three();

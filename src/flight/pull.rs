@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use arrow_flight::Ticket;
 use arrow_schema::SchemaRef;
-use futures::{StreamExt, TryStreamExt};
 
 use crate::pool::Pool;
 use crate::protocol::ingest::{Ingest, IngestReply};
@@ -223,19 +222,12 @@ async fn fetch(
         .await
         .map_err(|s| flight_error(s.into()))?
         .ok_or("the remote stream carried no schema")?;
-    let plain = arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&first.data_header)
-        .ok()
-        .filter(|s| {
-            !s.fields()
-                .iter()
-                .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
-        });
-    if let Some(schema) = plain {
+    if let Some(schema) = super::put::plain_schema(&first.data_header) {
         let (sealed, bytes) = super::put::put_streaming(
             pool.clone(),
             name.to_owned(),
             None,
-            Arc::new(schema),
+            schema,
             first.data_header.clone(),
             stream,
             limit,
@@ -244,15 +236,7 @@ async fn fetch(
         .map_err(|s| flight_error(s.into()))?;
         return Ok(Fetched::Published(sealed, bytes));
     }
-    let data = futures::stream::once(async { Ok(first) })
-        .chain(stream.map_err(arrow_flight::error::FlightError::from))
-        .and_then(move |fd| async move {
-            super::put::check_compressed(&fd.data_header, &fd.data_body, limit)
-                .map_err(arrow_flight::error::FlightError::protocol)?;
-            Ok(fd)
-        })
-        .boxed();
-    let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+    let mut batches = super::put::decode_checked(first, stream, limit);
     super::service::collect(&mut batches, limit)
         .await
         .map(|(schema, batches)| Fetched::Whole(schema, batches))

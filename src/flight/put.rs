@@ -153,6 +153,39 @@ fn write_group(
     Ok((id, len, manifest.batches))
 }
 
+/// The schema a stream's first message carries, when it has no dictionary
+/// field: such a stream is written undecoded (`put_streaming`).
+pub(super) fn plain_schema(header: &[u8]) -> Option<SchemaRef> {
+    arrow_ipc::convert::try_schema_from_flatbuffer_bytes(header)
+        .ok()
+        .filter(|s| {
+            !s.fields()
+                .iter()
+                .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
+        })
+        .map(Arc::new)
+}
+
+/// The batches of a stream (`first`, then `rest`) decoded by arrow, each
+/// compressed message's declared lengths checked before (`check_compressed`):
+/// the way of tables with dictionaries.
+pub(super) fn decode_checked(
+    first: FlightData,
+    rest: Streaming<FlightData>,
+    limit: usize,
+) -> arrow_flight::decode::FlightRecordBatchStream {
+    use futures::{StreamExt, TryStreamExt};
+    let data = futures::stream::once(async { Ok(first) })
+        .chain(rest.map_err(arrow_flight::error::FlightError::from))
+        .and_then(move |fd| async move {
+            check_compressed(&fd.data_header, &fd.data_body, limit)
+                .map_err(arrow_flight::error::FlightError::protocol)?;
+            Ok(fd)
+        })
+        .boxed();
+    arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data)
+}
+
 fn invalid(what: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("do_put: {what}"))
 }
@@ -163,7 +196,7 @@ fn invalid(what: impl std::fmt::Display) -> Status {
 /// petabytes and abort. Checked here first, against `limit` (the arena: a
 /// table could never be larger). Messages that are not compressed, or not
 /// Arrow, pass (the decoder reports the latter).
-pub(super) fn check_compressed(header: &[u8], body: &[u8], limit: usize) -> Result<(), String> {
+fn check_compressed(header: &[u8], body: &[u8], limit: usize) -> Result<(), String> {
     let Ok(message) = arrow_ipc::root_as_message(header) else {
         return Ok(());
     };
@@ -293,6 +326,25 @@ async fn next_message(
     Ok(None)
 }
 
+/// A group's write on the blocking pool: its chunk, length and batches.
+type Writing = tokio::task::JoinHandle<Result<(ObjectId, u64, Vec<BatchLayout>), Status>>;
+
+/// Waits for `writing` (if any) and adds its chunk and batches to the version.
+async fn settle(
+    writing: Option<Writing>,
+    chunks: &mut Vec<(ObjectId, u64)>,
+    layouts: &mut Vec<BatchLayout>,
+) -> Result<(), Status> {
+    if let Some(w) = writing {
+        let (id, len, batches) = w
+            .await
+            .map_err(|_| Status::internal("a Flight worker panicked"))??;
+        chunks.push((id, len));
+        layouts.extend(batches);
+    }
+    Ok(())
+}
+
 /// Writes the rest of a `do_put` stream (its schema, without dictionaries,
 /// came in `schema_message`) into the arena as it arrives and publishes it as
 /// the new version of `name`. `limit`: the most bytes the table may have.
@@ -309,8 +361,7 @@ pub(super) async fn put_streaming(
         id: pool.server_conn().into_id(),
         pool: pool.clone(),
     });
-    type Written = (ObjectId, u64, Vec<BatchLayout>);
-    let mut writing: Option<tokio::task::JoinHandle<Result<Written, Status>>> = None;
+    let mut writing: Option<Writing> = None;
     let mut chunks: Vec<(ObjectId, u64)> = Vec::new();
     let mut layouts = Vec::new();
     let mut total = 0usize;
@@ -340,13 +391,7 @@ pub(super) async fn put_streaming(
             continue;
         }
         // One write at a time: the previous group's, then this one's.
-        if let Some(w) = writing.take() {
-            let (id, len, batches) = w
-                .await
-                .map_err(|_| Status::internal("a Flight worker panicked"))??;
-            chunks.push((id, len));
-            layouts.extend(batches);
-        }
+        settle(writing.take(), &mut chunks, &mut layouts).await?;
         let messages = std::mem::take(&mut group);
         group_bytes = 0;
         let (conn, name, schema, schema_message) = (
@@ -359,13 +404,7 @@ pub(super) async fn put_streaming(
             write_group(&conn, &name, &schema, &schema_message, &messages)
         }));
     }
-    if let Some(w) = writing.take() {
-        let (id, len, batches) = w
-            .await
-            .map_err(|_| Status::internal("a Flight worker panicked"))??;
-        chunks.push((id, len));
-        layouts.extend(batches);
-    }
+    settle(writing.take(), &mut chunks, &mut layouts).await?;
     let manifest = Arc::new(Manifest {
         schema: schema.clone(),
         dictionaries: Vec::new(),

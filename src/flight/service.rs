@@ -808,19 +808,12 @@ impl arrow_flight::flight_service_server::FlightService for Service {
         let limit = self.shared.pool.arena.len() as usize;
         // A schema without dictionaries: the messages go into the arena as
         // they arrive (`put.rs`).
-        let plain = arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&first.data_header)
-            .ok()
-            .filter(|s| {
-                !s.fields()
-                    .iter()
-                    .any(|f| crate::ipc::write::has_dictionary(f.data_type()))
-            });
-        if let Some(schema) = plain {
+        if let Some(schema) = super::put::plain_schema(&first.data_header) {
             let (sealed, bytes) = super::put::put_streaming(
                 self.pool(),
                 target.name.clone(),
                 target.if_version,
-                Arc::new(schema),
+                schema,
                 first.data_header.clone(),
                 input,
                 limit,
@@ -828,23 +821,7 @@ impl arrow_flight::flight_service_server::FlightService for Service {
             .await?;
             return Ok(put_reply(target.name, sealed, bytes));
         }
-        // Compressed messages' declared lengths are checked before arrow
-        // allocates them (`put::check_compressed`).
-        let data = futures::stream::once(async { Ok(first) })
-            .chain(input.map_err(FlightError::from))
-            .and_then(move |fd| async move {
-                super::put::check_compressed(&fd.data_header, &fd.data_body, limit).map_err(
-                    |e| {
-                        FlightError::Tonic(Box::new(Status::invalid_argument(format!(
-                            "do_put: {e}"
-                        ))))
-                    },
-                )?;
-                Ok(fd)
-            })
-            .boxed();
-        let mut batches_in =
-            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches_in = super::put::decode_checked(first, input, limit);
         // With dictionaries the table arrives whole before it is written (its
         // dictionaries may be replaced mid-stream; one file has one per field).
         let (schema, batches) = collect(&mut batches_in, limit).await.map_err(|e| match e {

@@ -186,3 +186,41 @@ pub fn pstr(s: &[u8]) -> Vec<u8> {
     v.extend_from_slice(s);
     v
 }
+
+/// A filesystem mounted on a temporary directory for one test (root only:
+/// callers check), unmounted when dropped, its files removed first (a
+/// hugetlbfs file holds reserved hugepages).
+pub struct Mounted {
+    dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    /// `mount -t FSTYPE -o OPTIONS` on a new directory.
+    pub fn new(fstype: &str, options: &str) -> Mounted {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", fstype, "-o", options, "none"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t {fstype} -o {options}");
+        Mounted { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
