@@ -1104,6 +1104,56 @@ fn ingest_through_io_uring_and_pread_direct_and_buffered() {
     }
 }
 
+/// The read buffers of an ingest stay for the next one, within
+/// `--ingest-buffers` (and none with `off`); the next ingest of the same
+/// file reuses them instead of allocating more.
+#[test]
+fn ingest_keeps_its_read_buffers_for_the_next_one_within_the_limit() {
+    let r: Vec<u64> = lcg(3).take(200_000).collect();
+    let b = batch(vec![
+        (
+            "a",
+            Arc::new(Int64Array::from_iter_values(r.iter().map(|&v| v as i64))),
+        ),
+        (
+            "s",
+            Arc::new(StringArray::from_iter_values(
+                r.iter().map(|v| format!("{v:x}")),
+            )),
+        ),
+    ]);
+    let mib = 1024 * 1024;
+    for (flag, most) in [(None, 192 * mib), (Some("16M"), 16 * mib), (Some("off"), 0)] {
+        let mut args = vec!["--memory", "256M", "--threads", "2"];
+        if let Some(f) = flag {
+            args.extend(["--ingest-buffers", f]);
+        }
+        let server = Server::start_with(&args);
+        let client = server.client();
+        assert_eq!(
+            client.stats().unwrap().ingest_buffer_bytes,
+            0,
+            "{flag:?}: none before"
+        );
+        let path = server.dir.path().join("data.parquet");
+        // Row groups of 50k rows: extents of a few MB, the file ~5 MB.
+        write_parquet(&path, &b, props(50_000));
+        client.ingest(path.to_str().unwrap(), "t", &[]).unwrap();
+        let kept = client.stats().unwrap().ingest_buffer_bytes;
+        assert!(kept <= most, "{flag:?}: {kept} kept");
+        if most > 0 {
+            assert!(kept > 0, "{flag:?}: the buffers were not kept");
+        }
+        client.ingest(path.to_str().unwrap(), "t", &[]).unwrap();
+        assert_eq!(
+            client.stats().unwrap().ingest_buffer_bytes,
+            kept,
+            "{flag:?}: the second ingest reused the buffers (it allocated none, freed none)"
+        );
+        assert_table(&client, "t", &reference(&path, &[]));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Bad input. Each case: a good table "t" is in place, the bad ingest into "t"
 // and into a fresh name fails with a clear message naming the file, "t"

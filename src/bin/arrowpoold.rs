@@ -56,6 +56,12 @@ struct Args {
     /// 4G; none on reserved hugepages, a pool other programs share) or `off`.
     #[arg(long, default_value = "auto", value_parser = parse_preallocate)]
     preallocate: Preallocate,
+    /// Read buffers kept between Parquet ingests, so the next ingest reads
+    /// into memory that exists (heap the idle server keeps, at most SIZE once
+    /// one ingest has run): a size or `off` (every ingest allocates its own
+    /// and frees them at its end).
+    #[arg(long, default_value = "192M", value_parser = parse_size_or_off)]
+    ingest_buffers: u64,
     /// Refuse to start when io_uring is unavailable instead of falling back to epoll.
     #[arg(long)]
     require_io_uring: bool,
@@ -181,6 +187,13 @@ fn parse_preallocate(s: &str) -> Result<Preallocate, String> {
     }
 }
 
+fn parse_size_or_off(s: &str) -> Result<u64, String> {
+    match s {
+        "off" => Ok(0),
+        other => arrowpool::util::parse_bytes(other),
+    }
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|_| format!("invalid octal mode {s:?}"))
 }
@@ -235,6 +248,7 @@ fn main() -> ExitCode {
             Preallocate::Auto => None,
             Preallocate::Bytes(n) => Some(n),
         },
+        ingest_buffers_bytes: args.ingest_buffers,
         state_dir: args.state_dir,
         quarantine: std::time::Duration::from_secs(args.quarantine),
         state_hugetlbfs: args.state_hugetlbfs,

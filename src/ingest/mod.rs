@@ -79,6 +79,10 @@ pub const ENV: &str = "ARROWPOOL_INGEST";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     pub read: ReadOptions,
+    /// Bytes of read buffers kept between ingests (`--ingest-buffers`):
+    /// the next ingest reads into memory that exists instead of faulting in
+    /// fresh pages.
+    pub kept_read_buffers: u64,
 }
 
 impl Settings {
@@ -86,6 +90,7 @@ impl Settings {
     pub fn from_env_value(v: &str) -> Settings {
         Settings {
             read: ReadOptions::from_env_value(Some(v)),
+            kept_read_buffers: DEFAULT_KEPT_READ_BUFFERS,
         }
     }
 
@@ -94,6 +99,17 @@ impl Settings {
         Settings::from_env_value(&std::env::var(ENV).unwrap_or_default())
     }
 }
+/// Read buffers kept between ingests by default: what one ingest has in
+/// flight at most (the read-ahead budget and each buffer's rounding up to
+/// 8 MiB), so a steady stream of ingests allocates none.
+pub const DEFAULT_KEPT_READ_BUFFERS: u64 = 192 * 1024 * 1024;
+
+/// Bytes of read buffers this process holds for ingests (all of them kept
+/// for the next ingest once none runs).
+pub fn kept_read_buffer_bytes() -> u64 {
+    buffer::BufferPool::shared().free_bytes() as u64
+}
+
 /// Most decoder (and writer) threads, whatever the core count.
 const THREADS_MAX: usize = 64;
 
@@ -107,6 +123,7 @@ pub fn ingest(
 ) -> Result<IngestReply, IngestError> {
     let start = Instant::now();
     let options = settings.read;
+    let _buffers = buffer::BufferPool::shared().begin_ingest(settings.kept_read_buffers as usize);
     // Its decoder threads inherit this mask (see `util::unpin_current_thread`).
     crate::util::unpin_current_thread();
     let threads = std::thread::available_parallelism()

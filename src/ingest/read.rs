@@ -156,7 +156,7 @@ pub fn read_extents(
         sources,
         extents,
         budget,
-        pool: BufferPool::new(),
+        pool: BufferPool::shared(),
         states: Vec::with_capacity(extents.len()),
         pieces: Vec::new(),
         free_tags: Vec::new(),

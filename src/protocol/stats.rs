@@ -67,6 +67,10 @@ pub struct StatsReply {
     /// it (`--quarantine`), for a while after the restart.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub quarantined_bytes: u64,
+    /// Read buffers the server keeps for its next Parquet ingest
+    /// (`--ingest-buffers`): heap outside the arena.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ingest_buffer_bytes: u64,
     /// `--flight`: the address the Arrow Flight service listens on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flight: Option<String>,

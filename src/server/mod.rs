@@ -69,6 +69,8 @@ pub struct Config {
     /// start (0: none; `None`: a quarter of the arena, at most 4 GiB, except on
     /// reserved hugepages, whose pool other programs share); see `preallocate`.
     pub preallocate_bytes: Option<u64>,
+    /// `--ingest-buffers`: bytes of read buffers kept between ingests (0: none).
+    pub ingest_buffers_bytes: u64,
     /// `--state-dir`: the arena in a tmpfs file and a catalog of its versions,
     /// so a restarted server serves them again (`durable`).
     pub state_dir: Option<PathBuf>,

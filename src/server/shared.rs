@@ -63,7 +63,10 @@ impl Shared {
             io_driver,
             threads,
             max_connections: config.max_connections,
-            ingest: crate::ingest::Settings::from_env(),
+            ingest: crate::ingest::Settings {
+                kept_read_buffers: config.ingest_buffers_bytes,
+                ..crate::ingest::Settings::from_env()
+            },
             next_conn: AtomicU64::new(1),
             handshaking: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
@@ -153,6 +156,7 @@ impl Shared {
             spilled_bytes: s.spilled_bytes,
             spills: s.spills,
             quarantined_bytes: s.quarantined_bytes,
+            ingest_buffer_bytes: crate::ingest::kept_read_buffer_bytes(),
             flight: self.flight.get().cloned(),
         }
     }
