@@ -176,6 +176,14 @@ pub enum Change {
         name: String,
         number: u64,
     },
+    /// A version left the durable set (as `Forgotten`) while readers held it:
+    /// it stays in the arena until its last release, which records
+    /// `Forgotten`. A restart brings it back for the quarantine only, for
+    /// those readers to lease it again (`restore_orphan`).
+    Orphaned {
+        name: String,
+        number: u64,
+    },
     /// A current version left the arena for a spill file (`--spill-dir`);
     /// its `Published` record was forgotten just before.
     Spilled(Spilled),
@@ -203,6 +211,8 @@ pub enum RestoreError {
     ChunkMismatch(u64),
     /// A version of this name with this or a higher number is already restored.
     OutOfOrder,
+    /// An orphan whose name and number a restored version has already.
+    Duplicate,
 }
 
 impl std::fmt::Display for RestoreError {
@@ -217,6 +227,7 @@ impl std::fmt::Display for RestoreError {
                 "its chunk at arena offset {at} has another size than the same chunk of another version"
             ),
             RestoreError::OutOfOrder => write!(f, "a newer version of its name came first"),
+            RestoreError::Duplicate => write!(f, "a version of this name and number was restored already"),
         }
     }
 }
@@ -265,6 +276,9 @@ impl SpillInfo {
 
 /// The connection that holds the lease of a version being spilled.
 pub const SPILL_CONN: ConnId = SERVER_SIDE_CONN_BIT | (SERVER_SIDE_CONN_BIT - 1);
+/// The connection that holds the orphans a restart brought back
+/// (`restore_orphan`) until the quarantine ends.
+pub const RECOVERY_CONN: ConnId = SERVER_SIDE_CONN_BIT | (SERVER_SIDE_CONN_BIT - 2);
 
 /// One name and its current version (`list`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -536,6 +550,9 @@ struct Version {
     /// A spill file holding exactly this version (it was brought back from
     /// it): evicting it again needs no write.
     disk_copy: Option<Spilled>,
+    /// Left the durable set while leased (`Change::Orphaned`): its last
+    /// release records `Forgotten`.
+    orphaned: bool,
 }
 
 #[derive(Debug, Default)]
@@ -575,6 +592,10 @@ pub struct StoreStats {
     pub spills: u64,
     /// Held back after a restart (`quarantine`).
     pub quarantined_bytes: u64,
+    /// Versions no name reaches any more that readers still hold (replaced
+    /// or deleted while leased; after a restart, held for the readers of the
+    /// server before until the quarantine ends).
+    pub orphaned_versions: u64,
 }
 
 #[derive(Debug)]
@@ -616,6 +637,10 @@ pub struct Store {
     /// Ranges held back after a restart (`quarantine`), and until when.
     quarantined: Vec<(u64, u64)>,
     quarantine_until: Option<std::time::Instant>,
+    /// Versions the server before a restart had orphaned (`restore_orphan`),
+    /// by name and number, for its readers to lease again until the
+    /// quarantine ends; `RECOVERY_CONN` holds a lease on each till then.
+    recovered_orphans: HashMap<(String, u64), ObjectId>,
     next_id: ObjectId,
     clock: u64,
     evictions: u64,
@@ -652,6 +677,7 @@ impl Store {
             copying: None,
             quarantined: Vec::new(),
             quarantine_until: None,
+            recovered_orphans: HashMap::new(),
             next_id: 1,
             clock: 0,
             evictions: 0,
@@ -755,6 +781,10 @@ impl Store {
         }
         self.quarantine_until = None;
         let mut bytes = 0;
+        // Orphans no reader leased again go now (their bytes are counted when
+        // freed: not here, they were never quarantined).
+        self.disconnect(RECOVERY_CONN);
+        self.recovered_orphans.clear();
         for (o, n) in std::mem::take(&mut self.quarantined) {
             let a = if o < self.regions.low_end {
                 &mut self.low
@@ -775,16 +805,23 @@ impl Store {
         }
     }
 
-    /// Version `id` leaves the durable set (call before it is freed).
+    /// Version `id` leaves the durable set (call before it is freed, or
+    /// left to its readers): `Forgotten`, or `Orphaned` while it is leased.
     fn forget(&mut self, id: ObjectId) {
-        if self.changes.is_some() {
-            let v = &self.versions[&id];
-            let change = Change::Forgotten {
-                name: v.name.clone(),
-                number: v.number,
-            };
-            self.push_change(change);
-        }
+        let v = self
+            .versions
+            .get_mut(&id)
+            .expect("forgetting a known version");
+        let (name, number) = (v.name.clone(), v.number);
+        // (A spill's hold counts as a reader's: it ends soon, and a restart
+        // in between only holds the version back for the quarantine.)
+        v.orphaned = v.leases > 0;
+        let change = if v.orphaned {
+            Change::Orphaned { name, number }
+        } else {
+            Change::Forgotten { name, number }
+        };
+        self.push_change(change);
     }
 
     /// A spilled entry leaves the store (brought back, replaced, deleted).
@@ -842,6 +879,19 @@ impl Store {
         (records, last)
     }
 
+    /// Versions out of the durable set that readers still hold
+    /// (`Change::Orphaned`), for a fresh catalog.
+    pub fn orphaned_state(&self) -> Vec<VersionRecord> {
+        let mut ids: Vec<ObjectId> = self
+            .versions
+            .iter()
+            .filter(|(_, v)| v.orphaned)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_by_key(|id| (&self.versions[id].name, self.versions[id].number));
+        ids.into_iter().map(|id| self.version_record(id)).collect()
+    }
+
     /// Every spilled version, by name (for a fresh catalog).
     pub fn spilled_state(&self) -> Vec<Spilled> {
         let mut v: Vec<Spilled> = self.spilled.values().cloned().collect();
@@ -885,6 +935,59 @@ impl Store {
         {
             return Err(RestoreError::OutOfOrder);
         }
+        let vid = self.take_back(record, layout)?;
+        self.restore_last_version(&record.name, record.number);
+        if let Some(prev) = self.names.insert(record.name.clone(), vid) {
+            self.retire(&record.name, prev);
+        }
+        Ok(vid)
+    }
+
+    /// Brings back a version the server before a restart had orphaned
+    /// (`Change::Orphaned`: readers held it after it stopped being current or
+    /// retained), after every current and retained version is restored: its
+    /// ranges are taken as `restore` takes them (sharing chunks), it stays
+    /// out of its name's versions, and a lease of `RECOVERY_CONN` keeps it
+    /// until `end_quarantine`, so those readers, reconnecting, can lease it
+    /// again by name and number (`get_version`) before its bytes are reused.
+    pub fn restore_orphan(
+        &mut self,
+        record: &VersionRecord,
+        layout: Option<Arc<Manifest>>,
+        until: std::time::Instant,
+    ) -> Result<ObjectId, RestoreError> {
+        let key = (record.name.clone(), record.number);
+        let known = self.recovered_orphans.contains_key(&key)
+            || self
+                .names
+                .get(&record.name)
+                .into_iter()
+                .chain(self.retained.get(&record.name).into_iter().flatten())
+                .any(|id| self.versions[id].number == record.number);
+        if known {
+            return Err(RestoreError::Duplicate);
+        }
+        let vid = self.take_back(record, layout)?;
+        self.restore_last_version(&record.name, record.number);
+        let v = self.versions.get_mut(&vid).expect("just inserted");
+        v.orphaned = true;
+        v.leases += 1;
+        let c = self.conns.entry(RECOVERY_CONN).or_default();
+        *c.leases.entry(vid).or_insert(0) += 1;
+        c.lease_count += 1;
+        self.recovered_orphans.insert(key, vid);
+        self.quarantine_until = Some(self.quarantine_until.map_or(until, |t| t.max(until)));
+        Ok(vid)
+    }
+
+    /// Takes `record`'s chunks (shared with versions taken back before when
+    /// at the same offset) and manifest room from the allocators and makes
+    /// it a version, in no name's list yet. A refusal changes nothing.
+    fn take_back(
+        &mut self,
+        record: &VersionRecord,
+        layout: Option<Arc<Manifest>>,
+    ) -> Result<ObjectId, RestoreError> {
         // Claim every range, undoing the claims made so far on a refusal.
         let mut taken: Vec<(Region, u64, u64)> = Vec::new();
         let mut shared: Vec<ObjectId> = Vec::new();
@@ -977,12 +1080,9 @@ impl Store {
                 last_use,
                 last_use_at: Instant::now(),
                 disk_copy: None,
+                orphaned: false,
             },
         );
-        self.restore_last_version(&record.name, record.number);
-        if let Some(prev) = self.names.insert(record.name.clone(), vid) {
-            self.retire(&record.name, prev);
-        }
         Ok(vid)
     }
 
@@ -1402,6 +1502,13 @@ impl Store {
     fn free_version(&mut self, id: ObjectId) {
         let v = self.versions.remove(&id).expect("freeing a known version");
         assert_eq!(v.leases, 0, "freeing version {id} that is still leased");
+        if v.orphaned {
+            self.recovered_orphans.remove(&(v.name.clone(), v.number));
+            self.push_change(Change::Forgotten {
+                name: v.name.clone(),
+                number: v.number,
+            });
+        }
         if let Some(copy) = v.disk_copy {
             self.spill_garbage.push(copy.file);
         }
@@ -1702,6 +1809,7 @@ impl Store {
                 last_use,
                 last_use_at: Instant::now(),
                 disk_copy: None,
+                orphaned: false,
             },
         );
         self.versions
@@ -1837,7 +1945,8 @@ impl Store {
     }
 
     /// Version `number` of `name` if it is current or retained
-    /// (`set_keep_versions`), with a lease for `conn`.
+    /// (`set_keep_versions`), or an orphan a restart brought back for its
+    /// readers (`restore_orphan`), with a lease for `conn`.
     pub fn get_version(
         &mut self,
         conn: ConnId,
@@ -1848,7 +1957,8 @@ impl Store {
             .names
             .get(name)
             .into_iter()
-            .chain(self.retained.get(name).into_iter().flatten());
+            .chain(self.retained.get(name).into_iter().flatten())
+            .chain(self.recovered_orphans.get(&(name.to_owned(), number)));
         let id = candidates
             .copied()
             .find(|id| self.versions[id].number == number)
@@ -2079,6 +2189,7 @@ impl Store {
             spilled_bytes: self.spilled.values().map(|s| s.file_bytes).sum(),
             spills: self.spills,
             quarantined_bytes: self.quarantined_bytes(),
+            orphaned_versions: self.versions.values().filter(|v| v.orphaned).count() as u64,
         }
     }
 
@@ -2188,6 +2299,11 @@ impl Store {
             assert!(
                 current || v.leases > 0 || self.is_retained(*id),
                 "version {id} neither named, retained nor leased but not freed"
+            );
+            assert_eq!(
+                v.orphaned,
+                !current && !self.is_retained(*id),
+                "version {id}: orphaned is not 'leased only'"
             );
             let unique: HashSet<_> = v.chunks.iter().collect();
             assert_eq!(

@@ -338,7 +338,8 @@ fn kill_9_rounds(memory: &str, extra: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let s = loop {
         let s = c.stats().unwrap();
-        if s.quarantined_bytes == 0 || Instant::now() > deadline {
+        let held_back = s.quarantined_bytes + s.orphaned_versions;
+        if held_back == 0 || Instant::now() > deadline {
             break s;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -531,56 +532,7 @@ fn the_rust_client_reconnects_and_keeps_its_tables_leased() {
     let c = s.client();
     c.put("t", &schema, &batches).unwrap();
     let held = c.get("t").unwrap();
-    // A connection of our own to the old server, to see when the kernel has
-    // closed its sockets: a server killed while io_uring requests are pending
-    // on them is reaped before they are closed (the ring is torn down
-    // asynchronously, found taking over 10 ms on a loaded machine). Until
-    // then the client's connection looks alive and a request sent on it fails
-    // (ECONNRESET or EPIPE) instead of going to the new server.
-    let probe = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
-    std::thread::sleep(Duration::from_millis(50)); // accepted, a read pending
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
-    let closed = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut fds = [rustix::event::PollFd::new(
-            &probe,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 10_000_000,
-        };
-        if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < closed,
-            "the killed server's sockets stay open"
-        );
-    }
-    // Started again on the same socket (the helper would pick a new one).
-    let socket = s.socket.clone();
-    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))
-        .args([
-            "--socket",
-            socket.to_str().unwrap(),
-            "--memory",
-            "256M",
-            "--threads",
-            "2",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(restarted);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "restarted server not listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _restarted = kill_and_restart_in_place(&mut s, dir.path(), "256M", &[]);
     // No error: the closed connection is noticed before the request is sent.
     let again = c.get("t").unwrap();
     assert_eq!(owned(&schema, &again.batches), owned(&schema, &batches));
@@ -660,6 +612,69 @@ fn a_request_the_killed_server_never_read_goes_to_the_restarted_one() {
         )
     });
     assert_eq!(got, owned(&schema, &batches));
+}
+
+/// Kills `s` and starts a server on the same socket and state directory
+/// (the helpers would pick a new socket), once the kernel has closed the
+/// killed server's sockets: a server killed while io_uring requests are
+/// pending on them is reaped before they are closed (the ring is torn down
+/// asynchronously, found taking over 10 ms on a loaded machine), and until
+/// then a client's connection looks alive and a request sent on it fails
+/// (ECONNRESET or EPIPE) instead of going to the new server. The new
+/// server's stderr goes to `stderr.log` in `s.dir`, its previous log kept as
+/// `stderr.0.log`.
+fn kill_and_restart_in_place(
+    s: &mut Server,
+    dir: &Path,
+    memory: &str,
+    extra: &[&str],
+) -> KillOnDrop {
+    // A connection of our own to the old server, to see the close.
+    let probe = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // accepted, a read pending
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let closed = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut fds = [rustix::event::PollFd::new(
+            &probe,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < closed,
+            "the killed server's sockets stay open"
+        );
+    }
+    let log = s.dir.path().join("stderr.log");
+    let _ = std::fs::rename(&log, s.dir.path().join("stderr.0.log"));
+    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_arrowpoold"))
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["--memory", memory, "--threads", "2"])
+        .arg("--state-dir")
+        .arg(dir)
+        .args(extra)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(restarted);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&s.socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "restarted server not listening: {}",
+            s.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    guard
 }
 
 struct KillOnDrop(std::process::Child);
@@ -790,6 +805,65 @@ fn a_restart_holds_back_what_the_killed_servers_clients_still_use() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(held);
+}
+
+/// A reader holding a replaced version when the server is killed keeps it
+/// for good: the restarted server holds the version (an orphan in the
+/// catalog) for the quarantine, the reader's client, reconnecting, leases it
+/// again, and once the quarantine is over puts that fill the arena many
+/// times over never touch its bytes.
+#[test]
+fn a_reader_holding_a_replaced_version_leases_it_again_after_kill_9() {
+    let dir = state_dir();
+    let args = ["--quarantine", "2"];
+    let mut s = start_sized(dir.path(), "64M", &args);
+    let c = s.client();
+    let (schema, batches) = table(100_000, 1, 41);
+    c.put("t", &schema, &batches).unwrap();
+    let held = c.get("t").unwrap();
+    let (schema2, batches2) = table(100_000, 1, 42);
+    c.put("t", &schema2, &batches2).unwrap();
+    let restarted = kill_and_restart_in_place(&mut s, dir.path(), "64M", &args);
+    assert!(
+        s.stderr().contains("holding 1 replaced or deleted version"),
+        "{}",
+        s.stderr()
+    );
+    // The reader's next request reconnects and leases version 1 again.
+    assert_eq!(
+        c.stats().unwrap().leases,
+        2,
+        "the server's hold for the quarantine and the reader's lease: {}",
+        s.stderr()
+    );
+    let w = s.client();
+    assert_eq!(
+        owned(&schema2, &w.get("t").unwrap().batches),
+        owned(&schema2, &batches2),
+        "the current version is served as before"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let blob: Vec<u8> = vec![0x5a; 4 << 20];
+    for i in 0..40 {
+        w.put_bytes(&format!("fill-{i}"), &blob).unwrap();
+    }
+    let st = w.stats().unwrap();
+    assert_eq!((st.quarantined_bytes, st.leases), (0, 1), "{st:?}");
+    assert_eq!(
+        owned(&schema, &held.batches),
+        owned(&schema, &batches),
+        "the held version's bytes were reused"
+    );
+    // Released, it goes; a restart then finds no orphan.
+    drop(held);
+    assert_eq!(c.stats().unwrap().leases, 0);
+    drop(restarted);
+    let s = start_sized(dir.path(), "64M", &args);
+    assert!(
+        !s.stderr().contains("replaced or deleted"),
+        "{}",
+        s.stderr()
+    );
 }
 
 /// `--state-hugetlbfs`: the arena of a new state directory is a file of

@@ -17,8 +17,15 @@
 //!                (`--spill-dir`); a later `forgotten` of the same name and number ends it
 //!   5 allocated  offset u64, bytes u64: the arena range was handed out
 //!   6 freed      offset u64, bytes u64: the range (or part of one handed out) was given back
+//!   7 orphaned   name, number u64: the published version left its name (replaced, deleted)
+//!                while readers held it; a later `forgotten` is its last release
 //! name: length u32, UTF-8 bytes. Integers little-endian.
 //! ```
+//! Orphaned versions replay apart (`Replay::orphans`): a restarted server
+//! holds them for the quarantine so that their readers, reconnecting, lease
+//! them again (`Store::restore_orphan`). A server that predates `orphaned`
+//! skips it as a damaged record, and forgets such a version only if a newer
+//! one of its name was recorded (it would serve a deleted name's last version).
 //! `allocated` and `freed` replay to the ranges the server had handed out when
 //! it died, writers' reservations and replaced versions readers still held
 //! among them; its successor holds back the ones no recovered version explains
@@ -56,6 +63,7 @@ const NUMBERED: u8 = 3;
 const SPILLED: u8 = 4;
 const ALLOCATED: u8 = 5;
 const FREED: u8 = 6;
+const ORPHANED: u8 = 7;
 
 /// What the arena looked like when the catalog was made: a restart must map
 /// the same arena the same way.
@@ -77,6 +85,11 @@ pub enum Record {
         name: String,
         number: u64,
     },
+    /// Out of the durable set, still held by readers (`Change::Orphaned`).
+    Orphaned {
+        name: String,
+        number: u64,
+    },
     Numbered {
         name: String,
         number: u64,
@@ -95,8 +108,11 @@ pub enum Record {
 /// What reading a catalog found.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Published and not forgotten, in the order they were published.
+    /// Published and neither forgotten nor orphaned, in the order they were published.
     pub versions: Vec<(VersionRecord, u32)>,
+    /// Published, then orphaned and not forgotten: versions readers of the
+    /// server before held after they stopped being current or retained.
+    pub orphans: Vec<(VersionRecord, u32)>,
     /// The highest version number each name ever had.
     pub last_numbers: Vec<(String, u64)>,
     /// Versions in spill files, not forgotten since.
@@ -187,11 +203,13 @@ fn encode_record(out: &mut Vec<u8>, record: &Record) {
             p.extend_from_slice(&(path.len() as u32).to_le_bytes());
             p.extend_from_slice(path);
         }
-        Record::Forgotten { name, number } | Record::Numbered { name, number } => {
-            p.push(if matches!(record, Record::Forgotten { .. }) {
-                FORGOTTEN
-            } else {
-                NUMBERED
+        Record::Forgotten { name, number }
+        | Record::Orphaned { name, number }
+        | Record::Numbered { name, number } => {
+            p.push(match record {
+                Record::Forgotten { .. } => FORGOTTEN,
+                Record::Orphaned { .. } => ORPHANED,
+                _ => NUMBERED,
             });
             put_name(&mut p, name);
             p.extend_from_slice(&number.to_le_bytes());
@@ -311,13 +329,13 @@ fn decode_record(payload: &[u8]) -> Option<Record> {
                 file_bytes,
             })
         }
-        t @ (FORGOTTEN | NUMBERED) => {
+        t @ (FORGOTTEN | ORPHANED | NUMBERED) => {
             let name = r.name()?;
             let number = r.u64()?;
-            if t == FORGOTTEN {
-                Record::Forgotten { name, number }
-            } else {
-                Record::Numbered { name, number }
+            match t {
+                FORGOTTEN => Record::Forgotten { name, number },
+                ORPHANED => Record::Orphaned { name, number },
+                _ => Record::Numbered { name, number },
             }
         }
         t @ (ALLOCATED | FREED) => {
@@ -393,6 +411,7 @@ pub fn replay(bytes: &[u8]) -> Replay {
     let mut index: HashMap<(String, u64), usize> = HashMap::new();
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut spilled: HashMap<(String, u64), Spilled> = HashMap::new();
+    let mut orphans: HashMap<(String, u64), (usize, (VersionRecord, u32))> = HashMap::new();
     let mut allocated = Ranges::default();
     let mut at = HEADER_BYTES as usize;
     while at + 8 <= bytes.len() {
@@ -415,8 +434,17 @@ pub fn replay(bytes: &[u8]) -> Replay {
                         let n = last.entry(name.clone()).or_insert(0);
                         *n = (*n).max(number);
                         spilled.remove(&(name.clone(), number));
+                        orphans.remove(&(name.clone(), number));
                         if let Some(i) = index.remove(&(name, number)) {
                             live[i] = None;
+                        }
+                    }
+                    Record::Orphaned { name, number } => {
+                        let key = (name, number);
+                        if let Some(i) = index.remove(&key) {
+                            if let Some(v) = live[i].take() {
+                                orphans.insert(key, (i, v));
+                            }
                         }
                     }
                     Record::Numbered { name, number } => {
@@ -459,6 +487,9 @@ pub fn replay(bytes: &[u8]) -> Replay {
         }
     }
     out.versions = live.into_iter().flatten().collect();
+    let mut orphans: Vec<(usize, (VersionRecord, u32))> = orphans.into_values().collect();
+    orphans.sort_by_key(|(i, _)| *i);
+    out.orphans = orphans.into_iter().map(|(_, v)| v).collect();
     let mut spilled: Vec<Spilled> = spilled.into_values().collect();
     spilled.sort_by(|a, b| (&a.name, a.number).cmp(&(&b.name, b.number)));
     out.spilled = spilled;
@@ -572,12 +603,14 @@ impl Catalog {
         ))
     }
 
-    /// Replaces the file with one holding exactly `versions`, the last
-    /// numbers, the spilled versions and the arena ranges handed out: written
-    /// beside it, synced, renamed over it.
+    /// Replaces the file with one holding exactly `versions`, the
+    /// `orphans` (published, then orphaned), the last numbers, the spilled
+    /// versions and the arena ranges handed out: written beside it, synced,
+    /// renamed over it.
     pub fn rewrite(
         &mut self,
         versions: &[(VersionRecord, u32)],
+        orphans: &[(VersionRecord, u32)],
         last_numbers: &[(String, u64)],
         spilled: &[Spilled],
         allocated: &[(u64, u64)],
@@ -598,6 +631,22 @@ impl Catalog {
                 &Record::Published {
                     version: version.clone(),
                     manifest_crc: *manifest_crc,
+                },
+            );
+        }
+        for (version, manifest_crc) in orphans {
+            encode_record(
+                &mut bytes,
+                &Record::Published {
+                    version: version.clone(),
+                    manifest_crc: *manifest_crc,
+                },
+            );
+            encode_record(
+                &mut bytes,
+                &Record::Orphaned {
+                    name: version.name.clone(),
+                    number: version.number,
                 },
             );
         }
@@ -665,6 +714,10 @@ impl Catalog {
                     version: v.clone(),
                 },
                 Change::Forgotten { name, number } => Record::Forgotten {
+                    name: name.clone(),
+                    number: *number,
+                },
+                Change::Orphaned { name, number } => Record::Orphaned {
                     name: name.clone(),
                     number: *number,
                 },
@@ -740,7 +793,7 @@ mod tests {
         let path = dir.join("catalog");
         let (mut c, r) = Catalog::open(&path, G).unwrap();
         assert!(r.versions.is_empty());
-        c.rewrite(&[], &[], &[], &[]).unwrap();
+        c.rewrite(&[], &[], &[], &[], &[]).unwrap();
         let crc = |v: &VersionRecord| v.number as u32 * 7;
         c.append(&[Change::Published(table("a", 1, 1 << 16))], crc)
             .unwrap();
@@ -775,6 +828,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("--memory 67108864"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn orphans_replay_apart_until_forgotten_and_survive_a_rewrite() {
+        let dir = temp_dir("orphans");
+        let path = dir.join("catalog");
+        let (mut c, _) = Catalog::open(&path, G).unwrap();
+        c.rewrite(&[], &[], &[], &[], &[]).unwrap();
+        let crc = |v: &VersionRecord| v.number as u32 + 100;
+        let orphaned = |name: &str, number| Change::Orphaned {
+            name: name.into(),
+            number,
+        };
+        c.append(
+            &[
+                Change::Published(table("a", 1, 1 << 16)),
+                Change::Published(table("b", 1, 2 << 16)),
+                Change::Published(table("a", 2, 3 << 16)),
+                orphaned("a", 1),
+                orphaned("b", 1),
+                Change::Forgotten {
+                    name: "b".into(),
+                    number: 1,
+                },
+            ],
+            crc,
+        )
+        .unwrap();
+        let (mut c, r) = Catalog::open(&path, G).unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.versions, vec![(table("a", 2, 3 << 16), 102)]);
+        assert_eq!(r.orphans, vec![(table("a", 1, 1 << 16), 101)]);
+        c.rewrite(&r.versions, &r.orphans, &r.last_numbers, &[], &[])
+            .unwrap();
+        drop(c);
+        let (_, again) = Catalog::open(&path, G).unwrap();
+        assert_eq!((again.versions, again.orphans), (r.versions, r.orphans));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -814,7 +905,7 @@ mod tests {
         let path = dir.join("catalog");
         let (mut c, _) = Catalog::open(&path, G).unwrap();
         // A rewrite's merged ranges, then a journal of single ones.
-        c.rewrite(&[], &[], &[], &[(4096, 8192), (65536, 65536)])
+        c.rewrite(&[], &[], &[], &[], &[(4096, 8192), (65536, 65536)])
             .unwrap();
         let a = |offset, bytes| Change::Allocated { offset, bytes };
         let f = |offset, bytes| Change::Freed { offset, bytes };
@@ -845,7 +936,7 @@ mod tests {
         let dir = temp_dir("damage");
         let path = dir.join("catalog");
         let (mut c, _) = Catalog::open(&path, G).unwrap();
-        c.rewrite(&[], &[], &[], &[]).unwrap();
+        c.rewrite(&[], &[], &[], &[], &[]).unwrap();
         let crc = |_: &VersionRecord| 1;
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             c.append(
@@ -892,7 +983,7 @@ mod tests {
             c.wants_rewrite(),
             "a freshly opened catalog is rewritten first"
         );
-        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[], &[])
+        c.rewrite(&[(table("a", 1, 1 << 16), 0)], &[], &[], &[], &[])
             .unwrap();
         assert!(!c.wants_rewrite());
         let mut n = 1;

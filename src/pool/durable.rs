@@ -78,15 +78,17 @@ impl StoreGuard<'_> {
         let arena = &self.pool.arena;
         let result = if catalog.wants_rewrite() {
             let (versions, last) = locked.store.durable_state();
-            let versions: Vec<(VersionRecord, u32)> = versions
-                .into_iter()
-                .map(|v| {
-                    let crc = manifest_crc(arena, &v);
-                    (v, crc)
-                })
-                .collect();
+            let with_crc = |list: Vec<VersionRecord>| -> Vec<(VersionRecord, u32)> {
+                list.into_iter()
+                    .map(|v| {
+                        let crc = manifest_crc(arena, &v);
+                        (v, crc)
+                    })
+                    .collect()
+            };
             catalog.rewrite(
-                &versions,
+                &with_crc(versions),
+                &with_crc(locked.store.orphaned_state()),
                 &last,
                 &locked.store.spilled_state(),
                 &locked.store.allocated_ranges(),
@@ -147,6 +149,9 @@ pub struct Recovery {
     pub bytes: u64,
     /// Spilled versions whose files were found.
     pub restored_spilled: usize,
+    /// Versions readers of the server before held after they were replaced
+    /// or deleted, held for those readers until the quarantine ends.
+    pub orphans: usize,
     /// Bytes held back (`Store::quarantine`).
     pub quarantined_bytes: u64,
     /// One line per version left out, and per damaged catalog record.
@@ -212,6 +217,29 @@ impl Pool {
             }
         }
         kept.sort_by(|(a, _), (b, _)| (&a.name, a.number).cmp(&(&b.name, b.number)));
+        // Orphans: readers of the killed server may still read them; held
+        // (not served by name) for the quarantine, so that those readers,
+        // reconnecting, lease them again. Checked as the others, their ranges
+        // after every kept version's. Without a quarantine they are not
+        // protected at all, so they are not taken back either.
+        let mut orphans: Vec<(VersionRecord, Option<Arc<Manifest>>)> = Vec::new();
+        for (v, crc) in replay.orphans {
+            if quarantine.is_zero() {
+                break;
+            }
+            let checked = self.check_recorded(&v, crc).and_then(|layout| {
+                claim(&mut claimed, &v).map(|()| layout).map_err(|at| {
+                    format!("its bytes at arena offset {at} overlap a version restored before it")
+                })
+            });
+            match checked {
+                Ok(layout) => orphans.push((v, layout)),
+                Err(why) => report.problems.push(format!(
+                    "replaced version {} of {:?}, held by readers, left out: {why}",
+                    v.number, v.name
+                )),
+            }
+        }
         let mut store = self.store();
         for (name, number) in &replay.last_numbers {
             store.restore_last_version(name, *number);
@@ -237,6 +265,27 @@ impl Pool {
             }
         }
         report.bytes = counted.values().sum();
+        if !quarantine.is_zero() {
+            let until = Instant::now() + quarantine;
+            for (v, layout) in orphans {
+                match store.restore_orphan(&v, layout, until) {
+                    Ok(_) => {
+                        report.orphans += 1;
+                        for c in &v.chunks {
+                            self.arena.mark_allocated(c.offset, c.alloc_bytes);
+                        }
+                        if let Some(((lo, ll), (ho, hl))) = v.manifest {
+                            self.arena.mark_allocated(lo, ll);
+                            self.arena.mark_allocated(ho, hl);
+                        }
+                    }
+                    Err(e) => report.problems.push(format!(
+                        "replaced version {} of {:?}, held by readers, left out: {e}",
+                        v.number, v.name
+                    )),
+                }
+            }
+        }
         // Spilled versions: their files must still be there, whole.
         for s in replay.spilled {
             let found = std::fs::metadata(&s.file).map(|m| m.len());
@@ -272,16 +321,18 @@ impl Pool {
         }
         // Whatever the store kept, written afresh: the old log's dead records go.
         let (versions, last) = store.durable_state();
-        let versions: Vec<(VersionRecord, u32)> = versions
-            .into_iter()
-            .map(|v| {
-                let crc = manifest_crc(&self.arena, &v);
-                (v, crc)
-            })
-            .collect();
+        let with_crc = |list: Vec<VersionRecord>| -> Vec<(VersionRecord, u32)> {
+            list.into_iter()
+                .map(|v| {
+                    let crc = manifest_crc(&self.arena, &v);
+                    (v, crc)
+                })
+                .collect()
+        };
         catalog
             .rewrite(
-                &versions,
+                &with_crc(versions),
+                &with_crc(store.orphaned_state()),
                 &last,
                 &store.spilled_state(),
                 &store.allocated_ranges(),

@@ -67,6 +67,11 @@ pub struct StatsReply {
     /// it (`--quarantine`), for a while after the restart.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub quarantined_bytes: u64,
+    /// Versions no name reaches any more that readers still hold (replaced
+    /// or deleted while leased; after a `--state-dir` restart, held for the
+    /// readers of the server before until `--quarantine` ends).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub orphaned_versions: u64,
     /// Read buffers the server keeps for its next Parquet ingest
     /// (`--ingest-buffers`): heap outside the arena.
     #[serde(default, skip_serializing_if = "is_zero")]

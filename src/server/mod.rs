@@ -269,6 +269,14 @@ fn durable_pool(
         },
         report.seconds
     );
+    if report.orphans > 0 {
+        eprintln!(
+            "arrowpoold: holding {} replaced or deleted version(s) the server before this one's \
+             readers still held, for {} s: a reader that reconnects leases its version again (--quarantine)",
+            report.orphans,
+            quarantine.as_secs_f64()
+        );
+    }
     if report.quarantined_bytes > 0 {
         eprintln!(
             "arrowpoold: holding back {} for {} s: the server before this one had handed it to \

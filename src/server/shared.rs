@@ -156,6 +156,7 @@ impl Shared {
             spilled_bytes: s.spilled_bytes,
             spills: s.spills,
             quarantined_bytes: s.quarantined_bytes,
+            orphaned_versions: s.orphaned_versions,
             ingest_buffer_bytes: crate::ingest::kept_read_buffer_bytes(),
             flight: self.flight.get().cloned(),
         }

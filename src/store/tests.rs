@@ -383,10 +383,14 @@ impl Model {
     }
 }
 
+type Records = BTreeMap<(String, u64), VersionRecord>;
+
 /// Applies changes as a catalog replays its records: the durable versions,
-/// and the arena's handed-out 4 KiB granules.
+/// the orphans (out of the durable set, still leased), and the arena's
+/// handed-out 4 KiB granules.
 fn replay(
-    durable: &mut BTreeMap<(String, u64), VersionRecord>,
+    durable: &mut Records,
+    orphans: &mut Records,
     granules: &mut BTreeSet<u64>,
     changes: Vec<Change>,
 ) {
@@ -396,10 +400,18 @@ fn replay(
                 durable.insert((r.name.clone(), r.number), r);
             }
             Change::Forgotten { name, number } => {
+                let key = (name, number);
                 assert!(
-                    durable.remove(&(name, number)).is_some(),
+                    durable.remove(&key).is_some() || orphans.remove(&key).is_some(),
                     "forgot a version never published"
                 );
+            }
+            Change::Orphaned { name, number } => {
+                let key = (name, number);
+                let r = durable
+                    .remove(&key)
+                    .expect("orphaned a version not durable");
+                orphans.insert(key, r);
             }
             Change::Spilled(s) => panic!("no spilling in this model: {s:?}"),
             Change::Allocated { offset, bytes } => {
@@ -425,7 +437,8 @@ proptest! {
         s.record_changes();
         let mut m = Model::default();
         // The durable versions as a catalog replaying the changes sees them.
-        let mut replayed: BTreeMap<(String, u64), VersionRecord> = BTreeMap::new();
+        let mut replayed: Records = BTreeMap::new();
+        let mut orphans: Records = BTreeMap::new();
         let mut granules: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             let evictions_before = s.stats().evictions;
@@ -561,11 +574,15 @@ proptest! {
             prop_assert!(s.stats().evictions - evictions_before >= evicted.len() as u64);
             prop_assert_eq!(listed.len(), m.names.len());
             s.check_invariants();
-            replay(&mut replayed, &mut granules, s.take_changes());
+            replay(&mut replayed, &mut orphans, &mut granules, s.take_changes());
             let (durable, _) = s.durable_state();
             let durable: BTreeMap<(String, u64), VersionRecord> =
                 durable.into_iter().map(|r| ((r.name.clone(), r.number), r)).collect();
             prop_assert_eq!(&replayed, &durable);
+            // Orphans: exactly the versions only readers keep.
+            let orphaned: Records =
+                s.orphaned_state().into_iter().map(|r| ((r.name.clone(), r.number), r)).collect();
+            prop_assert_eq!(&orphans, &orphaned);
             // The journal says exactly which bytes are handed out.
             let used: BTreeSet<u64> = s
                 .allocated_ranges()
@@ -575,6 +592,12 @@ proptest! {
             prop_assert_eq!(&granules, &used);
         }
         for conn in 0..4 { s.disconnect(conn); }
+        // Their last release forgot every orphan.
+        replay(&mut BTreeMap::new(), &mut orphans, &mut granules, s.take_changes()
+            .into_iter()
+            .filter(|c| matches!(c, Change::Forgotten { .. }))
+            .collect());
+        prop_assert!(orphans.is_empty(), "orphans left after every reader went: {:?}", orphans.keys());
         // A store restored from the replayed changes holds the same versions
         // in the same bytes.
         let mut restored = Store::new(64 * MB, 2 * MB);
@@ -802,7 +825,14 @@ fn a_restart_holds_back_what_the_killed_server_had_handed_out() {
     let writing = old.create(3, "new", ObjectKind::Table, 6 * MB).unwrap();
     let mut granules = BTreeSet::new();
     let mut durable = BTreeMap::new();
-    replay(&mut durable, &mut granules, old.take_changes());
+    let mut orphans = BTreeMap::new();
+    replay(
+        &mut durable,
+        &mut orphans,
+        &mut granules,
+        old.take_changes(),
+    );
+    assert_eq!(orphans.len(), 1, "the held replaced version is an orphan");
     let handed_out: Vec<(u64, u64)> = old.allocated_ranges();
     // Its successor restores the durable versions, then holds back the rest.
     let mut new = Store::new(64 * MB, 2 * MB);
@@ -841,4 +871,88 @@ fn a_restart_holds_back_what_the_killed_server_had_handed_out() {
     assert_eq!(new.quarantined_bytes(), 0);
     new.check_invariants();
     assert_eq!(new.stats().used_bytes, restored + other.capacity);
+}
+
+#[test]
+fn a_restart_keeps_replaced_versions_readers_held_for_them_to_lease_again() {
+    // The killed server: "a" replaced while conn 2 held version 1, "b"
+    // deleted while conn 3 held it; both orphans in the journal.
+    let mut old = Store::new(64 * MB, 2 * MB);
+    old.record_changes();
+    put_table(&mut old, 1, "a", 4 * MB).unwrap();
+    put_table(&mut old, 1, "b", 4 * MB).unwrap();
+    let a1 = old.get(2, "a").unwrap();
+    old.get(3, "b").unwrap();
+    put_table(&mut old, 1, "a", 4 * MB).unwrap();
+    old.delete("b").unwrap();
+    let (mut durable, mut orphans, mut granules) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
+    replay(
+        &mut durable,
+        &mut orphans,
+        &mut granules,
+        old.take_changes(),
+    );
+    assert_eq!(
+        orphans.keys().cloned().collect::<Vec<_>>(),
+        vec![("a".to_string(), 1), ("b".to_string(), 1)]
+    );
+    let handed_out = old.allocated_ranges();
+    // Its successor: durable versions, then the orphans, then the quarantine
+    // (which finds nothing more to hold: every range is explained).
+    let mut new = Store::new(64 * MB, 2 * MB);
+    new.record_changes();
+    for r in durable.values() {
+        new.restore(r, None).unwrap();
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    for r in orphans.values() {
+        new.restore_orphan(r, None, until).unwrap();
+    }
+    assert_eq!(
+        new.restore_orphan(&orphans[&("a".to_string(), 1)], None, until),
+        Err(RestoreError::Duplicate)
+    );
+    assert_eq!(new.quarantine(&handed_out, until), 0);
+    assert_eq!(new.allocated_ranges(), handed_out);
+    new.check_invariants();
+    // Not served by name; "b" stays deleted.
+    assert_eq!(new.get(5, "a").unwrap().version, 2);
+    new.release(5, new.names["a"]).unwrap();
+    assert!(new.get(5, "b").is_err());
+    // The reader of a, reconnected (conn 12), leases version 1 again: same bytes.
+    let again = new.get_version(12, "a", 1).unwrap();
+    assert_eq!((again.offset, again.length), (a1.offset, a1.length));
+    // The quarantine ends: b (unleased) goes, a 1 stays while leased.
+    let used = new.stats().used_bytes;
+    new.take_changes();
+    new.end_quarantine(true);
+    new.check_invariants();
+    let b = &orphans[&("b".to_string(), 1)];
+    let b_bytes: u64 = b.chunks.iter().map(|c| c.alloc_bytes).sum::<u64>()
+        + b.manifest.map_or(0, |((_, l), (_, h))| l + h);
+    assert_eq!(
+        new.stats().used_bytes,
+        used - b_bytes,
+        "exactly b's bytes came back"
+    );
+    assert!(
+        new.get_version(13, "a", 1).is_err(),
+        "no longer found by number"
+    );
+    let forgotten = |s: &mut Store| -> Vec<(String, u64)> {
+        s.take_changes()
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Forgotten { name, number } => Some((name, number)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(forgotten(&mut new), vec![("b".to_string(), 1)]);
+    assert_eq!(new.orphaned_state().len(), 1);
+    new.release(12, again.object_id).unwrap();
+    assert_eq!(forgotten(&mut new), vec![("a".to_string(), 1)]);
+    assert!(new.orphaned_state().is_empty());
+    new.check_invariants();
 }
