@@ -184,7 +184,7 @@ pub enum Reply {
     Located(Located),
     Version(Version),
     List(Vec<ListEntry>),
-    Stats(StatsReply),
+    Stats(Box<StatsReply>),
     Ingest(IngestReply),
 }
 
@@ -379,7 +379,7 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
         Reply::Located(r) => r.encode(out),
         Reply::Version(r) => r.encode(out),
         Reply::List(r) => out.extend(to_json(r)),
-        Reply::Stats(r) => out.extend(to_json(r)),
+        Reply::Stats(r) => out.extend(to_json(&**r)),
         Reply::Ingest(r) => out.extend(to_json(r)),
     }
 }
