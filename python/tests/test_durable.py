@@ -106,12 +106,33 @@ def test_a_request_the_killed_server_never_read_goes_to_the_new_one(tmp_path, st
         s.stop()
 
 
-def test_a_held_version_the_new_server_lacks_is_logged_and_stays_readable(tmp_path, state_dir, caplog):
+def test_a_held_replaced_version_is_leased_again_after_a_restart(tmp_path, state_dir, caplog):
     s = Server(tmp_path, memory="256M", extra=("--state-dir", state_dir))
     c = arrowpool.connect(s.socket)
     c.put("t", table(1))
     held = c.get("t")
-    c.put("t", table(2))  # version 1 is held, no longer current: not durable
+    c.put("t", table(2))  # version 1 is held, no longer current: an orphan
+    s = kill_and_restart(s, tmp_path)
+    try:
+        with caplog.at_level("WARNING", logger="arrowpool"):
+            assert c.get("t").equals(table(2))
+        assert "not on the new server" not in caplog.text
+        # The new server holds the orphan for the quarantine and this client
+        # leased it again; it stays until released.
+        stats = c.stats()
+        assert stats.get("orphaned_versions") == 1, stats
+        assert held.equals(table(1))
+    finally:
+        s.stop()
+
+
+def test_a_held_version_the_new_server_lacks_is_logged_and_stays_readable(tmp_path, state_dir, caplog):
+    # --quarantine 0: orphans are not taken back, so the held version is gone.
+    s = Server(tmp_path, memory="256M", extra=("--state-dir", state_dir, "--quarantine", "0"))
+    c = arrowpool.connect(s.socket)
+    c.put("t", table(1))
+    held = c.get("t")
+    c.put("t", table(2))
     s = kill_and_restart(s, tmp_path)
     try:
         with caplog.at_level("WARNING", logger="arrowpool"):

@@ -347,6 +347,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                     s.leases,
                     s.connections
                 );
+                if s.orphaned_versions > 0 {
+                    out!(
+                        "orphans    {} replaced or deleted version(s) kept while readers hold them",
+                        s.orphaned_versions
+                    );
+                }
+                if s.ingest_buffer_bytes > 0 {
+                    out!(
+                        "buffers    {} of read buffers kept for the next ingest (--ingest-buffers)",
+                        human_bytes(s.ingest_buffer_bytes)
+                    );
+                }
                 out!(
                     "ops        {} puts, {} gets, {} evictions",
                     s.puts,

@@ -14,7 +14,12 @@
 //! A URL names one object if it exists; otherwise (or when it ends in `/`)
 //! it is a prefix, and its `.parquet` objects directly below it are read in
 //! name order, like a local directory (hidden `.x`/`_x` names and deeper
-//! "directories" skipped).
+//! "directories" skipped). An empty object at the URL (a bucket's "directory
+//! marker", a WebDAV collection) is a prefix too when objects lie below it.
+//! Over `http(s)://` listing is WebDAV's `PROPFIND` (what `object_store`'s
+//! HTTP store speaks): a plain web server can serve single files, and a
+//! prefix needs a WebDAV server (nginx's or Apache's dav module, rclone,
+//! WsgiDAV); a server that refuses `PROPFIND` gets an error that says so.
 //!
 //! Credentials and endpoints come from the server's environment, the usual
 //! variables of each store (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -122,7 +127,7 @@ impl Objects {
             .map_err(|e| error(format!("cannot start the object store runtime: {e}")))?;
         let metas = runtime
             .block_on(list(&*store, &prefix, url.ends_with('/')))
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| error(listing_error(&parsed, e)))?;
         if metas.is_empty() {
             return Err(error(
                 "no object there, and no .parquet objects directly below it as a prefix".into(),
@@ -376,15 +381,24 @@ async fn list(
     prefix: &ObjectPath,
     is_dir: bool,
 ) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+    let mut empty_object = None;
     if !is_dir && !prefix.as_ref().is_empty() {
         match store.head(prefix).await {
+            // No Parquet file is empty: a directory marker or a collection,
+            // unless nothing lies below it.
+            Ok(meta) if meta.size == 0 => empty_object = Some(meta),
             Ok(meta) => return Ok(vec![meta]),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
     }
     let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
-    let listed = store.list_with_delimiter(prefix).await?;
+    let listed = match store.list_with_delimiter(prefix).await {
+        Ok(listed) => listed,
+        // The empty object itself: its error says what is wrong with it.
+        Err(_) if empty_object.is_some() => return Ok(empty_object.into_iter().collect()),
+        Err(e) => return Err(e),
+    };
     let mut objects: Vec<_> = listed
         .objects
         .into_iter()
@@ -394,7 +408,28 @@ async fn list(
         })
         .collect();
     objects.sort_by(|a, b| a.location.cmp(&b.location));
+    if objects.is_empty() {
+        return Ok(empty_object.into_iter().collect());
+    }
     Ok(objects)
+}
+
+/// A listing error in words a user can act on: over HTTP, a server that
+/// refuses WebDAV's `PROPFIND` (a plain web server) cannot list a prefix.
+fn listing_error(url: &url::Url, e: object_store::Error) -> String {
+    let text = e.to_string();
+    if matches!(url.scheme(), "http" | "https") && text.contains("PROPFIND") {
+        // The status, not the HTML page a web server sends with it.
+        let status = text
+            .split_once("status code: ")
+            .map(|(_, rest)| rest.split(':').next().unwrap_or(rest).trim().to_string())
+            .unwrap_or_else(|| "an error".into());
+        return format!(
+            "listing the files below a URL over HTTP takes a WebDAV server (PROPFIND), and this \
+             one answered {status}: give each Parquet file's URL, or serve the directory over WebDAV"
+        );
+    }
+    text
 }
 
 /// `url` up to and including `prefix` and a `/`, for naming the objects
