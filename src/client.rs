@@ -195,6 +195,8 @@ struct State {
     write: bool,
     timeout: Mutex<Option<Duration>>,
     current: Mutex<Arc<Inner>>,
+    /// A thread watches for the server's restart (`watch_for_restart`).
+    watching: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to `arrowpoold`. Cheap to clone (shares the connection).
@@ -304,6 +306,7 @@ impl Client {
                 write,
                 timeout: Mutex::new(Some(DEFAULT_TIMEOUT)),
                 current: Mutex::new(inner),
+                watching: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -448,6 +451,36 @@ impl Client {
                     lease.name, lease.version
                 ),
             }
+        }
+    }
+
+    /// Once this client holds a table of a server with a state directory: a
+    /// thread that notices the server going away (its socket hangs up) and
+    /// connects to the restarted one as soon as it listens, which leases the
+    /// held tables again (`adopt`) within the new server's `--quarantine`,
+    /// even if this process sends no request meanwhile (an idle reader would
+    /// otherwise learn of the restart only on its next request, possibly
+    /// after the quarantine, when the bytes of a table it holds that the new
+    /// server had only held back may be reused). It blocks in `poll` (no CPU
+    /// while the server runs), tries to connect every `WATCH_RETRY` for at most
+    /// `WATCH_RECONNECT_FOR` after a hang-up (never starting a server), and ends
+    /// with the client or when the server has no state directory any more.
+    /// `ARROWPOOL_WATCH=0` turns it off.
+    fn watch_for_restart(&self, inner: &Arc<Inner>) {
+        use std::sync::atomic::Ordering;
+        if inner.arena_id == (0, 0)
+            || self.state.watching.load(Ordering::Relaxed)
+            || std::env::var("ARROWPOOL_WATCH").is_ok_and(|v| v.trim() == "0")
+            || self.state.watching.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(&self.state);
+        let spawned = std::thread::Builder::new()
+            .name("arrowpool-watch".into())
+            .spawn(move || watch(weak));
+        if spawned.is_err() {
+            self.state.watching.store(false, Ordering::Release);
         }
     }
 
@@ -1031,6 +1064,7 @@ impl Client {
             length: located.length,
         });
         Self::track(&inner, &lease);
+        self.watch_for_restart(&inner);
         let bytes = inner
             .read_only
             .slice(located.offset, located.length)
@@ -1260,6 +1294,103 @@ fn populate_in_background(inner: &Arc<Inner>) {
             }
         });
 }
+
+/// The body of the `watch_for_restart` thread.
+fn watch(state: std::sync::Weak<State>) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let Some(strong) = state.upgrade() else {
+            return;
+        };
+        let inner = strong
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if inner.arena_id == (0, 0) {
+            strong.watching.store(false, Ordering::Release);
+            return;
+        }
+        drop(strong);
+        // A second descriptor of the same socket, polled without the
+        // connection's lock (requests go on meanwhile).
+        let Ok(probe) = inner
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stream
+            .get_ref()
+            .try_clone()
+        else {
+            std::thread::sleep(WATCH_RETRY);
+            continue;
+        };
+        // Replies make the socket readable, never hung up: only the server
+        // going away wakes this. The timeout notices a dropped client.
+        let hung_up = loop {
+            let mut fds = [rustix::event::PollFd::new(
+                &probe,
+                rustix::event::PollFlags::RDHUP,
+            )];
+            let timeout = rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(n) if n > 0 => break true,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => {
+                    std::thread::sleep(WATCH_RETRY);
+                    break false;
+                }
+            }
+            let replaced = match state.upgrade() {
+                Some(s) => {
+                    !Arc::ptr_eq(&s.current.lock().unwrap_or_else(|p| p.into_inner()), &inner)
+                }
+                None => return,
+            };
+            if replaced {
+                break false;
+            }
+        };
+        drop(probe);
+        if !hung_up {
+            continue;
+        }
+        inner.dead.store(true, Ordering::Relaxed);
+        let began = std::time::Instant::now();
+        loop {
+            let Some(strong) = state.upgrade() else {
+                return;
+            };
+            let client = Client { state: strong };
+            if client.live().is_ok_and(|new| !Arc::ptr_eq(&new, &inner)) {
+                break;
+            }
+            if began.elapsed() > WATCH_RECONNECT_FOR {
+                // The next lease starts a watcher again.
+                client.state.watching.store(false, Ordering::Release);
+                return;
+            }
+            drop(client);
+            std::thread::sleep(if began.elapsed() < WATCH_FAST_FOR {
+                WATCH_RETRY
+            } else {
+                WATCH_RETRY_SLOW
+            });
+        }
+    }
+}
+
+/// How often the restart watcher tries to connect after the server went
+/// away: often at first (a restart takes milliseconds to seconds), then
+/// slowly (a server stopped for good costs a failed connect per retry).
+const WATCH_RETRY: Duration = Duration::from_millis(50);
+const WATCH_RETRY_SLOW: Duration = Duration::from_millis(500);
+const WATCH_FAST_FOR: Duration = Duration::from_secs(10);
+/// How long it tries before leaving the reconnection to the next request.
+const WATCH_RECONNECT_FOR: Duration = Duration::from_secs(600);
 
 /// How long after connecting a writer starts building its page tables.
 const POPULATE_DELAY: Duration = Duration::from_millis(200);

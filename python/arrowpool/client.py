@@ -101,6 +101,18 @@ class _UnreadRequest(_StaleConnection):
 # How long a request the server closed its connection on without reading it waits
 # for a server to send it again to (a restart takes tens of milliseconds).
 _UNREAD_RETRY_WAIT_S = 2.0
+
+#: A thread per client that holds tables of a server with a state directory
+#: notices the server going away and connects to the restarted one at once,
+#: so the held tables are leased again within its --quarantine even if this
+#: process sends no request (see ``_watch``). ``ARROWPOOL_WATCH=0`` turns it off.
+_WATCH = os.environ.get("ARROWPOOL_WATCH", "1").strip() != "0"
+#: Connection attempts after the server went away: often at first (a restart
+#: takes milliseconds to seconds), then slowly, for at most _WATCH_RECONNECT_FOR_S.
+_WATCH_RETRY_S = 0.05
+_WATCH_RETRY_SLOW_S = 0.5
+_WATCH_FAST_FOR_S = 10.0
+_WATCH_RECONNECT_FOR_S = 600.0
 # Requests that name the connection's pending objects or leases: a new server
 # would not know them, so they are not sent again.
 _NOT_RESENDABLE = frozenset(
@@ -943,6 +955,68 @@ def _reuse_plan(conn: _Connection, table: pa.Table) -> _Plan | None:
     return _Plan(table.schema, batches, existing)
 
 
+def _watch(ref: "weakref.ref[Client]") -> None:
+    """The restart watcher: waits (in ``poll``, no CPU) for the server to hang up
+    the client's connection; then connects to the new server as soon as one
+    listens (never starting one), which leases the held tables again
+    (``_Connection.adopt``). Without it an idle process learns of a restart only
+    on its next request, possibly after the new server's --quarantine, when the
+    bytes of a replaced table it holds may be reused. Ends with the client, when
+    the server has no state directory any more, or after _WATCH_RECONNECT_FOR_S
+    without a server (the next table taken starts it again)."""
+    pid = os.getpid()
+    while True:
+        client = ref()
+        if client is None or client._closed or client._watcher_pid != pid:
+            return
+        conn = client._conn
+        if conn is None or conn.arena_id == (0, 0) or conn.pid != pid:
+            client._watcher_pid = 0
+            return
+        del client
+        hung_up = False
+        try:
+            p = select.poll()
+            # Replies make the socket readable, never hung up.
+            p.register(conn.sock, select.POLLRDHUP)
+            while not hung_up:
+                events = p.poll(1000)
+                client = ref()
+                if client is None or client._closed:
+                    return
+                replaced = client._conn is not conn
+                del client
+                if replaced:
+                    break
+                if events:
+                    if events[0][1] & select.POLLNVAL:  # closed meanwhile: look again
+                        time.sleep(_WATCH_RETRY_S)
+                        break
+                    hung_up = True
+        except (OSError, ValueError):  # closed meanwhile
+            time.sleep(_WATCH_RETRY_S)
+            continue
+        if not hung_up:
+            continue
+        conn.dead = True
+        began = time.monotonic()
+        while True:
+            client = ref()
+            if client is None or client._closed:
+                return
+            try:
+                if client._connection(autostart=False) is not conn:
+                    break
+            except ArrowpoolError:
+                pass
+            if time.monotonic() - began > _WATCH_RECONNECT_FOR_S:
+                client._watcher_pid = 0
+                return
+            del client
+            fast = time.monotonic() - began < _WATCH_FAST_FOR_S
+            time.sleep(_WATCH_RETRY_S if fast else _WATCH_RETRY_SLOW_S)
+
+
 class Client:
     """A connection to ``arrowpoold``. Create it with :func:`arrowpool.connect`.
 
@@ -966,6 +1040,8 @@ class Client:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        #: The process whose restart watcher runs (0: none).
+        self._watcher_pid = 0
         self._conn: _Connection | None = _Connection(self.path, write, timeout)
         _CLIENTS.add(self)
 
@@ -994,8 +1070,18 @@ class Client:
             self._conn.forget_after_fork()
             self._conn = None
         self._pid = os.getpid()
+        self._watcher_pid = 0
 
-    def _connection(self) -> _Connection:
+    def _watch_for_restart(self, conn: _Connection) -> None:
+        """Starts the restart watcher (``_watch``) once this process holds a
+        table of a server with a state directory."""
+        pid = os.getpid()
+        if not _WATCH or conn.arena_id == (0, 0) or self._watcher_pid == pid:
+            return
+        self._watcher_pid = pid
+        threading.Thread(target=_watch, args=(weakref.ref(self),), name="arrowpool-watch", daemon=True).start()
+
+    def _connection(self, autostart: bool = True) -> _Connection:
         if self._pid != os.getpid():
             # Forked without the at-fork hook (e.g. from C code).
             self._reset_after_fork()
@@ -1012,7 +1098,7 @@ class Client:
             if conn is None or conn.dead or conn.pid != pid:
                 old = conn if conn is not None and conn.pid == pid else None
                 try:
-                    conn = self._reconnect()
+                    conn = self._reconnect(autostart)
                 except ServerUnavailable as e:
                     if old is not None and old.shut_down:
                         old.shut_down = False  # said once
@@ -1023,14 +1109,15 @@ class Client:
                     conn.adopt(old)
             return conn
 
-    def _reconnect(self) -> _Connection:
+    def _reconnect(self, autostart: bool = True) -> _Connection:
         """A new connection: after a fork, or after the server went away (stopped,
-        crashed, restarted). An autostarted client starts the server again."""
+        crashed, restarted). An autostarted client starts the server again (unless
+        ``autostart`` is false: the restart watcher never starts one)."""
         try:
             return _Connection(self.path, self.write, self.timeout)
         except ServerUnavailable:
             start, memory = self._autostart
-            if not start:
+            if not start or not autostart:
                 raise
             _server.ensure_server(self.path, memory=memory)
             return _Connection(self.path, self.write, self.timeout)
@@ -1366,6 +1453,7 @@ class Client:
         except BaseException:
             lease.release()
             raise
+        self._watch_for_restart(conn)
         return conn, got, lease
 
     def get_bytes(self, name: str) -> bytes:

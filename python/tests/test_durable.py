@@ -126,6 +126,33 @@ def test_a_held_replaced_version_is_leased_again_after_a_restart(tmp_path, state
         s.stop()
 
 
+def test_an_idle_reader_keeps_its_replaced_table_across_a_restart(tmp_path, state_dir):
+    # The reader sends nothing after the kill: its client's watcher thread
+    # reconnects and leases the table again within the quarantine.
+    s = Server(tmp_path, memory="64M", extra=("--state-dir", state_dir, "--quarantine", "3"))
+    c = arrowpool.connect(s.socket)
+    c.put("t", table(1))
+    held = c.get("t")
+    c.put("t", table(2))
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait()
+    s = Server(tmp_path, memory="64M", extra=("--state-dir", state_dir, "--quarantine", "3"))
+    try:
+        w = arrowpool.connect(s.socket)
+        deadline = time.monotonic() + 10
+        while w.stats()["leases"] != 2:  # the server's hold and the reader's lease
+            assert time.monotonic() < deadline, (w.stats(), s.log_path.read_text())
+            time.sleep(0.02)
+        time.sleep(3.5)  # the quarantine is over
+        blob = b"\x5a" * (4 << 20)
+        for i in range(40):  # 160 MB through a 64 MB arena
+            w.put_bytes(f"fill-{i}", blob)
+        assert w.stats()["leases"] == 1
+        assert held.equals(table(1))
+    finally:
+        s.stop()
+
+
 def test_a_held_version_the_new_server_lacks_is_logged_and_stays_readable(tmp_path, state_dir, caplog):
     # --quarantine 0: orphans are not taken back, so the held version is gone.
     s = Server(tmp_path, memory="256M", extra=("--state-dir", state_dir, "--quarantine", "0"))
