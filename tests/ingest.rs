@@ -1124,7 +1124,8 @@ fn ingest_keeps_its_read_buffers_for_the_next_one_within_the_limit() {
     ]);
     let mib = 1024 * 1024;
     for (flag, most) in [(None, 192 * mib), (Some("16M"), 16 * mib), (Some("off"), 0)] {
-        let mut args = vec!["--memory", "256M", "--threads", "2"];
+        // No buffers allocated ahead (`--preallocate off`): see the next test.
+        let mut args = vec!["--memory", "256M", "--threads", "2", "--preallocate", "off"];
         if let Some(f) = flag {
             args.extend(["--ingest-buffers", f]);
         }
@@ -1152,6 +1153,45 @@ fn ingest_keeps_its_read_buffers_for_the_next_one_within_the_limit() {
         );
         assert_table(&client, "t", &reference(&path, &[]));
     }
+}
+
+/// With `--preallocate` on (the default), the server allocates read buffers
+/// in the background after start (at most an eighth of the arena), and the
+/// first ingest reads into them instead of allocating its own.
+#[test]
+fn the_first_ingest_reads_into_buffers_allocated_at_start() {
+    let mib = 1024 * 1024;
+    let server = Server::start_with(&["--memory", "1G", "--threads", "2"]);
+    let client = server.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.stats().unwrap().ingest_buffer_bytes < 128 * mib {
+        assert!(Instant::now() < deadline, "{:?}", client.stats().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        client.stats().unwrap().ingest_buffer_bytes,
+        128 * mib,
+        "an eighth of 1G"
+    );
+    assert!(
+        server.stderr().contains("read buffers for ingests"),
+        "{}",
+        server.stderr()
+    );
+    let r: Vec<u64> = lcg(5).take(300_000).collect();
+    let b = batch(vec![(
+        "a",
+        Arc::new(Int64Array::from_iter_values(r.iter().map(|&v| v as i64))),
+    )]);
+    let path = server.dir.path().join("data.parquet");
+    write_parquet(&path, &b, props(100_000));
+    client.ingest(path.to_str().unwrap(), "t", &[]).unwrap();
+    assert_eq!(
+        client.stats().unwrap().ingest_buffer_bytes,
+        128 * mib,
+        "the ingest allocated buffers of its own (they would be kept too)"
+    );
+    assert_table(&client, "t", &reference(&path, &[]));
 }
 
 // ---------------------------------------------------------------------------

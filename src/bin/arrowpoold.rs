@@ -56,10 +56,11 @@ struct Args {
     /// 4G; none on reserved hugepages, a pool other programs share) or `off`.
     #[arg(long, default_value = "auto", value_parser = parse_preallocate)]
     preallocate: Preallocate,
-    /// Read buffers kept between Parquet ingests, so the next ingest reads
-    /// into memory that exists (heap the idle server keeps, at most SIZE once
-    /// one ingest has run): a size or `off` (every ingest allocates its own
-    /// and frees them at its end).
+    /// Read buffers kept for Parquet ingests, so an ingest reads into memory
+    /// that exists (heap outside --memory, at most SIZE while no ingest runs;
+    /// allocated in the background after start unless --preallocate off, at
+    /// most an eighth of --memory): a size or `off` (every ingest allocates
+    /// its own and frees them at its end).
     #[arg(long, default_value = "192M", value_parser = parse_size_or_off)]
     ingest_buffers: u64,
     /// Refuse to start when io_uring is unavailable instead of falling back to epoll.

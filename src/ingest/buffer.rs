@@ -225,6 +225,34 @@ impl BufferPool {
         IngestBuffers { pool: self.clone() }
     }
 
+    /// While no ingest runs: fills the pool with buffers of `piece` bytes,
+    /// every page touched, up to `keep` bytes in all (what it keeps between
+    /// ingests), so that the first ingest reads into memory that exists.
+    /// Returns the bytes added.
+    pub fn prewarm(&self, keep: usize, piece: usize) -> usize {
+        let mut added = 0;
+        loop {
+            {
+                let mut s = self.state();
+                s.keep = keep;
+                if s.ingests > 0 || s.free_bytes + piece > keep {
+                    return added;
+                }
+            }
+            let mut mem = allocate(piece);
+            for page in mem.chunks_mut(4096) {
+                page[0] = MaybeUninit::new(0);
+            }
+            let mut s = self.state();
+            if s.ingests > 0 || s.free_bytes + piece > keep {
+                return added;
+            }
+            s.free_bytes += mem.len();
+            s.free.push(mem);
+            added += piece;
+        }
+    }
+
     /// Bytes of free buffers held.
     pub fn free_bytes(&self) -> usize {
         self.state().free_bytes
@@ -420,6 +448,35 @@ mod tests {
         let mut b = ReadBuf::new(5000, 4096, Some(pool.clone()));
         assert_eq!(b.as_mut_ptr(), p, "the freed buffer is handed out again");
         assert_eq!(b.as_mut_ptr() as usize % 4096, 0);
+    }
+
+    #[test]
+    fn prewarmed_buffers_serve_extents_up_to_their_size() {
+        let mb = 1024 * 1024;
+        let pool = BufferPool::new();
+        assert_eq!(
+            pool.prewarm(70 * mb, 32 * mb),
+            64 * mb,
+            "two whole pieces fit in 70 MiB"
+        );
+        assert_eq!(pool.prewarm(70 * mb, 32 * mb), 0, "full already");
+        let _ingest = pool.begin_ingest(70 * mb);
+        let a = ReadBuf::new(20 * mb, 4096, Some(pool.clone()));
+        let b = ReadBuf::new(30 * mb, 4096, Some(pool.clone()));
+        assert_eq!(pool.free_bytes(), 0, "both taken from the pool");
+        let c = ReadBuf::new(40 * mb, 4096, Some(pool.clone()));
+        assert_eq!(pool.free_bytes(), 0);
+        drop((a, b, c));
+        assert_eq!(
+            pool.free_bytes(),
+            64 * mb + 48 * mb,
+            "the larger one was new"
+        );
+        assert_eq!(
+            pool.prewarm(70 * mb, 32 * mb),
+            0,
+            "not while an ingest runs"
+        );
     }
 
     #[test]

@@ -110,6 +110,17 @@ pub fn kept_read_buffer_bytes() -> u64 {
     buffer::BufferPool::shared().free_bytes() as u64
 }
 
+/// Allocates up to `keep` bytes of read buffers for the next ingest now (the
+/// server does this in the background after start): the first ingest then
+/// reads into memory that exists. Pieces of `PREWARM_PIECE_BYTES` serve the
+/// extents up to that size (a row group's columns split between decoders,
+/// typically); larger ones are allocated as before. Returns the bytes added.
+pub fn prewarm_read_buffers(keep: u64) -> u64 {
+    buffer::BufferPool::shared().prewarm(keep as usize, PREWARM_PIECE_BYTES) as u64
+}
+
+const PREWARM_PIECE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Most decoder (and writer) threads, whatever the core count.
 const THREADS_MAX: usize = 64;
 

@@ -414,6 +414,26 @@ impl Server {
                 .map_err(StartError::Runtime)?;
             workers.push(handle);
         }
+        // The first ingest's read buffers, likewise (heap, not arena): at
+        // most an eighth of the arena, so that small servers stay small.
+        let read_buffers = config.ingest_buffers_bytes.min(shared.pool.arena.len() / 8);
+        if read_buffers > 0 && config.preallocate_bytes != Some(0) {
+            let handle = std::thread::Builder::new()
+                .name("arrowpool-prewarm".into())
+                .spawn(move || {
+                    let began = std::time::Instant::now();
+                    let bytes = crate::ingest::prewarm_read_buffers(read_buffers);
+                    if bytes > 0 {
+                        eprintln!(
+                            "arrowpoold: allocated {} of read buffers for ingests in {:.2} s (--ingest-buffers)",
+                            human_bytes(bytes),
+                            began.elapsed().as_secs_f64()
+                        );
+                    }
+                })
+                .map_err(StartError::Runtime)?;
+            workers.push(handle);
+        }
         if let (Some(_), Some(fraction)) = (&config.spill_dir, config.spill_ahead) {
             let high_water = (shared.pool.arena.len() as f64 * fraction.clamp(0.0, 1.0)) as u64;
             let shared = shared.clone();
