@@ -198,6 +198,10 @@ def test_tokens_and_roles(tmp_path):
             put_flight(client, fl.FlightDescriptor.for_path("t"), t, options=bearer(READ_TOKEN))
         put_flight(client, fl.FlightDescriptor.for_path("t"), t, options=bearer(WRITE_TOKEN))
         assert client.do_get(fl.Ticket(b"t"), options=bearer(READ_TOKEN)).read_all().equals(t)
+        with pytest.raises(fl.FlightUnauthenticatedError, match="requires a token"):
+            client.do_get(fl.Ticket(b"t")).read_all()
+        with pytest.raises(fl.FlightUnauthenticatedError, match="not known"):
+            client.do_get(fl.Ticket(b"t"), options=bearer("x" * 20)).read_all()
         with pytest.raises(fl.FlightUnauthorizedError, match="needs the write role"):
             list(client.do_action(fl.Action("delete", b"t"), options=bearer(READ_TOKEN)))
         # Reading the server's own files is for admins.

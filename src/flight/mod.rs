@@ -30,6 +30,7 @@
 pub mod auth;
 pub mod pull;
 mod put;
+mod raw_get;
 mod service;
 pub mod sql;
 pub mod ticket;
@@ -214,11 +215,12 @@ impl Bound {
                     .tls_config(tls)
                     .map_err(|e| format!("--flight TLS: {e}"))?;
             }
-            let service = service::Service::new(shared.clone(), tokens);
-            let server = arrow_flight::flight_service_server::FlightServiceServer::new(service)
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(usize::MAX);
-            let router = builder.add_service(server);
+            let service = Arc::new(service::Service::new(shared.clone(), tokens));
+            let server =
+                arrow_flight::flight_service_server::FlightServiceServer::from_arc(service.clone())
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX);
+            let router = builder.add_service(raw_get::RawDoGet::new(server, service));
             router.serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             })

@@ -83,6 +83,30 @@ impl Service {
     fn pool(&self) -> Arc<Pool> {
         self.shared.pool.clone()
     }
+
+    /// The start of every `do_get`: the caller's role checked, the ticket
+    /// parsed, and for a whole table without dictionaries its messages as
+    /// they lie in the arena (bodies over the arena, holding the lease), or
+    /// `None` when the batches must go through arrow's encoder.
+    pub(super) async fn raw_get(
+        &self,
+        req: &Request<Ticket>,
+    ) -> Result<(Wanted, Option<Vec<FlightData>>), Status> {
+        self.require(req, Role::Read, "do_get")?;
+        let wanted: Wanted =
+            ticket::parse_ticket(&req.get_ref().ticket).map_err(Status::invalid_argument)?;
+        if wanted.columns.is_some() {
+            return Ok((wanted, None));
+        }
+        let pool = self.pool();
+        let (name, version) = (wanted.name.clone(), wanted.version);
+        let raw = blocking(move || {
+            let lease = Lease::take(&pool, &name, version)?;
+            Ok(raw_messages(lease))
+        })
+        .await?;
+        Ok((wanted, raw))
+    }
 }
 
 /// Runs `f` on tokio's blocking pool (it may read a disk or copy gigabytes).
@@ -749,22 +773,10 @@ impl arrow_flight::flight_service_server::FlightService for Service {
     }
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        self.require(&req, Role::Read, "do_get")?;
-        let wanted: Wanted =
-            ticket::parse_ticket(&req.get_ref().ticket).map_err(Status::invalid_argument)?;
-        let pool = self.pool();
-        let whole = wanted.columns.is_none();
-        let (name, version) = (wanted.name.clone(), wanted.version);
-        if whole {
-            let raw = blocking(move || {
-                let lease = Lease::take(&pool, &name, version)?;
-                Ok(raw_messages(lease))
-            })
-            .await?;
-            if let Some(messages) = raw {
-                let stream = futures::stream::iter(messages.into_iter().map(Ok));
-                return Ok(Response::new(Box::pin(stream)));
-            }
+        let (wanted, raw) = self.raw_get(&req).await?;
+        if let Some(messages) = raw {
+            let stream = futures::stream::iter(messages.into_iter().map(Ok));
+            return Ok(Response::new(Box::pin(stream)));
         }
         let pool = self.pool();
         let (schema, batches) = blocking(move || {
