@@ -1,7 +1,8 @@
-//! `do_get` of a whole table without copying its bodies: the gRPC frames are
-//! written here, each a small head (frame prefix, the `FlightData` fields
-//! before the body, the body's tag and length) and the body itself, a slice
-//! of the arena that hyper hands to the socket as it is.
+//! `do_get` without copying the bodies again: the gRPC frames are written
+//! here, each a small head (frame prefix, the `FlightData` fields before the
+//! body, the body's tag and length) and the body itself, which hyper hands to
+//! the socket as it is: a slice of the arena for a whole table without
+//! dictionaries, else the buffer arrow's encoder wrote.
 //!
 //! Why: tonic encodes every message into a buffer of its own (prost copies
 //! `data_body` into it), one more copy of the table than pyarrow's gRPC C++
@@ -12,9 +13,10 @@
 //!
 //! ```text
 //!  request /arrow.flight.protocol.FlightService/DoGet
-//!    -> RawDoGet: the ticket read, then Service::raw_get (role, ticket, lease)
-//!         messages over the arena -> [head][body] frames, trailers grpc-status 0
-//!         anything else (a projection, dictionaries, an error) -> tonic's way
+//!    -> RawDoGet: the ticket read, then Service::get_stream (role, ticket, lease)
+//!         each message -> [head][body] frames, then trailers: grpc-status 0, or
+//!         the error's status if the stream fails midway
+//!         a refusal before the stream -> its status; a compressed request -> tonic
 //!  every other method -> FlightServiceServer, untouched
 //! ```
 
@@ -25,6 +27,7 @@ use std::task::{Context, Poll};
 use arrow_flight::{FlightData, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use prost::Message;
@@ -33,7 +36,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 use tower_service::Service as TowerService;
 
-use super::service::Service;
+use super::service::{BoxStream, Service};
 
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// Largest do_get request read here (a ticket is a name, a version and a
@@ -95,28 +98,28 @@ where
                     .into_http())
                 }
             };
-            let raw = match grpc_message(&bytes) {
-                Some(message) => match Ticket::decode(message) {
-                    Ok(ticket) => {
-                        let mut request = http::Request::new(ticket);
-                        *request.headers_mut() = parts.headers.clone();
-                        let request = tonic::Request::from_http(request);
-                        service.raw_get(&request).await.map(|(_, raw)| raw)
-                    }
-                    Err(e) => Err(Status::invalid_argument(format!(
-                        "do_get: the ticket does not decode: {e}"
-                    ))),
-                },
+            let Some(message) = grpc_message(&bytes) else {
                 // Compressed, or not one whole message: tonic's way decides.
-                None => Ok(None),
+                let again = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
+                return inner.call(again).await;
             };
-            match raw {
-                Ok(Some(messages)) => Ok(response(messages)),
-                Err(status) => Ok(status.into_http()),
-                Ok(None) => {
-                    let again = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
-                    inner.call(again).await
+            let ticket = match Ticket::decode(message) {
+                Ok(ticket) => ticket,
+                Err(e) => {
+                    return Ok(Status::invalid_argument(format!(
+                        "do_get: the ticket does not decode: {e}"
+                    ))
+                    .into_http())
                 }
+            };
+            let mut request = http::Request::new(ticket);
+            *request.headers_mut() = parts.headers.clone();
+            match service
+                .get_stream(&tonic::Request::from_http(request))
+                .await
+            {
+                Ok(messages) => Ok(response(messages)),
+                Err(status) => Ok(status.into_http()),
             }
         })
     }
@@ -129,27 +132,50 @@ fn grpc_message(bytes: &[u8]) -> Option<&[u8]> {
     (prefix[0] == 0 && len == message.len()).then_some(message)
 }
 
-/// The gRPC response: headers, each message as head + body, `grpc-status: 0`.
-fn response(messages: Vec<FlightData>) -> http::Response<Body> {
-    let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
-        Vec::with_capacity(messages.len() * 2 + 1);
-    for mut m in messages {
-        let body = std::mem::take(&mut m.data_body);
-        frames.push(Ok(Frame::data(head(&m, body.len()))));
-        if !body.is_empty() {
-            frames.push(Ok(Frame::data(body)));
-        }
-    }
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    frames.push(Ok(Frame::trailers(trailers)));
-    let mut response =
-        http::Response::new(Body::new(StreamBody::new(futures::stream::iter(frames))));
+/// The gRPC response: headers, each message as head + body, then trailers
+/// with `grpc-status: 0`, or the status of the error that ended the stream.
+fn response(messages: BoxStream<FlightData>) -> http::Response<Body> {
+    let frames = messages
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .scan(false, |failed, item| {
+            let frames: Vec<Frame<Bytes>> = match item {
+                _ if *failed => return futures::future::ready(None),
+                Some(Ok(mut m)) => {
+                    let body = std::mem::take(&mut m.data_body);
+                    let head = Frame::data(head(&m, body.len()));
+                    if body.is_empty() {
+                        vec![head]
+                    } else {
+                        vec![head, Frame::data(body)]
+                    }
+                }
+                Some(Err(status)) => {
+                    *failed = true;
+                    vec![Frame::trailers(trailers(&status))]
+                }
+                None => vec![Frame::trailers(trailers(&Status::ok("")))],
+            };
+            futures::future::ready(Some(futures::stream::iter(
+                frames.into_iter().map(Ok::<_, Infallible>),
+            )))
+        })
+        .flatten();
+    let mut response = http::Response::new(Body::new(StreamBody::new(frames)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
     response
+}
+
+/// `grpc-status` and `grpc-message` of `status`.
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        map.insert("grpc-status", http::HeaderValue::from_static("13")); // INTERNAL
+    }
+    map
 }
 
 /// Everything of one gRPC message but its body: the length prefix, the
@@ -197,6 +223,41 @@ mod tests {
             wire.extend_from_slice(&body);
             let message = grpc_message(&wire).expect("one whole message");
             assert_eq!(FlightData::decode(message).unwrap(), m);
+        }
+    }
+
+    /// The frames of a response: the messages, then the status in trailers
+    /// (0 at the end, the error's code when the stream fails midway).
+    #[test]
+    fn a_response_ends_with_its_status_in_trailers() {
+        let m = FlightData::new()
+            .with_data_header(Bytes::from_static(b"h"))
+            .with_data_body(Bytes::from(vec![3u8; 1000]));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (items, code) in [
+            (vec![Ok(m.clone()), Ok(m.clone())], "0"),
+            (
+                vec![Ok(m.clone()), Err(Status::not_found("gone")), Ok(m.clone())],
+                "5",
+            ),
+        ] {
+            let n_ok = items.iter().take_while(|i| i.is_ok()).count();
+            let stream: BoxStream<FlightData> = Box::pin(futures::stream::iter(items));
+            let collected = runtime
+                .block_on(response(stream).into_body().collect())
+                .unwrap();
+            let trailers = collected.trailers().cloned().expect("trailers");
+            assert_eq!(trailers["grpc-status"], code);
+            let mut wire = collected.to_bytes();
+            let mut got = Vec::new();
+            while !wire.is_empty() {
+                let len = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
+                got.push(FlightData::decode(&wire[5..5 + len]).unwrap());
+                wire = wire.slice(5 + len..);
+            }
+            assert_eq!(got, vec![m.clone(); n_ok], "nothing after the error");
         }
     }
 

@@ -25,7 +25,7 @@ use crate::protocol::{ErrorCode, ErrorReply};
 use crate::server::Shared;
 use crate::store::{ConnId, Location, ObjectKind, StoreError};
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Largest Flight message `do_get` encodes (larger batches are sent in
 /// slices). Clients disagree: pyarrow's reading a 129 MB batch over loopback
@@ -84,28 +84,52 @@ impl Service {
         self.shared.pool.clone()
     }
 
-    /// The start of every `do_get`: the caller's role checked, the ticket
-    /// parsed, and for a whole table without dictionaries its messages as
-    /// they lie in the arena (bodies over the arena, holding the lease), or
-    /// `None` when the batches must go through arrow's encoder.
-    pub(super) async fn raw_get(
+    /// A `do_get`'s messages: the caller's role checked, the ticket parsed,
+    /// the version leased (held by the messages' bodies until the last is
+    /// dropped). A whole table without dictionaries goes as it lies in the
+    /// arena (`raw_messages`); other batches are decoded in place and
+    /// re-encoded by arrow's encoder, in slices of `MESSAGE_BYTES`.
+    pub(super) async fn get_stream(
         &self,
         req: &Request<Ticket>,
-    ) -> Result<(Wanted, Option<Vec<FlightData>>), Status> {
+    ) -> Result<BoxStream<FlightData>, Status> {
         self.require(req, Role::Read, "do_get")?;
         let wanted: Wanted =
             ticket::parse_ticket(&req.get_ref().ticket).map_err(Status::invalid_argument)?;
-        if wanted.columns.is_some() {
-            return Ok((wanted, None));
+        if wanted.columns.is_none() {
+            let pool = self.pool();
+            let (name, version) = (wanted.name.clone(), wanted.version);
+            let raw = blocking(move || {
+                let lease = Lease::take(&pool, &name, version)?;
+                Ok(raw_messages(lease))
+            })
+            .await?;
+            if let Some(messages) = raw {
+                return Ok(Box::pin(futures::stream::iter(
+                    messages.into_iter().map(Ok),
+                )));
+            }
         }
         let pool = self.pool();
-        let (name, version) = (wanted.name.clone(), wanted.version);
-        let raw = blocking(move || {
-            let lease = Lease::take(&pool, &name, version)?;
-            Ok(raw_messages(lease))
+        let (schema, batches) = blocking(move || {
+            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
+            open(lease, wanted.columns.as_deref())
         })
         .await?;
-        Ok((wanted, raw))
+        let messages = batches
+            .into_iter()
+            .flat_map(|b| split(b, MESSAGE_BYTES))
+            .map(Ok);
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            // Split above: the encoder's own split measures each buffer by
+            // its allocation, which for buffers over the arena is the whole
+            // version, and would cut every batch into slivers.
+            .with_max_flight_data_size(usize::MAX)
+            .build(futures::stream::iter(messages))
+            .map_err(Status::from);
+        Ok(Box::pin(stream))
     }
 }
 
@@ -773,31 +797,9 @@ impl arrow_flight::flight_service_server::FlightService for Service {
     }
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let (wanted, raw) = self.raw_get(&req).await?;
-        if let Some(messages) = raw {
-            let stream = futures::stream::iter(messages.into_iter().map(Ok));
-            return Ok(Response::new(Box::pin(stream)));
-        }
-        let pool = self.pool();
-        let (schema, batches) = blocking(move || {
-            let lease = Lease::take(&pool, &wanted.name, wanted.version)?;
-            open(lease, wanted.columns.as_deref())
-        })
-        .await?;
-        let messages = batches
-            .into_iter()
-            .flat_map(|b| split(b, MESSAGE_BYTES))
-            .map(Ok);
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .with_dictionary_handling(DictionaryHandling::Resend)
-            // Split above: the encoder's own split measures each buffer by
-            // its allocation, which for buffers over the arena is the whole
-            // version, and would cut every batch into slivers.
-            .with_max_flight_data_size(usize::MAX)
-            .build(futures::stream::iter(messages))
-            .map_err(Status::from);
-        Ok(Response::new(Box::pin(stream)))
+        // Served by `raw_get::RawDoGet` in front of this service; reached
+        // only for requests it leaves to tonic (a compressed one).
+        Ok(Response::new(self.get_stream(&req).await?))
     }
 
     async fn do_put(
