@@ -468,9 +468,13 @@ impl Client {
     /// `ARROWPOOL_WATCH=0` turns it off.
     fn watch_for_restart(&self, inner: &Arc<Inner>) {
         use std::sync::atomic::Ordering;
-        if inner.arena_id == (0, 0)
+        // Read once per process: this runs on every get.
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let off =
+            *OFF.get_or_init(|| std::env::var("ARROWPOOL_WATCH").is_ok_and(|v| v.trim() == "0"));
+        if off
+            || inner.arena_id == (0, 0)
             || self.state.watching.load(Ordering::Relaxed)
-            || std::env::var("ARROWPOOL_WATCH").is_ok_and(|v| v.trim() == "0")
             || self.state.watching.swap(true, Ordering::AcqRel)
         {
             return;

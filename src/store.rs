@@ -812,10 +812,13 @@ impl Store {
             .versions
             .get_mut(&id)
             .expect("forgetting a known version");
-        let (name, number) = (v.name.clone(), v.number);
         // (A spill's hold counts as a reader's: it ends soon, and a restart
         // in between only holds the version back for the quarantine.)
         v.orphaned = v.leases > 0;
+        if self.changes.is_none() {
+            return;
+        }
+        let (name, number) = (v.name.clone(), v.number);
         let change = if v.orphaned {
             Change::Orphaned { name, number }
         } else {

@@ -38,6 +38,28 @@ NO_CLOUD_METADATA = {
 START_TIMEOUT_S = 20.0
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 30.0) -> None:
+    """Waits until ``proc`` (``what``, logging to ``log``) listens on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{what} did not listen on {port}:\n{log.read_text()}")
+
+
 def server_binary() -> Path:
     path = Path(os.environ.get("ARROWPOOLD") or "target/debug/arrowpoold")
     if not path.is_absolute():

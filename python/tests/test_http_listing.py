@@ -8,10 +8,8 @@ page.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,31 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import arrowpool
-from conftest import Server
-
-START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import Server, free_port, wait_for_port
 
 
 def serve(argv: list[str], port: int, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{argv[0]} exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"{argv[0]} did not listen on {port}:\n{log.read_text()}")
+    wait_for_port(port, proc, log, argv[0])
+    return proc
 
 
 def part(i: int) -> pa.Table:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,32 +23,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import arrowpool
-from conftest import Server
+from conftest import Server, free_port, wait_for_port
 
 boto3 = pytest.importorskip("boto3")
 
 BUCKET = "data"
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"moto_server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"moto_server did not listen on {port}:\n{log.read_text()}")
 
 
 def aws_env(endpoint: str) -> dict[str, str]:
@@ -79,7 +58,7 @@ def s3(tmp_path_factory):
         )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_for_port(port, proc, log)
+        wait_for_port(port, proc, log, "moto_server", START_TIMEOUT_S)
         env = aws_env(endpoint)
         client = boto3.client(
             "s3", endpoint_url=endpoint, region_name=env["AWS_REGION"],

@@ -143,11 +143,13 @@ fn response(messages: BoxStream<FlightData>) -> http::Response<Body> {
                 _ if *failed => return futures::future::ready(None),
                 Some(Ok(mut m)) => {
                     let body = std::mem::take(&mut m.data_body);
-                    let head = Frame::data(head(&m, body.len()));
-                    if body.is_empty() {
-                        vec![head]
-                    } else {
-                        vec![head, Frame::data(body)]
+                    match head(&m, body.len()) {
+                        Ok(head) if body.is_empty() => vec![Frame::data(head)],
+                        Ok(head) => vec![Frame::data(head), Frame::data(body)],
+                        Err(status) => {
+                            *failed = true;
+                            vec![Frame::trailers(trailers(&status))]
+                        }
                     }
                 }
                 Some(Err(status)) => {
@@ -181,7 +183,8 @@ fn trailers(status: &Status) -> http::HeaderMap {
 /// Everything of one gRPC message but its body: the length prefix, the
 /// fields of `m` (its `data_body` taken out), and `data_body`'s key and
 /// length (field 1000), which the `body_len` bytes of the body then follow.
-fn head(m: &FlightData, body_len: usize) -> Bytes {
+/// A message of 4 GiB or more cannot be framed (gRPC's length is 32 bits).
+fn head(m: &FlightData, body_len: usize) -> Result<Bytes, Status> {
     const DATA_BODY: u32 = 1000;
     let mut fields = BytesMut::with_capacity(m.encoded_len() + 16);
     m.encode(&mut fields).expect("BytesMut grows");
@@ -193,12 +196,16 @@ fn head(m: &FlightData, body_len: usize) -> Bytes {
         );
         prost::encoding::encode_varint(body_len as u64, &mut fields);
     }
-    let total = fields.len() + body_len;
+    let total = u32::try_from(fields.len() + body_len).map_err(|_| {
+        Status::resource_exhausted(format!(
+            "do_get: a message of {body_len} bytes is more than a gRPC message can hold (4 GiB)"
+        ))
+    })?;
     let mut out = BytesMut::with_capacity(GRPC_PREFIX + fields.len());
     out.put_u8(0);
-    out.put_u32(u32::try_from(total).expect("messages are below 4 GiB (RAW_BODY_MAX)"));
+    out.put_u32(total);
     out.extend_from_slice(&fields);
-    out.freeze()
+    Ok(out.freeze())
 }
 
 #[cfg(test)]
@@ -219,7 +226,7 @@ mod tests {
                 .with_data_body(body.clone());
             let mut empty = m.clone();
             empty.data_body = Bytes::new();
-            let mut wire = head(&empty, body.len()).to_vec();
+            let mut wire = head(&empty, body.len()).unwrap().to_vec();
             wire.extend_from_slice(&body);
             let message = grpc_message(&wire).expect("one whole message");
             assert_eq!(FlightData::decode(message).unwrap(), m);
@@ -259,6 +266,12 @@ mod tests {
             }
             assert_eq!(got, vec![m.clone(); n_ok], "nothing after the error");
         }
+    }
+
+    #[test]
+    fn a_message_grpc_cannot_frame_is_an_error() {
+        let e = head(&FlightData::new(), 1 << 32).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     }
 
     #[test]

@@ -223,10 +223,12 @@ impl Pool {
         // after every kept version's. Without a quarantine they are not
         // protected at all, so they are not taken back either.
         let mut orphans: Vec<(VersionRecord, Option<Arc<Manifest>>)> = Vec::new();
-        for (v, crc) in replay.orphans {
-            if quarantine.is_zero() {
-                break;
-            }
+        let taken_back = if quarantine.is_zero() {
+            Vec::new()
+        } else {
+            replay.orphans
+        };
+        for (v, crc) in taken_back {
             let checked = self.check_recorded(&v, crc).and_then(|layout| {
                 claim(&mut claimed, &v).map(|()| layout).map_err(|at| {
                     format!("its bytes at arena offset {at} overlap a version restored before it")
@@ -251,12 +253,8 @@ impl Pool {
                     report.restored += 1;
                     for c in &v.chunks {
                         counted.insert(c.offset, c.length);
-                        self.arena.mark_allocated(c.offset, c.alloc_bytes);
                     }
-                    if let Some(((lo, ll), (ho, hl))) = v.manifest {
-                        self.arena.mark_allocated(lo, ll);
-                        self.arena.mark_allocated(ho, hl);
-                    }
+                    self.mark_allocated(&v);
                 }
                 Err(e) => report.problems.push(format!(
                     "version {} of {:?} left out: {e}",
@@ -265,25 +263,17 @@ impl Pool {
             }
         }
         report.bytes = counted.values().sum();
-        if !quarantine.is_zero() {
-            let until = Instant::now() + quarantine;
-            for (v, layout) in orphans {
-                match store.restore_orphan(&v, layout, until) {
-                    Ok(_) => {
-                        report.orphans += 1;
-                        for c in &v.chunks {
-                            self.arena.mark_allocated(c.offset, c.alloc_bytes);
-                        }
-                        if let Some(((lo, ll), (ho, hl))) = v.manifest {
-                            self.arena.mark_allocated(lo, ll);
-                            self.arena.mark_allocated(ho, hl);
-                        }
-                    }
-                    Err(e) => report.problems.push(format!(
-                        "replaced version {} of {:?}, held by readers, left out: {e}",
-                        v.number, v.name
-                    )),
+        let until = Instant::now() + quarantine;
+        for (v, layout) in orphans {
+            match store.restore_orphan(&v, layout, until) {
+                Ok(_) => {
+                    report.orphans += 1;
+                    self.mark_allocated(&v);
                 }
+                Err(e) => report.problems.push(format!(
+                    "replaced version {} of {:?}, held by readers, left out: {e}",
+                    v.number, v.name
+                )),
             }
         }
         // Spilled versions: their files must still be there, whole.
@@ -345,6 +335,18 @@ impl Pool {
         drop(store);
         report.seconds = began.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Marks a restored version's chunks and manifest room as allocated pages
+    /// of the arena (they hold its bytes already).
+    fn mark_allocated(&self, v: &VersionRecord) {
+        for c in &v.chunks {
+            self.arena.mark_allocated(c.offset, c.alloc_bytes);
+        }
+        if let Some(((lo, ll), (ho, hl))) = v.manifest {
+            self.arena.mark_allocated(lo, ll);
+            self.arena.mark_allocated(ho, hl);
+        }
     }
 
     /// Checks 1-3 of the module comment; the table's manifest when it passes.
