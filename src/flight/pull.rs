@@ -101,6 +101,11 @@ pub fn parse(url: &str) -> Result<Remote, String> {
 
 /// The HTTP/2 window a pull grants the remote sender (see `mod.rs`).
 const WINDOW_BYTES: u32 = 64 << 20;
+/// The largest HTTP/2 frame a pull accepts. h2 sends every DATA frame in a
+/// write of its own, so the frame size the *receiver* advertises decides the
+/// sender's syscalls: 16 KiB (h2's default) is about 80,000 writes for a
+/// 1.3 GB table, 1 MiB about 1,300.
+const FRAME_BYTES: u32 = (1 << 20) - 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pulls `req.path` (a Flight URL) and publishes it as `req.name`.
@@ -173,6 +178,7 @@ async fn fetch(
         .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
+        .max_frame_size(FRAME_BYTES)
         .tcp_nodelay(true);
     if remote.tls {
         let mut tls = ClientTlsConfig::new()

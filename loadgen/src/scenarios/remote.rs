@@ -28,6 +28,10 @@ use crate::server::ServerProcess;
 
 const NAME: &str = "remote";
 const WINDOW: u32 = 64 << 20;
+/// The largest HTTP/2 frame the client accepts (as `arrowpool ingest
+/// flight://` does): with h2's 16 KiB default a server written with h2 sends
+/// every 16 KiB in a syscall of its own.
+const FRAME: u32 = (1 << 20) - 1;
 
 pub fn run(r: &mut Run, bin: &Path, hugepages: &str, dir: &Path) -> Result<()> {
     let reserve = super::switch::reserve_bytes(r);
@@ -67,6 +71,7 @@ async fn connect(addr: &str) -> Result<FlightClient> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
+        .max_frame_size(FRAME)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .connect()
