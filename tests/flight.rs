@@ -47,7 +47,10 @@ async fn connect(addr: &str) -> FlightClient {
         .connect()
         .await
         .unwrap();
-    FlightClient::new(channel)
+    // Messages are up to 32 MiB; tonic's default limit is 4 MiB.
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    FlightClient::new_from_inner(inner)
 }
 
 fn batch(rows: i64) -> RecordBatch {
@@ -436,4 +439,33 @@ fn a_damaged_compressed_batch_is_refused() {
         let mut client = connect(&addr).await;
         put_ok(&mut client, batch(1000)).await;
     });
+}
+
+/// One batch larger than a Flight message (a pandas put is one batch) goes
+/// as row slices over the arena: the Rust client reads back the table it
+/// was, nulls and strings included, in several messages of whole 64-row
+/// steps (arrow's encoder would cut 1,200,007 rows into thirds).
+#[test]
+fn one_large_batch_reads_back_exactly_in_row_slices() {
+    let (s, addr) = server();
+    let c = s.client();
+    let (schema, batches) = common::table(1_200_007, 1, 4);
+    let one = arrow_select::concat::concat_batches(&schema, &batches).unwrap();
+    c.put("one", &schema, std::slice::from_ref(&one)).unwrap();
+    let got: Vec<RecordBatch> = runtime().block_on(async {
+        let mut client = connect(&addr).await;
+        client
+            .do_get(Ticket::new("one"))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    });
+    assert!(got.len() > 1, "sent as one message");
+    assert_eq!(got[0].num_rows() % 64, 0, "not the raw row slices");
+    let all = arrow_select::concat::concat_batches(&schema, &got).unwrap();
+    assert!(all == one, "the table reads back different");
+    assert_eq!(all.column(3).null_count(), one.column(3).null_count());
+    s.wait_until("the stream's lease released", |st| st.leases == 0);
 }

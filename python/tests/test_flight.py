@@ -4,6 +4,7 @@ the refusals of each."""
 
 from __future__ import annotations
 
+import decimal
 import json
 import os
 import subprocess
@@ -128,6 +129,34 @@ def test_an_empty_table_and_a_large_one_go_both_ways(served):
     big = pa.table({f"c{i}": rng.random(2_000_000) for i in range(6)})  # 96 MB: many messages
     put_flight(client, fl.FlightDescriptor.for_path("big"), big)
     assert client.do_get(fl.Ticket(b"big")).read_all().equals(big)
+
+
+def test_one_batch_larger_than_a_message_reads_back_in_row_slices(served):
+    """A pandas put is one batch of the whole table: sent as slices of rows
+    that point into the arena (flat columns of every kind, nulls not on
+    slice boundaries, a row count no slice size divides)."""
+    s, client = served
+    c = s.connect()
+    rng = np.random.default_rng(13)
+    rows = 1_000_003
+    nulls = rng.random(rows) < 0.1
+    big = pa.table({
+        "i": pa.array(rng.integers(-(1 << 40), 1 << 40, rows)),
+        "f": pa.array(rng.random(rows), mask=nulls),
+        "b": pa.array(rng.random(rows) > 0.5, mask=np.roll(nulls, 3)),
+        "s": pa.array([None if n else f"v{i}" for i, n in enumerate(nulls)]),
+        "ls": pa.array([f"{i % 97}" for i in range(rows)], pa.large_string()),
+        "t": pa.array(rng.integers(0, 1 << 50, rows), pa.timestamp("us")),
+        "d": pa.array([decimal.Decimal(i) / 100 for i in range(rows)], pa.decimal128(12, 2)),
+        "fsb": pa.array([i.to_bytes(3, "little") for i in range(rows)], pa.binary(3)),
+    }).combine_chunks()
+    assert big.nbytes > 40 << 20
+    c.put("one", big)
+    got = client.do_get(fl.Ticket(b"one")).read_all()
+    assert got.equals(big)
+    assert got.column("f").null_count == big.column("f").null_count
+    assert len(got.to_batches()) > 1
+    c.close()
 
 
 def test_actions_delete_ingest_and_stats(served, tmp_path):

@@ -32,6 +32,7 @@ pub mod pull;
 mod put;
 mod raw_get;
 mod service;
+mod slice;
 pub mod sql;
 pub mod ticket;
 

@@ -36,7 +36,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 use tower_service::Service as TowerService;
 
-use super::service::{BoxStream, Service};
+use super::service::{BoxStream, Outgoing, Service};
 
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// Largest do_get request read here (a ticket is a name, a version and a
@@ -134,18 +134,20 @@ fn grpc_message(bytes: &[u8]) -> Option<&[u8]> {
 
 /// The gRPC response: headers, each message as head + body, then trailers
 /// with `grpc-status: 0`, or the status of the error that ended the stream.
-fn response(messages: BoxStream<FlightData>) -> http::Response<Body> {
+fn response(messages: BoxStream<Outgoing>) -> http::Response<Body> {
     let frames = messages
         .map(Some)
         .chain(futures::stream::once(async { None }))
         .scan(false, |failed, item| {
             let frames: Vec<Frame<Bytes>> = match item {
                 _ if *failed => return futures::future::ready(None),
-                Some(Ok(mut m)) => {
-                    let body = std::mem::take(&mut m.data_body);
-                    match head(&m, body.len()) {
-                        Ok(head) if body.is_empty() => vec![Frame::data(head)],
-                        Ok(head) => vec![Frame::data(head), Frame::data(body)],
+                Some(Ok(m)) => {
+                    match head(&m.fields, m.body_len()) {
+                        Ok(head) => std::iter::once(head)
+                            .chain(m.body)
+                            .filter(|b| !b.is_empty())
+                            .map(Frame::data)
+                            .collect(),
                         Err(status) => {
                             *failed = true;
                             vec![Frame::trailers(trailers(&status))]
@@ -211,6 +213,7 @@ fn head(m: &FlightData, body_len: usize) -> Result<Bytes, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
 
     /// A message written as head + body decodes, with prost, to the message.
     #[test]
@@ -251,7 +254,8 @@ mod tests {
             ),
         ] {
             let n_ok = items.iter().take_while(|i| i.is_ok()).count();
-            let stream: BoxStream<FlightData> = Box::pin(futures::stream::iter(items));
+            let stream: BoxStream<Outgoing> =
+                Box::pin(futures::stream::iter(items).map_ok(Outgoing::whole));
             let collected = runtime
                 .block_on(response(stream).into_body().collect())
                 .unwrap();

@@ -86,13 +86,14 @@ impl Service {
 
     /// A `do_get`'s messages: the caller's role checked, the ticket parsed,
     /// the version leased (held by the messages' bodies until the last is
-    /// dropped). A whole table without dictionaries goes as it lies in the
-    /// arena (`raw_messages`); other batches are decoded in place and
-    /// re-encoded by arrow's encoder, in slices of `MESSAGE_BYTES`.
+    /// dropped). A whole table of flat columns without dictionaries goes as
+    /// it lies in the arena (`raw_messages`; large batches in row slices of
+    /// arena ranges); other tables are decoded in place and re-encoded by
+    /// arrow's encoder, in slices of `MESSAGE_BYTES`.
     pub(super) async fn get_stream(
         &self,
         req: &Request<Ticket>,
-    ) -> Result<BoxStream<FlightData>, Status> {
+    ) -> Result<BoxStream<Outgoing>, Status> {
         self.require(req, Role::Read, "do_get")?;
         let wanted: Wanted =
             ticket::parse_ticket(&req.get_ref().ticket).map_err(Status::invalid_argument)?;
@@ -128,8 +129,41 @@ impl Service {
             // version, and would cut every batch into slivers.
             .with_max_flight_data_size(usize::MAX)
             .build(futures::stream::iter(messages))
+            .map_ok(Outgoing::whole)
             .map_err(Status::from);
         Ok(Box::pin(stream))
+    }
+}
+
+/// One `do_get` message: its fields but the body, and the body in pieces
+/// written one after another (arena ranges, padding, rebased offsets; see
+/// `slice.rs`), or as the one buffer arrow's encoder wrote.
+pub(super) struct Outgoing {
+    pub fields: FlightData,
+    pub body: Vec<bytes::Bytes>,
+}
+
+impl Outgoing {
+    pub(super) fn whole(mut m: FlightData) -> Outgoing {
+        let body = std::mem::take(&mut m.data_body);
+        Outgoing {
+            fields: m,
+            body: if body.is_empty() { vec![] } else { vec![body] },
+        }
+    }
+
+    pub(super) fn body_len(&self) -> usize {
+        self.body.iter().map(|b| b.len()).sum()
+    }
+
+    /// The message as one `FlightData`, for tonic's way (the pieces copied
+    /// into one body when there are several).
+    fn into_flight_data(self) -> FlightData {
+        let body = match <[_; 1]>::try_from(self.body) {
+            Ok([one]) => one,
+            Err(pieces) => pieces.concat().into(),
+        };
+        self.fields.with_data_body(body)
     }
 }
 
@@ -304,25 +338,26 @@ impl AsRef<[u8]> for Piece {
     }
 }
 
-/// The largest body sent as it lies in the arena: a larger batch goes
-/// through the encoder, sliced (`MESSAGE_BYTES`), so no gRPC message gets
-/// large enough to slow clients down.
+/// The largest body sent as one range of the arena: a larger batch goes
+/// in slices of rows of about `MESSAGE_BYTES` (`slice.rs`), so no gRPC
+/// message gets large enough to slow clients down.
 const RAW_BODY_MAX: usize = 32 << 20;
 
 /// The version's messages as they lie in the arena, zero-copy: the schema
-/// message, then every batch, each body a slice of the arena (gRPC's framing
-/// copies it once), its header rewritten to that slice (`compact`). `None`
-/// when any batch's buffers are spread over the arena (a version that shares
-/// columns with others) or a body is too large: then the caller decodes and
-/// re-encodes. Tables with dictionaries take that way too.
-fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
+/// message, then every batch, each body a slice of the arena (the socket
+/// write copies it once), its header rewritten to that slice (`compact`);
+/// a batch too large for one message, or whose buffers are spread over the
+/// arena (a version that shares columns with others), in row slices of
+/// arena ranges (`slice.rs`). `None` when a batch has columns those cannot
+/// slice (nested, views) or the table has dictionaries: then the caller
+/// decodes and re-encodes.
+fn raw_messages(lease: Lease) -> Option<Vec<Outgoing>> {
     let loc = lease.location();
     if loc.kind != ObjectKind::Table {
         return None;
     }
     let pool = lease.pool.0.clone();
     let bytes = pool.arena.mapping().slice(loc.offset, loc.length)?;
-    let base = NonNull::new(bytes.as_ptr() as *mut u8)?;
     let footer = crate::ipc::footer(bytes).ok()?;
     let schema = crate::ipc::file_schema(bytes).ok()?;
     // Dictionary messages carry the ids their writer gave them, which the
@@ -336,10 +371,22 @@ fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
         return None;
     }
     let lease = Arc::new(lease);
-    let mut out = vec![FlightData::from(SchemaAsIpc::new(
+    // A range of `bytes` as a message body piece holding the lease.
+    let piece = |range: &[u8]| {
+        // The piece outlives this borrow: it must lie in the leased range.
+        let at = (range.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+        assert!(at <= bytes.len() && range.len() <= bytes.len() - at);
+        bytes::Bytes::from_owner(Piece {
+            lease: lease.clone(),
+            // Every caller passes a subslice of `bytes`, the leased range.
+            ptr: NonNull::from(range).cast(),
+            len: range.len(),
+        })
+    };
+    let mut out = vec![Outgoing::whole(FlightData::from(SchemaAsIpc::new(
         &schema,
         &IpcWriteOptions::default(),
-    ))];
+    )))];
     let blocks = footer
         .dictionaries()
         .into_iter()
@@ -348,26 +395,22 @@ fn raw_messages(lease: Lease) -> Option<Vec<FlightData>> {
     for block in blocks {
         let (start, end, meta) = crate::ipc::block_range(bytes, block).ok()?;
         let header = encapsulated(bytes, start)?;
-        let (header, first, len) = compact(header, end - start - meta)?;
-        if len > RAW_BODY_MAX {
-            return None;
+        let body = bytes.get(start + meta..end)?;
+        // One range of the arena when its buffers lie together and it is
+        // small enough for one message; else slices of rows.
+        let whole = compact(header, body.len()).filter(|c| c.2 <= RAW_BODY_MAX);
+        if let Some((header, first, len)) = whole {
+            out.push(Outgoing {
+                fields: FlightData::new().with_data_header(header),
+                body: vec![piece(body.get(first..first.checked_add(len)?)?)],
+            });
+            continue;
         }
-        let at = start + meta + first;
-        if at.checked_add(len)? > end {
-            return None;
-        }
-        let piece = Piece {
-            lease: lease.clone(),
-            // SAFETY: `at + len <= end <= bytes.len()` (checked above, and by
-            // block_range).
-            ptr: unsafe { base.add(at) },
-            len,
-        };
-        out.push(
-            FlightData::new()
-                .with_data_header(header)
-                .with_data_body(bytes::Bytes::from_owner(piece)),
-        );
+        let slices = super::slice::row_slices(header, body, &schema, MESSAGE_BYTES, piece)?;
+        out.extend(slices.into_iter().map(|s| Outgoing {
+            fields: FlightData::new().with_data_header(s.header),
+            body: s.body,
+        }));
     }
     Some(out)
 }
@@ -799,7 +842,10 @@ impl arrow_flight::flight_service_server::FlightService for Service {
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         // Served by `raw_get::RawDoGet` in front of this service; reached
         // only for requests it leaves to tonic (a compressed one).
-        Ok(Response::new(self.get_stream(&req).await?))
+        let messages = self.get_stream(&req).await?;
+        Ok(Response::new(Box::pin(
+            messages.map_ok(Outgoing::into_flight_data),
+        )))
     }
 
     async fn do_put(
