@@ -141,19 +141,17 @@ fn response(messages: BoxStream<Outgoing>) -> http::Response<Body> {
         .scan(false, |failed, item| {
             let frames: Vec<Frame<Bytes>> = match item {
                 _ if *failed => return futures::future::ready(None),
-                Some(Ok(m)) => {
-                    match head(&m.fields, m.body_len()) {
-                        Ok(head) => std::iter::once(head)
-                            .chain(m.body)
-                            .filter(|b| !b.is_empty())
-                            .map(Frame::data)
-                            .collect(),
-                        Err(status) => {
-                            *failed = true;
-                            vec![Frame::trailers(trailers(&status))]
-                        }
+                Some(Ok(m)) => match head(&m.fields, m.body_len()) {
+                    Ok(head) => std::iter::once(head)
+                        .chain(m.body)
+                        .filter(|b| !b.is_empty())
+                        .map(Frame::data)
+                        .collect(),
+                    Err(status) => {
+                        *failed = true;
+                        vec![Frame::trailers(trailers(&status))]
                     }
-                }
+                },
                 Some(Err(status)) => {
                     *failed = true;
                     vec![Frame::trailers(trailers(&status))]

@@ -75,8 +75,7 @@ pub(super) fn row_slices(
 ) -> Option<Vec<Slice>> {
     let message = arrow_ipc::root_as_message(header).ok()?;
     let batch = message.header_as_record_batch()?;
-    if batch.compression().is_some()
-        || batch.variadicBufferCounts().is_some_and(|v| !v.is_empty())
+    if batch.compression().is_some() || batch.variadicBufferCounts().is_some_and(|v| !v.is_empty())
     {
         return None;
     }
@@ -90,7 +89,13 @@ pub(super) fn row_slices(
         .collect::<Option<_>>()?;
     let wanted: usize = layouts
         .iter()
-        .map(|l| if matches!(l, Layout::Offsets(_)) { 3 } else { 2 })
+        .map(|l| {
+            if matches!(l, Layout::Offsets(_)) {
+                3
+            } else {
+                2
+            }
+        })
         .sum();
     if nodes.len() != layouts.len() || buffers.len() != wanted || rows == 0 {
         return None;
@@ -228,7 +233,11 @@ fn rebase(offsets: &[u8], w: usize) -> Option<(Vec<u8>, usize, usize)> {
             out.extend_from_slice(&o.to_le_bytes());
         }
     }
-    Some((out, usize::try_from(first).ok()?, usize::try_from(last).ok()?))
+    Some((
+        out,
+        usize::try_from(first).ok()?,
+        usize::try_from(last).ok()?,
+    ))
 }
 
 /// Where in the flatbuffer the scalar field `slot` of `table` lies; `None`
@@ -253,7 +262,7 @@ mod tests {
         Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array,
         LargeStringArray, RecordBatch, StringArray,
     };
-    use arrow_ipc::writer::{IpcDataGenerator, IpcWriteOptions, DictionaryTracker};
+    use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 
     /// A batch of every sliced kind, with and without nulls, rows not a
     /// multiple of 64.
@@ -272,7 +281,9 @@ mod tests {
             ),
             (
                 "f64",
-                Arc::new(Float64Array::from_iter_values((0..rows).map(|i| i as f64 / 3.0))),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..rows).map(|i| i as f64 / 3.0),
+                )),
             ),
             (
                 "bool_nulls",
@@ -309,7 +320,12 @@ mod tests {
         let options = IpcWriteOptions::default();
         let mut tracker = DictionaryTracker::new(false);
         let (_, data) = IpcDataGenerator::default()
-            .encoded_batch(batch, &mut tracker, &options)
+            .encode(
+                batch,
+                &mut tracker,
+                &options,
+                &mut arrow_ipc::writer::IpcWriteContext::default(),
+            )
             .unwrap();
         (data.ipc_message, data.arrow_data)
     }
@@ -348,9 +364,15 @@ mod tests {
             let mut at = 0;
             for s in &slices {
                 let got = decode(&schema, s);
-                got.columns().iter().for_each(|c| c.to_data().validate_full().unwrap());
+                got.columns()
+                    .iter()
+                    .for_each(|c| c.to_data().validate_full().unwrap());
                 assert_eq!(got, batch.slice(at, got.num_rows()), "rows {at}..");
-                for (g, w) in got.columns().iter().zip(batch.slice(at, got.num_rows()).columns()) {
+                for (g, w) in got
+                    .columns()
+                    .iter()
+                    .zip(batch.slice(at, got.num_rows()).columns())
+                {
                     assert_eq!(g.null_count(), w.null_count());
                 }
                 at += got.num_rows();
