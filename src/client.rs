@@ -150,6 +150,8 @@ struct Inner {
     writable: Option<Mapping>,
     hello: ServerHello,
     /// (st_dev, st_ino) of the arena: the same after a `--state-dir` restart.
+    /// (0, 0) for an arena no restart can find again (a memfd, which has no
+    /// name: `st_nlink` 0): nothing to adopt, no restart to watch for.
     arena_id: (u64, u64),
     /// A request failed in a way that leaves the stream unusable.
     dead: std::sync::atomic::AtomicBool,
@@ -326,8 +328,9 @@ impl Client {
         };
         let read_only = Mapping::map(fds[0].as_fd(), len, false).map_err(map_err)?;
         let arena_id = rustix::fs::fstat(&fds[0])
-            .map(|s| (s.st_dev, s.st_ino))
-            .unwrap_or((0, 0));
+            .ok()
+            .filter(|s| s.st_nlink > 0)
+            .map_or((0, 0), |s| (s.st_dev, s.st_ino));
         let writable = if write {
             Some(Mapping::map(fds[1].as_fd(), len, true).map_err(map_err)?)
         } else {

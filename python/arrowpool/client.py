@@ -136,6 +136,8 @@ class _Connection:
         #: The lease objects themselves, for a new connection to take over.
         self.lease_objects: "weakref.WeakValueDictionary[int, _Lease]" = weakref.WeakValueDictionary()
         #: (st_dev, st_ino) of the arena: the same after a restart with --state-dir.
+        #: (0, 0) for an arena no restart can find again (a memfd: no name, st_nlink
+        #: 0): nothing to adopt, no restart to watch for.
         self.arena_id: tuple[int, int] = (0, 0)
         self._tokens = itertools.count(1)
         self._request_ids = itertools.count(1)
@@ -215,7 +217,8 @@ class _Connection:
             self.hello = hello
             self.arena_len = hello.arena_len
             st = os.fstat(fds[0])
-            self.arena_id = (st.st_dev, st.st_ino)
+            if st.st_nlink > 0:
+                self.arena_id = (st.st_dev, st.st_ino)
             self.ro_mmap = mmap.mmap(
                 fds[0], hello.arena_len, mmap.MAP_SHARED, mmap.PROT_READ
             )

@@ -5,6 +5,7 @@ and leased (a later put does not overwrite them)."""
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import tempfile
 import time
@@ -151,6 +152,21 @@ def test_an_idle_reader_keeps_its_replaced_table_across_a_restart(tmp_path, stat
         assert held.equals(table(1))
     finally:
         s.stop()
+
+
+def test_only_a_server_with_a_state_directory_is_watched(tmp_path, state_dir):
+    # A memfd arena has no name a restart could find: no watcher thread.
+    for extra, watched in (((), False), (("--state-dir", state_dir), True)):
+        s = Server(tmp_path, memory="64M", extra=extra)
+        try:
+            c = arrowpool.connect(s.socket)
+            c.put("t", table(1))
+            held = c.get("t")
+            assert (c._watcher_pid == os.getpid()) is watched, extra
+            del held
+            c.close()
+        finally:
+            s.stop()
 
 
 def test_a_held_version_the_new_server_lacks_is_logged_and_stays_readable(tmp_path, state_dir, caplog):
