@@ -101,30 +101,6 @@ impl ReadBudget {
     }
 }
 
-/// Bytes read elsewhere (an object store's response), counted against
-/// `budget` as `n` bytes until their last slice is dropped, as a `ReadBuf`
-/// is: the reader runs ahead of the decoders by a bounded amount whatever
-/// fetched the bytes.
-#[cfg(feature = "object-store")]
-pub fn charged(data: impl AsRef<[u8]> + Send + 'static, budget: Arc<ReadBudget>, n: u64) -> Bytes {
-    struct Charged<T> {
-        data: T,
-        budget: Arc<ReadBudget>,
-        n: u64,
-    }
-    impl<T: AsRef<[u8]>> AsRef<[u8]> for Charged<T> {
-        fn as_ref(&self) -> &[u8] {
-            self.data.as_ref()
-        }
-    }
-    impl<T> Drop for Charged<T> {
-        fn drop(&mut self) {
-            self.budget.release(self.n);
-        }
-    }
-    Bytes::from_owner(Charged { data, budget, n })
-}
-
 /// Read buffers freed by the decoders, for the reader to use again: fresh
 /// memory costs a page fault and a zeroed page per 4 KiB (or 2 MiB) on first
 /// touch, reused memory costs nothing. Measured on the 2-core VM: zeroing the
@@ -402,9 +378,161 @@ impl Drop for ReadBuf {
     }
 }
 
+#[cfg(feature = "object-store")]
+pub use landing::{Landing, Slot};
+
+/// Buffers that an object store's ranged GETs write into (`remote.rs`).
+#[cfg(feature = "object-store")]
+mod landing {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::ReadBuf;
+
+    /// A read buffer that several writers fill at once from any thread, each
+    /// through the `Slot` of its own range (an object store's ranged GETs, one
+    /// per piece of an extent); its bytes become readable once every slot is
+    /// dropped and the whole buffer was written (`finish`). A slot holds the
+    /// buffer alive, so a reader that gives up midway never frees memory a
+    /// writer still writes.
+    #[derive(Debug)]
+    pub struct Landing {
+        buf: ReadBuf,
+        ptr: *mut u8,
+        written: std::sync::atomic::AtomicUsize,
+    }
+
+    // SAFETY: the memory behind `ptr` is written only through slots, whose
+    // ranges `Landing::new` checked to be disjoint, each slot owned by one thread
+    // at a time (`&mut self`), and read only by `finish`, once no slot exists.
+    unsafe impl Send for Landing {}
+    // SAFETY: as above; `&Landing` gives no access to the memory.
+    unsafe impl Sync for Landing {}
+
+    /// The right to write one range of a `Landing`, front to back.
+    #[derive(Debug)]
+    pub struct Slot {
+        landing: Arc<Landing>,
+        at: usize,
+        end: usize,
+    }
+
+    impl Landing {
+        /// The buffer and one slot per range (disjoint, within the buffer: an
+        /// overlap or a range past its end is a bug of the caller and panics).
+        pub fn new(
+            mut buf: ReadBuf,
+            ranges: impl Iterator<Item = std::ops::Range<usize>>,
+        ) -> (Arc<Landing>, Vec<Slot>) {
+            let mut ranges: Vec<_> = ranges.collect();
+            let mut sorted = ranges.clone();
+            sorted.sort_by_key(|r| r.start);
+            let mut end = 0;
+            for r in &sorted {
+                assert!(r.start >= end && r.start <= r.end, "slots overlap");
+                end = r.end;
+            }
+            assert!(end <= buf.len(), "a slot lies past the buffer");
+            let ptr = buf.as_mut_ptr();
+            let landing = Arc::new(Landing {
+                buf,
+                ptr,
+                written: Default::default(),
+            });
+            let slots = ranges
+                .drain(..)
+                .map(|r| Slot {
+                    landing: landing.clone(),
+                    at: r.start,
+                    end: r.end,
+                })
+                .collect();
+            (landing, slots)
+        }
+
+        /// The buffer's bytes, once no slot exists and every byte was written;
+        /// else the landing back.
+        pub fn finish(this: Arc<Landing>) -> Result<Bytes, Arc<Landing>> {
+            let landing = Arc::try_unwrap(this)?;
+            let len = landing.buf.len();
+            if landing.written.into_inner() != len {
+                return Err(Arc::new(Landing {
+                    written: len.into(),
+                    ..landing
+                }));
+            }
+            // SAFETY: every byte of the buffer was written (the slots' ranges
+            // are disjoint and their writes add up to its length), and no slot,
+            // hence no writer, is left.
+            Ok(unsafe { landing.buf.into_bytes(len) })
+        }
+    }
+
+    impl Slot {
+        /// Writes `bytes` after what this slot wrote before; `Err` (nothing
+        /// written) when they do not fit in its range.
+        pub fn write(&mut self, bytes: &[u8]) -> Result<(), ()> {
+            if bytes.len() > self.end - self.at {
+                return Err(());
+            }
+            // SAFETY: `[at, at + len)` lies in this slot's range (checked above),
+            // inside the buffer (`Landing::new`); no other slot writes it and
+            // nothing reads the buffer while this slot exists.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.landing.ptr.add(self.at),
+                    bytes.len(),
+                )
+            };
+            self.at += bytes.len();
+            self.landing
+                .written
+                .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "object-store")]
+    #[test]
+    fn a_landing_is_readable_once_every_slot_filled_its_range() {
+        let (landing, mut slots) =
+            Landing::new(ReadBuf::new(10, 64, None), [6..10, 0..6].into_iter());
+        let mut second = slots.pop().unwrap();
+        let mut first = slots.pop().unwrap();
+        // From another thread, as the GETs write.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                first.write(b"gh").unwrap();
+                first.write(b"ij").unwrap();
+                assert!(first.write(b"k").is_err(), "past its range");
+            });
+        });
+        second.write(b"abc").unwrap();
+        drop(first);
+        // A slot still exists: not readable.
+        let landing = Landing::finish(landing).unwrap_err();
+        second.write(b"def").unwrap();
+        drop(second);
+        assert_eq!(&Landing::finish(landing).unwrap()[..], b"abcdefghij");
+        // A range never written: refused even with no slot left.
+        let (landing, slots) = Landing::new(ReadBuf::new(4, 64, None), std::iter::once(0..4));
+        drop(slots);
+        assert!(Landing::finish(landing).is_err());
+    }
+
+    #[cfg(feature = "object-store")]
+    #[test]
+    #[should_panic(expected = "slots overlap")]
+    fn overlapping_slots_are_refused() {
+        let _ = Landing::new(ReadBuf::new(10, 64, None), [0..6, 5..10].into_iter());
+    }
 
     #[test]
     fn aligned_and_exposes_only_written_bytes() {
