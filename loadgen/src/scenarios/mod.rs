@@ -13,7 +13,7 @@
 //! restart    kill -9 of a --state-dir server with 1 and 3 tables, to the first get (own server)
 //! spill      switch back to a source spilled to disk vs ingest its Parquet again (own server)
 //! remote     Flight do_get / do_put over loopback vs pyarrow's Flight server (own server)
-//! objects    ingest from S3 (moto's server on loopback) vs the local file (own server)
+//! objects    ingest from S3 (an emulator on loopback) vs the local file (own server; the emulator on a CPU of its own, then sharing)
 //! ```
 
 pub mod callbacks;
