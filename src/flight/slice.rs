@@ -140,11 +140,14 @@ pub(super) fn row_slices(
             counts.push((b - a, nulls));
             let values = bufs.next()?;
             match *layout {
-                Layout::Fixed(w) => m.push(piece(values.get(a * w..b * w)?)),
+                Layout::Fixed(w) => {
+                    m.push(piece(values.get(a.checked_mul(w)?..b.checked_mul(w)?)?))
+                }
                 Layout::Bits => m.push(piece(bit_range(values, a, b)?)),
                 Layout::Offsets(w) => {
                     let data = bufs.next()?;
-                    let (rebased, from, to) = rebase(values.get(a * w..(b + 1) * w)?, w)?;
+                    let offsets = values.get(a.checked_mul(w)?..(b + 1).checked_mul(w)?)?;
+                    let (rebased, from, to) = rebase(offsets, w)?;
                     m.push(Bytes::from(rebased));
                     m.push(piece(data.get(from..to)?));
                 }
