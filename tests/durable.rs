@@ -55,11 +55,17 @@ fn owned(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch]) -> RecordBat
 fn read(c: &arrowpool::Client, name: &str, like: &Content) -> Option<(u64, Content)> {
     match like {
         Content::Table(_) => {
-            let t = c.get(name).ok()?;
+            let t = c
+                .get(name)
+                .inspect_err(|e| eprintln!("get {name}: {e}"))
+                .ok()?;
             Some((t.version, Content::Table(owned(&t.schema, &t.batches))))
         }
         Content::Bytes(_) => {
-            let b = c.get_bytes(name).ok()?;
+            let b = c
+                .get_bytes(name)
+                .inspect_err(|e| eprintln!("get_bytes {name}: {e}"))
+                .ok()?;
             let version = c
                 .list()
                 .unwrap()
@@ -199,11 +205,16 @@ fn verify(server: &Server, known: &mut Known) {
     for (name, (version, content)) in known.acked.clone() {
         let flight = in_flight.as_ref().filter(|(n, _)| *n == name);
         let mut got = read(&c, &name, &content);
-        if got.is_none() && c.stats().unwrap().quarantined_bytes > 0 {
-            // A spilled version may not fit back while the bytes the killed
-            // server had handed out are held back: read it once they are not.
+        // A spilled version may not fit back while the bytes the killed
+        // server had handed out, or the versions its readers held (orphans),
+        // are held back: read it once they are not.
+        let held = |c: &arrowpool::Client| {
+            let st = c.stats().unwrap();
+            st.quarantined_bytes > 0 || st.orphaned_versions > 0
+        };
+        if got.is_none() && held(&c) {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while c.stats().unwrap().quarantined_bytes > 0 && Instant::now() < deadline {
+            while held(&c) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
             got = read(&c, &name, &content);
