@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,7 @@ def main() -> None:
         finally:
             p.kill()
             p.wait()
+            shutil.rmtree(work, ignore_errors=True)
     read = statistics.median(reads)
     print(f"read_table median {read * 1000:.0f} ms")
     print(f"first ingest median {statistics.median(first) * 1000:.0f} ms = {statistics.median(first) / read:.2f}x read_table")
