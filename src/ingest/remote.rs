@@ -198,22 +198,22 @@ impl Objects {
                 continue;
             }
             let began = Instant::now();
-            let (e, p, got) =
+            let (e, got) =
                 f.rx.recv()
                     .map_err(|_| IngestError::Internal("object store requests vanished".into()))?;
             stats.io_time += began.elapsed();
             f.in_flight -= 1;
             stats.bytes += got?;
-            if let Some(bytes) = f.arrived(e, p)? {
+            if let Some(bytes) = f.arrived(e)? {
                 done(e, bytes)?;
             }
         }
     }
 }
 
-/// A piece's extent, its index in the extent, and its length once written
-/// into the extent's buffer (or why not).
-type Fetched = (usize, usize, Result<u64, IngestError>);
+/// A piece's extent and its length once written into the extent's buffer
+/// (or why not).
+type Fetched = (usize, Result<u64, IngestError>);
 
 /// The state of one `read_extents`: extents started, pieces waiting, in
 /// flight and arrived.
@@ -227,9 +227,9 @@ struct Fetch<'a> {
     landings: Vec<Option<Arc<Landing>>>,
     left: Vec<usize>,
     pool: Arc<BufferPool>,
-    /// Pieces to start: extent, index, range of the object, and the part of
-    /// the extent's buffer the piece writes.
-    waiting: VecDeque<(usize, usize, Range<u64>, Slot)>,
+    /// Pieces to start: extent, range of the object, and the part of the
+    /// extent's buffer the piece writes.
+    waiting: VecDeque<(usize, Range<u64>, Slot)>,
     /// The next extent to start.
     next: usize,
     in_flight: usize,
@@ -257,8 +257,8 @@ impl<'a> Fetch<'a> {
     /// for room only when nothing is in flight, as the local reader does).
     fn fill(&mut self, budget: &Arc<ReadBudget>) {
         while self.in_flight < PIECES_IN_FLIGHT {
-            if let Some((e, p, range, slot)) = self.waiting.pop_front() {
-                self.spawn(e, p, range, slot);
+            if let Some((e, range, slot)) = self.waiting.pop_front() {
+                self.spawn(e, range, slot);
                 continue;
             }
             let Some(extent) = self.extents.get(self.next) else {
@@ -283,20 +283,15 @@ impl<'a> Fetch<'a> {
             let (landing, slots) = Landing::new(buf, pieces.iter().map(at));
             self.landings.push(Some(landing));
             let e = self.next;
-            self.waiting.extend(
-                pieces
-                    .into_iter()
-                    .zip(slots)
-                    .enumerate()
-                    .map(|(p, (r, slot))| (e, p, r, slot)),
-            );
+            self.waiting
+                .extend(pieces.into_iter().zip(slots).map(|(r, slot)| (e, r, slot)));
             self.next += 1;
         }
     }
 
     /// One ranged GET on the runtime, streamed into its place in extent
     /// `e`'s buffer; its result comes back through `rx`.
-    fn spawn(&mut self, e: usize, p: usize, range: Range<u64>, mut slot: Slot) {
+    fn spawn(&mut self, e: usize, range: Range<u64>, mut slot: Slot) {
         let object = &self.objects.objects[self.extents[e].file];
         let (store, location, url, tx) = (
             object.store.clone(),
@@ -310,14 +305,14 @@ impl<'a> Fetch<'a> {
             // Before reporting: the buffer is the fetch's alone once every
             // piece has reported (`arrived`).
             drop(slot);
-            let _ = tx.send((e, p, check_piece(&url, &range, got).map(|()| want)));
+            let _ = tx.send((e, check_piece(&url, &range, got).map(|()| want)));
         });
         self.in_flight += 1;
     }
 
-    /// Records that piece `p` of extent `e` is written; the extent's bytes
+    /// Records that a piece of extent `e` is written; the extent's bytes
     /// once all its pieces are.
-    fn arrived(&mut self, e: usize, _p: usize) -> Result<Option<Bytes>, IngestError> {
+    fn arrived(&mut self, e: usize) -> Result<Option<Bytes>, IngestError> {
         self.left[e] -= 1;
         if self.left[e] > 0 {
             return Ok(None);
