@@ -180,7 +180,7 @@ impl BufferPool {
         Arc::new(BufferPool::default())
     }
 
-    /// The process's pool, which every local ingest reads into.
+    /// The process's pool, which every ingest reads into (files and objects).
     pub fn shared() -> Arc<BufferPool> {
         static SHARED: std::sync::OnceLock<Arc<BufferPool>> = std::sync::OnceLock::new();
         SHARED.get_or_init(BufferPool::new).clone()
