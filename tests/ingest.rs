@@ -740,6 +740,88 @@ fn ingest_a_single_row_group_split_across_decoders() {
     write_parquet(&path, &b, props(ROWS));
     client.ingest(path.to_str().unwrap(), "one", &[]).unwrap();
     assert_table(&client, "one", &reference(&path, &[]));
+    // One batch per row group, its column splits joined batch by batch.
+    assert_eq!(client.get("one").unwrap().batches.len(), 1);
+}
+
+/// A row group decodes to one batch, unless its strings would overflow
+/// 32-bit offsets there: here 2.2 GB of values the footer cannot see (a
+/// column dictionary-encoded, then plain: 10 bytes uncompressed for each
+/// 8 KiB row). The first decoding fails, the ingest runs again in 64Ki-row
+/// batches and succeeds, and the server's log says so.
+#[test]
+fn ingest_strings_beyond_32_bit_offsets_in_one_row_group() {
+    const LEN: usize = 8 * 1024;
+    const ROWS: usize = 270_000; // 2.2 GB: over 2 GiB in one batch, 512 MiB in 64Ki rows.
+    let server = Server::start_with(&["--memory", "2600M", "--threads", "1"]);
+    let client = server.client();
+    let path = server.dir.path().join("wide_strings.parquet");
+    let value = |i: usize| format!("{i:08}").repeat(LEN / 8);
+    // Two values repeated (one dictionary page of 16 KiB), then four new ones
+    // that outgrow the 20 KiB dictionary limit: those go plain, so the
+    // column is not kept as a dictionary and decodes to plain strings.
+    let repeated = DictionaryArray::<Int32Type>::new(
+        Int32Array::from_iter_values((0..ROWS - 4).map(|i| (i % 2) as i32)),
+        Arc::new(StringArray::from_iter_values((0..2).map(value))),
+    );
+    let fresh = StringArray::from_iter_values((2..6).map(value));
+    let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(ROWS))
+        .set_dictionary_page_size_limit(20 * 1024)
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let options = parquet::arrow::arrow_writer::ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
+    let mut w =
+        ArrowWriter::try_new_with_options(File::create(&path).unwrap(), schema.clone(), options)
+            .unwrap();
+    w.write(
+        &RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "s",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            )])),
+            vec![Arc::new(repeated)],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    w.write(&RecordBatch::try_new(schema, vec![Arc::new(fresh)]).unwrap())
+        .unwrap();
+    w.close().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 4 << 20);
+
+    let reply = client.ingest(path.to_str().unwrap(), "wide", &[]).unwrap();
+    assert_eq!(reply.rows, ROWS as u64);
+    assert!(
+        server
+            .stderr()
+            .contains("decoding again in batches of 65536 rows"),
+        "{}",
+        server.stderr()
+    );
+    let table = client.get("wide").unwrap();
+    assert_eq!(table.schema.field(0).data_type(), &DataType::Utf8);
+    assert_eq!(table.batches.len(), ROWS.div_ceil(64 * 1024));
+    let mut row = 0;
+    for b in &table.batches {
+        let s = b.column(0).as_string::<i32>();
+        for i in [0, 1, b.num_rows() - 1] {
+            let at = row + i;
+            let want = if at < ROWS - 4 {
+                value(at % 2)
+            } else {
+                value(at - (ROWS - 4) + 2)
+            };
+            assert_eq!(s.value(i), want, "row {at}");
+        }
+        assert_eq!(s.value_data().len(), b.num_rows() * LEN);
+        row += b.num_rows();
+    }
+    assert_eq!(row, ROWS);
 }
 
 /// A file with a schema and no rows gives a table with that schema and no rows.

@@ -19,11 +19,6 @@ use parquet::DecodeResult;
 use super::error::IngestError;
 use super::plan::Unit;
 
-/// Rows per decoded batch (and per IPC record batch). Large enough that
-/// per-batch costs vanish, small enough that one batch of strings stays far
-/// from the 2 GiB limit of 32-bit offsets and in cache while it is built.
-pub const BATCH_ROWS: usize = 64 * 1024;
-
 /// Decodes one unit from its column chunks (`(file range, bytes)`).
 pub fn decode_unit(
     metadata: &ArrowReaderMetadata,
@@ -65,10 +60,10 @@ fn decode(
     let mut decoder = ParquetPushDecoderBuilder::new_with_metadata(metadata.clone())
         .with_projection(unit.mask.clone())
         .with_row_groups(vec![unit.row_group])
-        .with_batch_size(BATCH_ROWS)
+        .with_batch_size(unit.batch_rows.max(1))
         .build()
         .map_err(|e| e.to_string())?;
-    let mut batches = Vec::with_capacity((unit.rows as usize).div_ceil(BATCH_ROWS));
+    let mut batches = Vec::with_capacity((unit.rows as usize).div_ceil(unit.batch_rows.max(1)));
     // Each round either pushes data the decoder lacked or yields a batch, so
     // the loop ends; the bound guards against a decoder that asks again for
     // what it was given.

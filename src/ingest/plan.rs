@@ -24,6 +24,39 @@ use parquet::schema::types::SchemaDescriptor;
 /// unit's bytes are read soon, few enough that per-unit costs stay small.
 const UNITS_PER_WORKER: usize = 8;
 
+/// Rows per decoded batch: whole row groups, or at most this many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// A row group decodes to one batch, or to a few equal ones when one of
+    /// its columns holds more than `BATCH_COLUMN_BYTES` (uncompressed, per
+    /// the footer), so that string offsets stay far from 32 bits.
+    RowGroups,
+    /// Batches of at most this many rows (the retry when whole row groups
+    /// fail, `ingest::ingest`).
+    Rows(usize),
+}
+
+/// Rows per batch when a row group is decoded in pieces: the retry's size,
+/// and the step every larger batch size is a multiple of (so that validity
+/// bitmaps of column splits start on whole bytes).
+pub const SMALL_BATCH_ROWS: usize = 64 * 1024;
+
+/// Uncompressed bytes of one column above which a row group is decoded as
+/// several batches.
+const BATCH_COLUMN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Rows per batch for a row group of `rows` rows whose largest requested
+/// column holds `largest` uncompressed bytes.
+fn batch_rows(batching: Batching, rows: u64, largest: u64) -> usize {
+    let rows = rows.max(1);
+    let per = match batching {
+        Batching::Rows(n) => return n.max(1),
+        Batching::RowGroups => rows.div_ceil(largest.div_ceil(BATCH_COLUMN_BYTES).max(1)),
+    };
+    let step = SMALL_BATCH_ROWS as u64;
+    per.div_ceil(step).saturating_mul(step).min(rows) as usize
+}
+
 /// One decoder's work.
 #[derive(Debug, Clone)]
 pub struct Unit {
@@ -37,6 +70,9 @@ pub struct Unit {
     /// The unit's extents, as indices into `Plan::extents`.
     pub extents: Range<usize>,
     pub rows: u64,
+    /// Rows per decoded batch: the same for every unit of a row group (the
+    /// manifest joins their columns batch by batch).
+    pub batch_rows: usize,
 }
 
 /// Bytes read into one buffer.
@@ -58,8 +94,13 @@ pub struct Plan {
 
 /// Plans the reads and decodes of `roots` (top-level column indices,
 /// ascending, non-empty unless the schema is empty) over `files` for
-/// `workers` decoder threads.
-pub fn plan(files: &[&ParquetMetaData], roots: &[usize], workers: usize) -> Plan {
+/// `workers` decoder threads, batched as `batching` says.
+pub fn plan(
+    files: &[&ParquetMetaData],
+    roots: &[usize],
+    workers: usize,
+    batching: Batching,
+) -> Plan {
     let row_groups: usize = files.iter().map(|m| m.num_row_groups()).sum();
     let splits = if row_groups == 0 || row_groups >= UNITS_PER_WORKER * workers {
         1
@@ -82,6 +123,8 @@ pub fn plan(files: &[&ParquetMetaData], roots: &[usize], workers: usize) -> Plan
                     .sum::<u64>()
                     .max(1)
             };
+            let largest = roots.iter().map(|&r| weight(r)).max().unwrap_or(0);
+            let batch_rows = batch_rows(batching, rg.num_rows().max(0) as u64, largest);
             for group in split(roots, splits, weight) {
                 let mut chunks: Vec<Range<u64>> = group
                     .iter()
@@ -117,6 +160,7 @@ pub fn plan(files: &[&ParquetMetaData], roots: &[usize], workers: usize) -> Plan
                     chunks,
                     extents: first_extent..plan.extents.len(),
                     rows,
+                    batch_rows,
                 });
             }
             plan.rows += rg.num_rows().max(0) as u64;
@@ -164,6 +208,24 @@ fn split(roots: &[usize], parts: usize, weight: impl Fn(usize) -> u64) -> Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_row_groups_unless_a_column_is_large() {
+        let mib = 1024 * 1024;
+        let rg = Batching::RowGroups;
+        assert_eq!(batch_rows(rg, 1_000_000, 100 * mib), 1_000_000);
+        assert_eq!(batch_rows(rg, 0, 0), 1);
+        assert_eq!(batch_rows(rg, 10, 0), 10);
+        // 600 MiB in one column: three batches, on 64Ki-row steps.
+        let n = batch_rows(rg, 3_000_000, 600 * mib);
+        assert_eq!(n % SMALL_BATCH_ROWS, 0);
+        assert!((1_000_000..1_000_000 + SMALL_BATCH_ROWS).contains(&n), "{n}");
+        assert_eq!(batch_rows(rg, 100, 10_000 * mib), 100);
+        assert_eq!(
+            batch_rows(Batching::Rows(SMALL_BATCH_ROWS), 1_000_000, 1),
+            SMALL_BATCH_ROWS
+        );
+    }
 
     #[test]
     fn split_balances_contiguous_runs() {
