@@ -492,6 +492,14 @@ fn add_comparisons(r: &mut Run) {
             note: "#10's target: at most 0.5x the read (>= 2)",
         },
         Pair {
+            key: "get_ingested",
+            label: "read all columns of the ingested table",
+            baseline: ("parquet_read_all", "read all columns (arrow-rs, all cores)"),
+            candidate: ("get_ingested", "get of the ingested table"),
+            gate: Gate::Tolerance(0.6),
+            note: "a get of what `ingest` wrote: one record batch per row group",
+        },
+        Pair {
             key: "get_idle",
             label: "get after 0.5 s idle vs socket echo",
             baseline: ("echo_after_idle", "Unix-socket echo after 0.5 s idle"),

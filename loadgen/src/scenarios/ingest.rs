@@ -41,6 +41,25 @@ pub fn run(r: &mut Run) -> Result<()> {
         Ok(d)
     })?;
     r.keep(&t);
+    // What a reader of the ingested table pays: a get builds one set of
+    // arrays per record batch, and a row group is one batch
+    // (docs/INGEST.md), as a put of the same table's batches is.
+    let mut batches = 0;
+    let t = r.sampler.sample("get_ingested", || {
+        let start = std::time::Instant::now();
+        let table = client.get(INGEST_NAME)?;
+        let d = start.elapsed();
+        batches = table.batches.len();
+        drop(table);
+        Ok(d)
+    })?;
+    r.keep(&t);
+    let row_groups = rows.div_ceil(r.batch_rows.max(1) as u64);
+    r.check(
+        "an ingested table has a batch per row group",
+        batches as u64 == row_groups,
+        format!("{batches} batches, {row_groups} row groups"),
+    );
     client.delete(INGEST_NAME)?;
     if let Err(e) = client.get(MAIN_NAME) {
         bail!(
