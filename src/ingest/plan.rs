@@ -219,7 +219,10 @@ mod tests {
         // 600 MiB in one column: three batches, on 64Ki-row steps.
         let n = batch_rows(rg, 3_000_000, 600 * mib);
         assert_eq!(n % SMALL_BATCH_ROWS, 0);
-        assert!((1_000_000..1_000_000 + SMALL_BATCH_ROWS).contains(&n), "{n}");
+        assert!(
+            (1_000_000..1_000_000 + SMALL_BATCH_ROWS).contains(&n),
+            "{n}"
+        );
         assert_eq!(batch_rows(rg, 100, 10_000 * mib), 100);
         assert_eq!(
             batch_rows(Batching::Rows(SMALL_BATCH_ROWS), 1_000_000, 1),
