@@ -36,9 +36,9 @@ pub enum Batching {
     Rows(usize),
 }
 
-/// Rows per batch when a row group is decoded in pieces: the retry's size,
-/// and the step every larger batch size is a multiple of (so that validity
-/// bitmaps of column splits start on whole bytes).
+/// Rows per batch of the retry (the size every ingest used before whole row
+/// groups), and the step a row group's batch size is rounded up to when it
+/// is cut into several.
 pub const SMALL_BATCH_ROWS: usize = 64 * 1024;
 
 /// Uncompressed bytes of one column above which a row group is decoded as
