@@ -313,11 +313,22 @@ impl<'a> Fetch<'a> {
     /// Records that a piece of extent `e` is written; the extent's bytes
     /// once all its pieces are.
     fn arrived(&mut self, e: usize) -> Result<Option<Bytes>, IngestError> {
-        self.left[e] -= 1;
-        if self.left[e] > 0 {
+        let internal = |what: &str| IngestError::Internal(format!("extent {e}: {what}"));
+        let left = self
+            .left
+            .get_mut(e)
+            .ok_or_else(|| internal("unknown extent"))?;
+        *left = left
+            .checked_sub(1)
+            .ok_or_else(|| internal("a piece reported after the last"))?;
+        if *left > 0 {
             return Ok(None);
         }
-        let landing = self.landings[e].take().expect("an extent completes once");
+        let landing = self
+            .landings
+            .get_mut(e)
+            .and_then(Option::take)
+            .ok_or_else(|| internal("completed twice"))?;
         Landing::finish(landing).map(Some).map_err(|_| {
             IngestError::Internal("an extent's pieces are all in but its buffer is not full".into())
         })
