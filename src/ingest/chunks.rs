@@ -18,18 +18,22 @@
 //! when it is reserved. All chunks belong to the ingest's own server-side
 //! connection; a failure anywhere disconnects it, which aborts them all.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::file::metadata::ParquetMetaData;
 
 use crate::ipc::manifest::{BatchLayout, ColumnLayout, DictionaryLayout, Manifest};
 use crate::pool::{Pool, PoolError, PutError};
 use crate::store::{ConnId, ObjectId, SealInfo, StoreError};
 
 use super::dictionary::{key_type, Dictionaries};
+use super::direct;
 use super::error::IngestError;
 use super::plan::Unit;
 use crate::ipc::write;
@@ -51,6 +55,9 @@ pub struct Written {
     pub bytes: u64,
     /// Time spent writing into the arena, summed over threads.
     pub write: Duration,
+    /// Time spent reading direct columns into the arena (decoding, and
+    /// faulting their chunks in), summed over threads.
+    pub direct: Duration,
 }
 
 /// Places the units of one ingest; `place` runs on the decoder threads.
@@ -64,11 +71,15 @@ pub struct Placer<'a> {
     dictionaries: &'a Dictionaries,
     prepare: &'a (dyn Fn(&mut [u8]) + Sync),
     path: &'a std::path::Path,
+    /// Each file's metadata, for the direct columns' page readers.
+    files: &'a [&'a ParquetMetaData],
     placed: Mutex<Vec<Option<Placed>>>,
     chunks: Mutex<Vec<(ObjectId, u64)>>,
     /// Bytes of all chunks asked for so far (for the "never fits" message).
     reserved: AtomicU64,
     write_time: Mutex<Duration>,
+    /// Time spent reading direct columns into the arena, summed over threads.
+    direct_time: Mutex<Duration>,
 }
 
 fn internal(what: impl std::fmt::Display) -> IngestError {
@@ -86,6 +97,7 @@ impl<'a> Placer<'a> {
         dictionaries: &'a Dictionaries,
         prepare: &'a (dyn Fn(&mut [u8]) + Sync),
         path: &'a std::path::Path,
+        files: &'a [&'a ParquetMetaData],
     ) -> Placer<'a> {
         Placer {
             pool,
@@ -96,10 +108,12 @@ impl<'a> Placer<'a> {
             dictionaries,
             prepare,
             path,
+            files,
             placed: Mutex::new((0..units.len()).map(|_| None).collect()),
             chunks: Mutex::new(Vec::new()),
             reserved: AtomicU64::new(0),
             write_time: Mutex::new(Duration::ZERO),
+            direct_time: Mutex::new(Duration::ZERO),
         }
     }
 
@@ -174,22 +188,117 @@ impl<'a> Placer<'a> {
         Ok((id, manifest))
     }
 
-    /// Places unit `u`'s decoded batches (columns: the unit's roots, in the
-    /// decode schema's types).
-    pub fn place(&self, u: usize, batches: Vec<RecordBatch>) -> Result<(), IngestError> {
+    /// Reads unit `u`'s direct columns (`direct.rs`) from its column chunks
+    /// into a chunk of their own; returns per batch their layouts, in unit
+    /// order (none if the unit has no direct column).
+    fn place_direct(
+        &self,
+        unit: &Unit,
+        batch_rows: &[usize],
+        chunks: &[(Range<u64>, Bytes)],
+    ) -> Result<Vec<Vec<ColumnLayout>>, IngestError> {
+        let positions: Vec<usize> = (0..unit.roots.len()).filter(|&i| unit.direct[i]).collect();
+        if positions.is_empty() || batch_rows.is_empty() {
+            return Ok(vec![Vec::new(); batch_rows.len()]);
+        }
+        let metadata = self
+            .files
+            .get(unit.file)
+            .ok_or_else(|| internal("a unit of an unknown file"))?;
+        let columns: Vec<direct::Column> = positions
+            .iter()
+            .map(|&i| direct::Column::new(metadata, self.target, unit.roots[i]))
+            .collect::<Option<_>>()
+            .ok_or_else(|| internal("a column planned as direct is not"))?;
+        let size = direct::chunk_bytes(&columns, batch_rows);
+        self.reserved.fetch_add(size, Ordering::Relaxed);
+        let began = Instant::now();
+        let (id, layouts) = self
+            .pool
+            .write_raw_chunk(self.conn, self.name, size, |dest, base| {
+                (self.prepare)(dest);
+                direct::decode(
+                    metadata,
+                    unit.row_group,
+                    &columns,
+                    batch_rows,
+                    chunks,
+                    dest,
+                    base,
+                )
+            })
+            .map_err(|e| match e {
+                PutError::Pool(err) => self.store_error(self.never_fits(err)),
+                PutError::Write((k, err)) => IngestError::Decode {
+                    path: self.path.into(),
+                    row_group: unit.row_group,
+                    columns: match k.and_then(|k| positions.get(k)) {
+                        Some(&i) => self.target.field(unit.roots[i]).name().clone(),
+                        None => positions
+                            .iter()
+                            .map(|&i| self.target.field(unit.roots[i]).name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    },
+                    err,
+                },
+            })?;
+        *self.direct_time.lock().unwrap_or_else(|p| p.into_inner()) += began.elapsed();
+        self.chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, size));
+        Ok(layouts)
+    }
+
+    /// Places unit `u`: its decoded batches (columns: the unit's roots that
+    /// are not direct, in the decode schema's types) and its direct columns,
+    /// read here from its column chunks.
+    pub fn place(
+        &self,
+        u: usize,
+        batches: Vec<RecordBatch>,
+        chunks: &[(Range<u64>, Bytes)],
+    ) -> Result<(), IngestError> {
         let unit = self.units.get(u).ok_or_else(|| internal("unknown unit"))?;
+        let batch_rows = unit.batches();
+        // Where each root's column is in the decoded batches (direct: none).
+        let mut in_batch = vec![None; unit.roots.len()];
+        let mut decoded = 0;
+        for (i, slot) in in_batch.iter_mut().enumerate() {
+            if !unit.direct[i] {
+                *slot = Some(decoded);
+                decoded += 1;
+            }
+        }
+        if decoded > 0 {
+            let got: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+            if got != batch_rows {
+                return Err(internal(format!(
+                    "row group {} decoded to batches of {got:?} rows where {batch_rows:?} were planned",
+                    unit.row_group
+                )));
+            }
+        }
+        for b in &batches {
+            if b.num_columns() != decoded {
+                return Err(internal("a decoded batch has other columns than its unit"));
+            }
+        }
         let is_dict: Vec<bool> = unit
             .roots
             .iter()
             .map(|&r| self.dictionaries.is_dictionary(r))
             .collect();
-        let plain_idx: Vec<usize> = (0..unit.roots.len()).filter(|&i| !is_dict[i]).collect();
+        let plain_idx: Vec<usize> = (0..unit.roots.len())
+            .filter(|&i| !is_dict[i] && !unit.direct[i])
+            .collect();
         let dict_idx: Vec<usize> = (0..unit.roots.len()).filter(|&i| is_dict[i]).collect();
-        for b in &batches {
-            if b.num_columns() != unit.roots.len() {
-                return Err(internal("a decoded batch has other columns than its unit"));
-            }
-        }
+        let column = |b: &RecordBatch, i: usize| -> Result<ArrayRef, IngestError> {
+            in_batch[i]
+                .map(|c| b.column(c).clone())
+                .ok_or_else(|| internal("a dictionary column planned as direct"))
+        };
 
         let mut keys = Vec::with_capacity(batches.len());
         let mut caches = vec![None; dict_idx.len()];
@@ -198,7 +307,7 @@ impl<'a> Placer<'a> {
             for (j, &i) in dict_idx.iter().enumerate() {
                 let remapped = self
                     .dictionaries
-                    .remap(unit.roots[i], b.column(i), &mut caches[j])
+                    .remap(unit.roots[i], &column(b, i)?, &mut caches[j])
                     .map_err(|e| IngestError::Decode {
                         path: self.path.into(),
                         row_group: unit.row_group,
@@ -210,9 +319,13 @@ impl<'a> Placer<'a> {
             keys.push(k);
         }
         drop(caches);
+        if decoded == 0 {
+            // No decoded batches: the direct columns alone make the batches.
+            keys = vec![Vec::new(); batch_rows.len()];
+        }
 
-        let plain = if plain_idx.is_empty() {
-            vec![Vec::new(); batches.len()]
+        let written = if plain_idx.is_empty() {
+            vec![Vec::new(); batch_rows.len()]
         } else {
             let schema = Arc::new(
                 self.target
@@ -222,21 +335,38 @@ impl<'a> Placer<'a> {
             let projected: Vec<RecordBatch> = batches
                 .iter()
                 .map(|b| {
-                    RecordBatch::try_new(
-                        schema.clone(),
-                        plain_idx.iter().map(|&i| b.column(i).clone()).collect(),
-                    )
+                    let columns = plain_idx
+                        .iter()
+                        .map(|&i| column(b, i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    RecordBatch::try_new(schema.clone(), columns).map_err(internal)
                 })
-                .collect::<Result<_, _>>()
-                .map_err(internal)?;
+                .collect::<Result<_, _>>()?;
             let (_, manifest) = self.write_file(&schema, &projected, 1)?;
             manifest
                 .batch_columns()
                 .map_err(internal)?
                 .ok_or_else(|| internal("a plain unit has nested dictionaries"))?
         };
-        let rows = batches.iter().map(|b| b.num_rows() as i64).collect();
         drop(batches);
+        let direct = self.place_direct(unit, &batch_rows, chunks)?;
+        if written.len() != batch_rows.len() || direct.len() != batch_rows.len() {
+            return Err(internal(
+                "a unit's columns were placed as different batches",
+            ));
+        }
+        // Per batch, the plain columns in unit order: written or direct.
+        let mut plain = Vec::with_capacity(batch_rows.len());
+        for (w, d) in written.into_iter().zip(direct) {
+            let (mut w, mut d) = (w.into_iter(), d.into_iter());
+            let mut columns = Vec::with_capacity(unit.roots.len() - dict_idx.len());
+            for i in (0..unit.roots.len()).filter(|&i| !is_dict[i]) {
+                let c = if unit.direct[i] { d.next() } else { w.next() };
+                columns.push(c.ok_or_else(|| internal("a column was not placed"))?);
+            }
+            plain.push(columns);
+        }
+        let rows = batch_rows.iter().map(|&n| n as i64).collect();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed[u] = Some(Placed { rows, plain, keys });
         Ok(())
@@ -325,7 +455,11 @@ impl<'a> Placer<'a> {
                 for b in 0..placed[first].rows.len() {
                     let mut columns = Vec::with_capacity(dict_cols.len());
                     for p in &placed[first..end] {
-                        for k in &p.keys[b] {
+                        let keys = p
+                            .keys
+                            .get(b)
+                            .ok_or_else(|| internal("a batch lacks keys"))?;
+                        for k in keys {
                             let want = &key_schema.field(columns.len()).data_type().clone();
                             columns.push(arrow_cast::cast(k, want).map_err(internal)?);
                         }
@@ -434,6 +568,10 @@ impl<'a> Placer<'a> {
             sealed,
             bytes: chunks.iter().map(|c| c.1).sum(),
             write,
+            direct: self
+                .direct_time
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Decoding: one `ParquetPushDecoder` per unit (a row group, or some of its
-//! columns), fed from the reader's buffers.
+//! columns), fed from the reader's buffers, for the unit's columns that are
+//! not read straight into the arena (`direct.rs`).
 //!
 //! Why the push decoder: it does no I/O of its own, so the reader decides how
 //! bytes arrive (io_uring, large reads, `O_DIRECT`) and the decoder only asks
@@ -19,7 +20,9 @@ use parquet::DecodeResult;
 use super::error::IngestError;
 use super::plan::Unit;
 
-/// Decodes one unit from its column chunks (`(file range, bytes)`).
+/// Decodes one unit's columns that are not direct from its column chunks
+/// (`(file range, bytes)`): batches of those columns only, none if all are
+/// direct.
 pub fn decode_unit(
     metadata: &ArrowReaderMetadata,
     schema: &SchemaRef,
@@ -56,7 +59,12 @@ fn decode(
     unit: &Unit,
     chunks: &[(Range<u64>, Bytes)],
 ) -> Result<Vec<RecordBatch>, String> {
-    let expected = schema.project(&unit.roots).map_err(|e| e.to_string())?;
+    let roots = unit.decoded_roots();
+    if roots.is_empty() {
+        // Every column of the unit is read straight into the arena.
+        return Ok(Vec::new());
+    }
+    let expected = schema.project(&roots).map_err(|e| e.to_string())?;
     let mut decoder = ParquetPushDecoderBuilder::new_with_metadata(metadata.clone())
         .with_projection(unit.mask.clone())
         .with_row_groups(vec![unit.row_group])

@@ -56,8 +56,10 @@ pub struct Decoded {
 }
 
 /// Where decoded units go: called by the decoder thread that decoded unit
-/// `u` (in any order of units).
-pub type Sink<'a> = dyn Fn(usize, Vec<RecordBatch>) -> Result<(), IngestError> + Sync + 'a;
+/// `u` (in any order of units), with its batches and its column chunks (for
+/// the columns read straight into the arena).
+pub type Sink<'a> =
+    dyn Fn(usize, Vec<RecordBatch>, &[(Range<u64>, Bytes)]) -> Result<(), IngestError> + Sync + 'a;
 
 /// Reads and decodes every unit of `plan` with `workers` decoder threads,
 /// handing each unit's batches to `sink`. `readers[f]` is the Arrow view of
@@ -103,11 +105,11 @@ pub fn run(
                             &chunks,
                             &paths[unit.file],
                         );
-                        drop(chunks);
                         *decode_time.lock().unwrap_or_else(|p| p.into_inner()) += began.elapsed();
-                        if let Err(e) = result.and_then(|batches| sink(u, batches)) {
+                        if let Err(e) = result.and_then(|batches| sink(u, batches, &chunks)) {
                             fail(e);
                         }
+                        drop(chunks);
                     }
                     budget.unit_finished();
                 }

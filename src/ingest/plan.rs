@@ -64,6 +64,10 @@ pub struct Unit {
     pub row_group: usize,
     /// Top-level columns decoded, ascending (a contiguous run of the requested ones).
     pub roots: Vec<usize>,
+    /// Per root: read straight into the arena (`direct.rs`) rather than by
+    /// the record batch decoder.
+    pub direct: Vec<bool>,
+    /// The leaves of the roots the record batch decoder reads (the others).
     pub mask: ProjectionMask,
     /// Byte ranges of the column chunks, in file order.
     pub chunks: Vec<Range<u64>>,
@@ -73,6 +77,31 @@ pub struct Unit {
     /// Rows per decoded batch: the same for every unit of a row group (the
     /// manifest joins their columns batch by batch).
     pub batch_rows: usize,
+}
+
+impl Unit {
+    /// The roots the record batch decoder reads, ascending.
+    pub fn decoded_roots(&self) -> Vec<usize> {
+        self.roots
+            .iter()
+            .zip(&self.direct)
+            .filter(|(_, &d)| !d)
+            .map(|(&r, _)| r)
+            .collect()
+    }
+
+    /// Rows of each batch the unit decodes to: `batch_rows` until the row
+    /// group ends (none for an empty row group, as the decoder gives).
+    pub fn batches(&self) -> Vec<usize> {
+        let step = self.batch_rows.max(1) as u64;
+        let mut rows = Vec::with_capacity(self.rows.div_ceil(step).max(1) as usize);
+        let mut left = self.rows;
+        while left > 0 {
+            rows.push(left.min(step) as usize);
+            left -= left.min(step);
+        }
+        rows
+    }
 }
 
 /// Bytes read into one buffer.
@@ -94,10 +123,12 @@ pub struct Plan {
 
 /// Plans the reads and decodes of `roots` (top-level column indices,
 /// ascending, non-empty unless the schema is empty) over `files` for
-/// `workers` decoder threads, batched as `batching` says.
+/// `workers` decoder threads, batched as `batching` says; `direct(root)`
+/// says which columns are read straight into the arena.
 pub fn plan(
     files: &[&ParquetMetaData],
     roots: &[usize],
+    direct: impl Fn(usize) -> bool,
     workers: usize,
     batching: Batching,
 ) -> Plan {
@@ -152,11 +183,14 @@ pub fn plan(
                     }
                 }
                 let rows = rg.num_rows().max(0) as u64;
+                let direct: Vec<bool> = group.iter().map(|&r| direct(r)).collect();
+                let decoded = group.iter().zip(&direct).filter(|(_, &d)| !d);
                 plan.units.push(Unit {
                     file,
                     row_group,
-                    mask: ProjectionMask::roots(schema, group.iter().copied()),
+                    mask: ProjectionMask::roots(schema, decoded.map(|(&r, _)| r)),
                     roots: group,
+                    direct,
                     chunks,
                     extents: first_extent..plan.extents.len(),
                     rows,

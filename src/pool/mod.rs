@@ -391,6 +391,37 @@ impl Pool {
         Ok((r.object_id, written, manifest))
     }
 
+    /// A server-side writer's chunk of raw buffers that it lays out itself
+    /// (ingest's directly read columns, `ingest/direct.rs`): reserves `size`
+    /// bytes on `conn` and lets `write` fill exactly them, given their arena
+    /// offset. Nothing checks the bytes: the writer builds the manifest that
+    /// names them, and vouches for it. The chunk stays pending, as with
+    /// `write_chunk`; on any failure here it is aborted.
+    pub fn write_raw_chunk<T, E>(
+        &self,
+        conn: ConnId,
+        name: &str,
+        size: u64,
+        write: impl FnOnce(&mut [u8], u64) -> Result<T, E>,
+    ) -> Result<(ObjectId, T), PutError<E>> {
+        let r = self
+            .reserve(conn, name, ObjectKind::Table, size)
+            .map_err(PutError::Pool)?;
+        let abort = |e| {
+            let _ = self.store().abort(conn, r.object_id);
+            e
+        };
+        let dest = self.writable(&r).map_err(|e| abort(PutError::Pool(e)))?;
+        let Some(dest) = dest.get_mut(..size as usize) else {
+            return Err(abort(PutError::Pool(PoolError::OutsideArena {
+                offset: r.offset,
+                len: size,
+            })));
+        };
+        let made = write(dest, r.offset).map_err(|e| abort(PutError::Write(e)))?;
+        Ok((r.object_id, made))
+    }
+
     /// A connection of the server's own (`Store::server_side_conn`) for one
     /// server-side writer or reader, closed when dropped: what it left
     /// pending is aborted, its leases released.
