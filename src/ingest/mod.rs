@@ -73,8 +73,10 @@ pub use read::{CacheChoice, EngineChoice, ReadOptions};
 
 /// Environment variable of the server that forces a path, for benchmarks,
 /// diagnosis and tests: a comma list of `uring` or `pread` (engine), `direct`
-/// or `buffered` (page cache). Default: io_uring if available; O_DIRECT
-/// unless the data is in the page cache.
+/// or `buffered` (page cache), `records` (every column by the record batch
+/// decoder, none read straight into the arena by `direct.rs`). Default:
+/// io_uring if available; O_DIRECT unless the data is in the page cache;
+/// flat numeric columns straight into the arena.
 pub const ENV: &str = "ARROWPOOL_INGEST";
 
 /// How ingests read and write, fixed when the server starts (from `ENV`).
@@ -85,6 +87,9 @@ pub struct Settings {
     /// the next ingest reads into memory that exists instead of faulting in
     /// fresh pages.
     pub kept_read_buffers: u64,
+    /// Flat numeric columns read straight into the arena (`direct.rs`);
+    /// off with `records` in `ENV`.
+    pub direct_columns: bool,
 }
 
 impl Settings {
@@ -93,6 +98,7 @@ impl Settings {
         Settings {
             read: ReadOptions::from_env_value(Some(v)),
             kept_read_buffers: DEFAULT_KEPT_READ_BUFFERS,
+            direct_columns: !v.split(',').any(|t| t.trim() == "records"),
         }
     }
 
@@ -211,7 +217,9 @@ pub fn ingest(
     // batches, which is also what a corrupt file costs before its error.
     let direct: Vec<bool> = (0..target.fields().len())
         .map(|r| {
-            !keep.get(r).copied().unwrap_or(false) && direct::is_direct(&meta_refs, &target, r)
+            settings.direct_columns
+                && !keep.get(r).copied().unwrap_or(false)
+                && direct::is_direct(&meta_refs, &target, r)
         })
         .collect();
     let mut batching = plan::Batching::RowGroups;
@@ -354,10 +362,13 @@ mod tests {
         let s = Settings::from_env_value("pread, buffered,unknown");
         assert_eq!(s.read.engine, EngineChoice::Pread);
         assert_eq!(s.read.cache, CacheChoice::Buffered);
+        assert!(s.direct_columns);
         let d = Settings::from_env_value("");
         assert_eq!(
             (d.read.engine, d.read.cache),
             (EngineChoice::Auto, CacheChoice::Auto)
         );
+        assert!(d.direct_columns);
+        assert!(!Settings::from_env_value("buffered,records").direct_columns);
     }
 }
