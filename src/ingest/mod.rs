@@ -22,16 +22,19 @@
 //! ```
 //! A forward pipeline: read -> decode -> write, each unit once, on the thread
 //! that decoded it; the heap holds the units in flight (and the dictionary
-//! columns' keys), never the table. Decoders allocate on the heap (arrow-rs
-//! cannot allocate in the arena), so the write is the one copy of the table.
+//! columns' keys), never the table. The record batch decoder allocates on the
+//! heap (arrow-rs cannot allocate in the arena), so its columns are copied
+//! once; flat numeric columns are read by arrow-rs's column reader in small
+//! steps straight into the arena (`direct.rs`).
 //!
 //! `unsafe` lives in `engine.rs` (io_uring submissions), `buffer.rs`
 //! (uninitialized read buffers) and `read.rs` (which keeps both contracts);
 //! the other files deny it.
 //!
 //! The reply's `read_ms` is the time the reader spent starting reads and
-//! waiting for them; `decode_ms` and `write_ms` are summed over the threads
-//! doing them; the stages overlap, `total_ms` is the wall time.
+//! waiting for them; `decode_ms` (direct columns included, with their chunks'
+//! page population) and `write_ms` are summed over the threads doing them;
+//! the stages overlap, `total_ms` is the wall time.
 //!
 //! Nothing is visible before the publish: the chunks belong to the ingest's
 //! own server-side connection, which a failure anywhere (or the end) closes,
