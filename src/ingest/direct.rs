@@ -1,9 +1,9 @@
 //! Flat numeric columns read straight into the arena.
 //!
-//! A top-level `INT32`, `INT64`, `FLOAT` or `DOUBLE` column that decodes to
-//! Arrow's `Int32`, `Int64`, `Float32` or `Float64` unchanged (no logical type
-//! that converts it), required or optional, is the bulk of the tables this
-//! server holds. The record batch reader would decode it into fresh heap
+//! A top-level `INT32`, `INT64`, `FLOAT` or `DOUBLE` column whose Arrow type
+//! holds the Parquet values unchanged (integers of 32 and 64 bits, floats,
+//! dates, times, durations, timestamps; see `width`), required or optional,
+//! is the bulk of the tables this server holds. The record batch reader would decode it into fresh heap
 //! arrays (zeroed, then filled), which the chunk writer then copies into the
 //! arena: three passes over memory for each value. Here arrow-rs's column
 //! reader (`parquet::column::reader`, its public low-level API: pages,
@@ -71,15 +71,21 @@ pub fn is_direct(files: &[&ParquetMetaData], target: &Schema, root: usize) -> bo
     })
 }
 
-/// Bytes of one value when `physical` decodes to `t` without conversion.
+/// Bytes of one value when `physical` decodes to `t` without conversion:
+/// the types arrow-rs's primitive reader gets by reinterpreting the values
+/// (`coerce_i32`, `coerce_i64` in its `primitive_array.rs`), not those it
+/// computes (`Int8`, `Int16`, unsigned of 8 and 16 bits, `Date64` from days,
+/// decimals, timestamps from `INT32` or `INT96`).
 fn width(physical: PhysicalType, t: &DataType) -> Option<u64> {
+    use DataType::*;
     match (physical, t) {
-        (PhysicalType::INT32, DataType::Int32) | (PhysicalType::FLOAT, DataType::Float32) => {
-            Some(4)
-        }
-        (PhysicalType::INT64, DataType::Int64) | (PhysicalType::DOUBLE, DataType::Float64) => {
-            Some(8)
-        }
+        (PhysicalType::INT32, Int32 | UInt32 | Date32 | Time32(_))
+        | (PhysicalType::FLOAT, Float32) => Some(4),
+        (
+            PhysicalType::INT64,
+            Int64 | UInt64 | Date64 | Time64(_) | Duration(_) | Timestamp(_, _),
+        )
+        | (PhysicalType::DOUBLE, Float64) => Some(8),
         _ => None,
     }
 }
@@ -431,9 +437,14 @@ fn set_bit(bitmap: &mut [u8], i: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch};
+    use arrow_array::{
+        ArrayRef, Date32Array, Date64Array, DurationMillisecondArray, Float32Array, Float64Array,
+        Int32Array, Int64Array, RecordBatch, Time32MillisecondArray, Time64MicrosecondArray,
+        TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray, UInt32Array,
+        UInt64Array,
+    };
     use arrow_data::ArrayDataBuilder;
-    use arrow_schema::Field;
+    use arrow_schema::{Field, TimeUnit};
     use parquet::arrow::ArrowWriter;
     use parquet::basic::Compression;
     use parquet::file::metadata::ParquetMetaDataReader;
@@ -451,6 +462,24 @@ mod tests {
             Field::new("f64_all_null", DataType::Float64, true),
             Field::new("i64_few", DataType::Int64, false),
             Field::new("f64_runs", DataType::Float64, true),
+            Field::new("ts_s", DataType::Timestamp(TimeUnit::Second, None), true),
+            Field::new(
+                "ts_ms_utc",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(
+                "ts_ns",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                true,
+            ),
+            Field::new("date32", DataType::Date32, true),
+            Field::new("date64", DataType::Date64, true),
+            Field::new("u32", DataType::UInt32, true),
+            Field::new("u64", DataType::UInt64, false),
+            Field::new("time32", DataType::Time32(TimeUnit::Millisecond), true),
+            Field::new("time64", DataType::Time64(TimeUnit::Microsecond), true),
+            Field::new("dur", DataType::Duration(TimeUnit::Millisecond), true),
         ]));
         let n = ROWS as i64;
         let columns: Vec<ArrayRef> = vec![
@@ -468,6 +497,39 @@ mod tests {
             // Nulls in long runs: whole steps without a value, others full.
             Arc::new(Float64Array::from_iter(
                 (0..n).map(|i| ((i / 50_000) % 2 == 0).then_some(i as f64)),
+            )),
+            Arc::new(TimestampSecondArray::from_iter(
+                (0..n).map(|i| (i % 5 != 0).then_some(1_700_000_000 + i)),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from_iter(
+                    (0..n).map(|i| (i % 5 != 1).then_some(1_700_000_000_000 + i)),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(TimestampNanosecondArray::from_iter(
+                (0..n).map(|i| Some(1_700_000_000_000_000_000 + i * 999)),
+            )),
+            Arc::new(Date32Array::from_iter(
+                (0..n).map(|i| (i % 3 != 0).then_some(19_000 + (i % 1000) as i32)),
+            )),
+            Arc::new(Date64Array::from_iter((0..n).map(|i| {
+                (i % 3 != 0).then_some((19_000 + i % 1000) * 86_400_000)
+            }))),
+            Arc::new(UInt32Array::from_iter(
+                (0..n).map(|i| (i % 4 != 0).then_some(u32::MAX - i as u32)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                (0..n).map(|i| u64::MAX - i as u64),
+            )),
+            Arc::new(Time32MillisecondArray::from_iter(
+                (0..n).map(|i| (i % 2 == 0).then_some((i % 86_400_000) as i32)),
+            )),
+            Arc::new(Time64MicrosecondArray::from_iter(
+                (0..n).map(|i| Some(i * 1_000)),
+            )),
+            Arc::new(DurationMillisecondArray::from_iter(
+                (0..n).map(|i| (i % 9 != 0).then_some(i - 70_000)),
             )),
         ];
         RecordBatch::try_new(schema, columns).unwrap()
@@ -587,18 +649,30 @@ mod tests {
     #[test]
     fn only_flat_numeric_columns_without_conversion_are_direct() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("date", DataType::Date32, true),
-            Field::new("u32", DataType::UInt32, true),
+            Field::new("i16", DataType::Int16, true),
+            Field::new("u16", DataType::UInt16, true),
             Field::new("s", DataType::Utf8, true),
             Field::new("i64", DataType::Int64, true),
+            Field::new("date", DataType::Date32, true),
+            Field::new(
+                "list",
+                DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+                true,
+            ),
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(arrow_array::Date32Array::from(vec![1, 2])),
-                Arc::new(arrow_array::UInt32Array::from(vec![1, 2])),
+                Arc::new(arrow_array::Int16Array::from(vec![1, 2])),
+                Arc::new(arrow_array::UInt16Array::from(vec![1, 2])),
                 Arc::new(arrow_array::StringArray::from(vec!["a", "b"])),
                 Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(Date32Array::from(vec![1, 2])),
+                Arc::new(arrow_array::ListArray::from_iter_primitive::<
+                    arrow_array::types::Int64Type,
+                    _,
+                    _,
+                >(vec![Some(vec![Some(1)]), None])),
             ],
         )
         .unwrap();
@@ -606,18 +680,14 @@ mod tests {
         let metadata = ParquetMetaDataReader::new()
             .parse_and_finish(&bytes)
             .unwrap();
-        let direct: Vec<bool> = (0..4)
+        let direct: Vec<bool> = (0..6)
             .map(|r| is_direct(&[&metadata], &schema, r))
             .collect();
-        assert_eq!(direct, [false, false, false, true]);
+        assert_eq!(direct, [false, false, false, true, true, false]);
         // The file's Int64 read as another type (a schema hint): not direct.
-        let other = Schema::new(vec![
-            Field::new("date", DataType::Date32, true),
-            Field::new("u32", DataType::UInt32, true),
-            Field::new("s", DataType::Utf8, true),
-            Field::new("i64", DataType::Float64, true),
-        ]);
-        assert!(!is_direct(&[&metadata], &other, 3));
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[3] = Field::new("i64", DataType::Float64, true);
+        assert!(!is_direct(&[&metadata], &Schema::new(fields), 3));
     }
 
     #[test]
