@@ -8,11 +8,13 @@
 //! are remapped to their table-wide dictionary on the same thread
 //! (`dictionary.rs`); their keys wait on the heap (a byte a row for most) until
 //! the dictionary is complete and fixes their index type, then go with the
-//! dictionaries into one last chunk. The manifest puts every unit's columns
-//! back into row groups, in file order:
+//! dictionaries into one last chunk. A unit's flat numeric columns (`d`) are
+//! not in its batches: the same thread reads them from the unit's column
+//! chunks straight into a chunk of raw buffers (`direct.rs`). The manifest
+//! puts every unit's columns back into row groups, in file order:
 //! ```text
-//!  unit chunks (any order):   [rg2: a b] [rg0: a b] [rg1: a b] ...   [keys of c, all batches | dict of c]
-//!  version (file order):      rg0: a b c   rg1: a b c   rg2: a b c ...   (c: keys + one dictionary)
+//!  unit chunks (any order):   [rg2: a b][rg2: d] [rg0: a b][rg0: d] ...   [keys of c, all batches | dict of c]
+//!  version (file order):      rg0: a b c d   rg1: a b c d   rg2: a b c d ...   (c: keys + one dictionary)
 //! ```
 //! Nothing needs a size bound or a second pass: each chunk's size is known
 //! when it is reserved. All chunks belong to the ingest's own server-side
