@@ -1502,6 +1502,96 @@ fn bad_input_table_larger_than_the_arena() {
     );
 }
 
+/// `good_file`'s bytes with a footer whose first row group claims `rows` rows
+/// and the others none (the file: `rows`); the pages are untouched.
+fn claiming_rows(server: &Server, columns: &[&str], rows: i64) -> PathBuf {
+    use parquet::file::metadata::{
+        FileMetaData, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
+        RowGroupMetaData,
+    };
+    let good = std::fs::read(good_file(server)).unwrap();
+    let bytes = bytes::Bytes::from(good.clone());
+    let meta = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes)
+        .unwrap();
+    let footer_len = u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().unwrap());
+    let data_end = good.len() - 8 - footer_len as usize;
+    let row_groups: Vec<RowGroupMetaData> = meta
+        .row_groups()
+        .iter()
+        .enumerate()
+        .map(|(i, rg)| {
+            let claim = if i == 0 { rows } else { 0 };
+            rg.clone()
+                .into_builder()
+                .set_num_rows(claim)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let f = meta.file_metadata();
+    let file = FileMetaData::new(
+        f.version(),
+        rows,
+        f.created_by().map(str::to_string),
+        f.key_value_metadata().cloned(),
+        f.schema_descr_ptr(),
+        f.column_orders().cloned(),
+    );
+    let lying = ParquetMetaData::new(file, row_groups);
+    let mut out = good[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &lying)
+        .finish()
+        .unwrap();
+    let path = server
+        .dir
+        .path()
+        .join(format!("claims-{rows}-{}.parquet", columns.join("-")));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// A footer claiming far more rows than its pages hold (a trillion, or
+/// `i64::MAX`) fails cleanly, with an error that says so (not "the table can
+/// never fit"), whether its columns would go straight into the arena (`id`)
+/// or through the record batch decoder (`name`), and the server stays up.
+/// Once the decoder reserved its buffers for a whole row group as the
+/// footer sized it: terabytes, and the server aborted.
+#[test]
+fn bad_input_footer_claiming_absurd_row_counts() {
+    let server = Server::start("64M");
+    for rows in [1i64 << 40, i64::MAX] {
+        for columns in [&["id"][..], &["name"][..], &[][..]] {
+            let f = claiming_rows(&server, columns, rows);
+            let client = server.client();
+            let err = client
+                .ingest(f.to_str().unwrap(), "lies", columns)
+                .expect_err("a footer claiming more rows than its pages hold");
+            let ClientError::Server(reply) = &err else {
+                panic!(
+                    "{rows} rows, columns {columns:?}: not a server error: {err}\n{}",
+                    server.stderr()
+                )
+            };
+            assert!(
+                reply.code == ErrorCode::Ingest
+                    && (reply.message.contains("footer announces")
+                        || reply.message.contains("corrupt Parquet footer")),
+                "{rows} rows, columns {columns:?}: {:?} {}",
+                reply.code,
+                reply.message
+            );
+            assert!(
+                reply.message.contains(&f.display().to_string()),
+                "{}",
+                reply.message
+            );
+            client.ping().unwrap();
+        }
+    }
+    assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+}
+
 /// Writes the files of `tests/corpus/`. Run once and commit the bytes:
 /// `cargo test --test ingest -- --ignored regenerate_corpus`.
 #[test]

@@ -212,7 +212,15 @@ impl<'a> Placer<'a> {
             .map(|&i| direct::Column::new(metadata, self.target, unit.roots[i]))
             .collect::<Option<_>>()
             .ok_or_else(|| internal("a column planned as direct is not"))?;
-        let size = direct::chunk_bytes(&columns, batch_rows);
+        let size = direct::chunk_bytes(&columns, batch_rows).ok_or_else(|| {
+            IngestError::CorruptMetadata {
+                path: self.path.into(),
+                problem: format!(
+                    "row group {} claims {} rows, more than any column can hold",
+                    unit.row_group, unit.rows
+                ),
+            }
+        })?;
         self.reserved.fetch_add(size, Ordering::Relaxed);
         let began = Instant::now();
         let (id, layouts) = self
@@ -263,7 +271,12 @@ impl<'a> Placer<'a> {
         chunks: &[(Range<u64>, Bytes)],
     ) -> Result<(), IngestError> {
         let unit = self.units.get(u).ok_or_else(|| internal("unknown unit"))?;
-        let batch_rows = unit.batches();
+        let batch_rows = unit
+            .batches()
+            .map_err(|problem| IngestError::CorruptMetadata {
+                path: self.path.into(),
+                problem,
+            })?;
         // Where each root's column is in the decoded batches (direct: none).
         let mut in_batch = vec![None; unit.roots.len()];
         let mut decoded = 0;

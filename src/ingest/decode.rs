@@ -71,7 +71,9 @@ fn decode(
         .with_batch_size(unit.batch_rows.max(1))
         .build()
         .map_err(|e| e.to_string())?;
-    let mut batches = Vec::with_capacity((unit.rows as usize).div_ceil(unit.batch_rows.max(1)));
+    // The footer's row count may lie: reserve for a few batches at most.
+    let expect = unit.rows.div_ceil(unit.batch_rows.max(1) as u64);
+    let mut batches = Vec::with_capacity(expect.min(64) as usize);
     // Each round either pushes data the decoder lacked or yields a batch, so
     // the loop ends; the bound guards against a decoder that asks again for
     // what it was given.

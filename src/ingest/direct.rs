@@ -52,7 +52,10 @@ const ALIGN: u64 = crate::ipc::IPC_ALIGNMENT as u64;
 
 /// Whether top-level column `root` of `target` reads directly in every file:
 /// one leaf, not repeated, at most optional, its physical type exactly the
-/// target type's.
+/// target type's, and in every row group as many values (nulls included) as
+/// the row group has rows. The chunk is sized from the footer's row counts
+/// before any page is read; a footer whose counts disagree goes through the
+/// record batch decoder, which reports the rows it really found.
 pub fn is_direct(files: &[&ParquetMetaData], target: &Schema, root: usize) -> bool {
     let Some(field) = target.fields().get(root) else {
         return false;
@@ -68,6 +71,9 @@ pub fn is_direct(files: &[&ParquetMetaData], target: &Schema, root: usize) -> bo
             && col.max_rep_level() == 0
             && col.max_def_level() <= 1
             && width(col.physical_type(), field.data_type()).is_some()
+            && m.row_groups()
+                .iter()
+                .all(|rg| rg.column(*leaf).num_values() == rg.num_rows())
     })
 }
 
@@ -131,18 +137,22 @@ impl Column {
     }
 }
 
-/// Bytes of the chunk holding `columns` for batches of `batch_rows` rows.
-pub fn chunk_bytes(columns: &[Column], batch_rows: &[usize]) -> u64 {
-    batch_rows
-        .iter()
-        .flat_map(|&n| {
-            columns
-                .iter()
-                .map(move |c| c.validity_bytes(n) + c.value_bytes(n))
-        })
-        .sum()
+/// Bytes of the chunk holding `columns` for batches of `batch_rows` rows;
+/// `None` past `u64` (row counts come from the footer, which may lie).
+pub fn chunk_bytes(columns: &[Column], batch_rows: &[usize]) -> Option<u64> {
+    let mut total = 0u64;
+    for &n in batch_rows {
+        for c in columns {
+            let values = (n as u64)
+                .checked_mul(c.width)?
+                .checked_next_multiple_of(ALIGN)?;
+            total = total
+                .checked_add(values)?
+                .checked_add(c.validity_bytes(n))?;
+        }
+    }
+    Some(total)
 }
-
 /// The column chunks read for a unit, seen as the file they came from.
 struct Chunk {
     /// File offset of `bytes[0]`.
@@ -199,7 +209,7 @@ pub fn decode(
     dest: &mut [u8],
     base: u64,
 ) -> Result<Vec<Vec<ColumnLayout>>, (Option<usize>, String)> {
-    if dest.len() as u64 != chunk_bytes(columns, batch_rows) {
+    if Some(dest.len() as u64) != chunk_bytes(columns, batch_rows) {
         return Err((None, "the chunk is not the size of its columns".into()));
     }
     if !base.is_multiple_of(ALIGN) {
@@ -572,7 +582,7 @@ mod tests {
             let rows = metadata.row_group(rg).num_rows() as usize;
             let batch_rows = batches(rows);
             // Garbage where the chunk goes: every byte must be written.
-            let mut dest = vec![0xA5u8; chunk_bytes(&columns, &batch_rows) as usize];
+            let mut dest = vec![0xA5u8; chunk_bytes(&columns, &batch_rows).unwrap() as usize];
             let base = 1 << 20;
             let layouts = decode(
                 &metadata,
@@ -704,7 +714,7 @@ mod tests {
         let target = t.schema();
         let columns = [Column::new(&metadata, &target, 1).unwrap()];
         let rows = batches(metadata.row_group(0).num_rows() as usize);
-        let mut dest = vec![0u8; chunk_bytes(&columns, &rows) as usize];
+        let mut dest = vec![0u8; chunk_bytes(&columns, &rows).unwrap() as usize];
         let (start, len) = metadata.row_group(0).column(1).byte_range();
 
         // The column's bytes were not read.

@@ -29,7 +29,8 @@ const UNITS_PER_WORKER: usize = 8;
 pub enum Batching {
     /// A row group decodes to one batch, or to a few equal ones when one of
     /// its columns holds more than `BATCH_COLUMN_BYTES` (uncompressed, per
-    /// the footer), so that string offsets stay far from 32 bits.
+    /// the footer), so that string offsets stay far from 32 bits, or when it
+    /// has more than `MAX_BATCH_ROWS` rows.
     RowGroups,
     /// Batches of at most this many rows (the retry when whole row groups
     /// fail, `ingest::ingest`).
@@ -40,6 +41,18 @@ pub enum Batching {
 /// groups), and the step a row group's batch size is rounded up to when it
 /// is cut into several.
 pub const SMALL_BATCH_ROWS: usize = 64 * 1024;
+
+/// Most rows in one batch (a multiple of `SMALL_BATCH_ROWS`): 4Mi. The
+/// decoder reserves its buffers for a whole batch before it reads a page, so
+/// the batch size must not come from the footer alone: a footer claiming a
+/// trillion rows would have it ask for terabytes. Row groups of writers'
+/// defaults (1Mi rows) stay one batch; larger ones become a few.
+pub const MAX_BATCH_ROWS: u64 = 4 * 1024 * 1024;
+
+/// Most batches one row group decodes to: 2^20, 64 Gi rows in batches of
+/// 64Ki (row groups are at most a few million rows in practice). A footer
+/// claiming more is corrupt, and its batch list alone would not fit memory.
+pub const MAX_BATCHES: u64 = 1 << 20;
 
 /// Uncompressed bytes of one column above which a row group is decoded as
 /// several batches.
@@ -54,7 +67,10 @@ fn batch_rows(batching: Batching, rows: u64, largest: u64) -> usize {
         Batching::RowGroups => rows.div_ceil(largest.div_ceil(BATCH_COLUMN_BYTES).max(1)),
     };
     let step = SMALL_BATCH_ROWS as u64;
-    per.div_ceil(step).saturating_mul(step).min(rows) as usize
+    per.min(MAX_BATCH_ROWS)
+        .div_ceil(step)
+        .saturating_mul(step)
+        .min(rows) as usize
 }
 
 /// One decoder's work.
@@ -91,16 +107,26 @@ impl Unit {
     }
 
     /// Rows of each batch the unit decodes to: `batch_rows` until the row
-    /// group ends (none for an empty row group, as the decoder gives).
-    pub fn batches(&self) -> Vec<usize> {
+    /// group ends (none for an empty row group, as the decoder gives). An
+    /// error if the footer claims more rows than `MAX_BATCHES` batches hold:
+    /// no real file has such a row group, and the list would not fit memory.
+    pub fn batches(&self) -> Result<Vec<usize>, String> {
         let step = self.batch_rows.max(1) as u64;
-        let mut rows = Vec::with_capacity(self.rows.div_ceil(step).max(1) as usize);
+        let count = self.rows.div_ceil(step);
+        if count > MAX_BATCHES {
+            return Err(format!(
+                "row group {} claims {} rows: {count} batches of {step}, more than the \
+                 {MAX_BATCHES} a row group may have",
+                self.row_group, self.rows
+            ));
+        }
+        let mut rows = Vec::with_capacity(count as usize);
         let mut left = self.rows;
         while left > 0 {
             rows.push(left.min(step) as usize);
             left -= left.min(step);
         }
-        rows
+        Ok(rows)
     }
 }
 
@@ -258,6 +284,9 @@ mod tests {
             "{n}"
         );
         assert_eq!(batch_rows(rg, 100, 10_000 * mib), 100);
+        // A huge row group (or a footer that says so): batches of at most 4Mi rows.
+        assert_eq!(batch_rows(rg, 1 << 40, 1), MAX_BATCH_ROWS as usize);
+        assert_eq!(batch_rows(rg, 5_000_000, 1), MAX_BATCH_ROWS as usize);
         assert_eq!(
             batch_rows(Batching::Rows(SMALL_BATCH_ROWS), 1_000_000, 1),
             SMALL_BATCH_ROWS
