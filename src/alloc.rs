@@ -172,14 +172,7 @@ impl Allocator {
     /// offset and the rounded size, or `None` if no free range fits.
     pub fn alloc(&mut self, size: u64, align: u64) -> Option<(u64, u64)> {
         let size = round_up(size.max(1));
-        let align = align.max(GRANULE_BYTES);
-        assert!(align.is_power_of_two(), "alignment must be a power of two");
-        // Smallest free range that can hold `size` once aligned.
-        let (range_off, range_size, start) =
-            self.by_size.range((size, 0)..).find_map(|&(s, o)| {
-                let start = o.checked_next_multiple_of(align)?;
-                (start.checked_add(size)? <= o + s).then_some((o, s, start))
-            })?;
+        let (range_off, range_size, start) = self.best_fit(size, align)?;
         self.remove_free(range_off, range_size);
         if start > range_off {
             self.insert_free(range_off, start - range_off);
@@ -192,6 +185,33 @@ impl Allocator {
         assert!(prev.is_none(), "allocator handed out offset {start} twice");
         self.note(true, start, size);
         Some((start, size))
+    }
+
+    /// The smallest free range that holds `size` (a granule multiple) at a
+    /// multiple of `align`: `(range offset, range size, start)`.
+    fn best_fit(&self, size: u64, align: u64) -> Option<(u64, u64, u64)> {
+        let align = align.max(GRANULE_BYTES);
+        assert!(align.is_power_of_two(), "alignment must be a power of two");
+        self.by_size.range((size, 0)..).find_map(|&(s, o)| {
+            let start = o.checked_next_multiple_of(align)?;
+            (start.checked_add(size)? <= o + s).then_some((o, s, start))
+        })
+    }
+
+    /// Where `alloc(size, align)` would place its range now, without taking
+    /// it: `(offset, rounded size)`.
+    pub fn fit(&self, size: u64, align: u64) -> Option<(u64, u64)> {
+        let size = round_up(size.max(1));
+        self.best_fit(size, align)
+            .map(|(_, _, start)| (start, size))
+    }
+
+    /// Whether `[offset, offset + size)` lies inside one free range.
+    pub fn is_free(&self, offset: u64, size: u64) -> bool {
+        self.by_offset
+            .range(..=offset)
+            .next_back()
+            .is_some_and(|(&o, &s)| offset.saturating_add(size) <= o + s)
     }
 
     /// Marks `[offset, offset + size)` (granule multiples) as allocated, as if
@@ -307,6 +327,24 @@ impl Allocator {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fit_says_where_alloc_goes_without_taking_it() {
+        let mut a = Allocator::new(64 * GRANULE_BYTES);
+        let (x, _) = a.alloc(8 * GRANULE_BYTES, GRANULE_BYTES).unwrap();
+        let (y, _) = a.alloc(4 * GRANULE_BYTES, GRANULE_BYTES).unwrap();
+        a.free(x, 8 * GRANULE_BYTES);
+        // Best fit: a 6-granule request goes into the 8-granule hole.
+        let fit = a.fit(6 * GRANULE_BYTES, GRANULE_BYTES).unwrap();
+        assert_eq!(fit, (x, 6 * GRANULE_BYTES));
+        assert!(a.is_free(fit.0, fit.1));
+        assert!(!a.is_free(y, GRANULE_BYTES));
+        assert!(!a.is_free(x, 9 * GRANULE_BYTES), "runs into the live range");
+        assert_eq!(a.free_bytes(), 60 * GRANULE_BYTES, "fit took nothing");
+        assert_eq!(a.alloc(6 * GRANULE_BYTES, GRANULE_BYTES).unwrap(), fit);
+        assert!(!a.is_free(fit.0, GRANULE_BYTES));
+        assert!(a.fit(61 * GRANULE_BYTES, GRANULE_BYTES).is_none());
+    }
 
     #[test]
     fn alloc_free_merges_back_to_one_range() {

@@ -1255,6 +1255,30 @@ impl Store {
         }
     }
 
+    /// Where the next put of the largest current version would go if nothing
+    /// were evicted (`create`'s placement, not taken): `(offset, bytes)` in the
+    /// data region, or `None` without versions or room. What the server warms
+    /// ahead of that put (`server::warm_ahead`).
+    pub fn next_put_range(&self) -> Option<(u64, u64)> {
+        let largest = self
+            .names
+            .values()
+            .filter_map(|id| self.versions.get(id))
+            .map(|v| v.data_bytes)
+            .max()?;
+        let align = if largest >= LARGE_OBJECT_BYTES {
+            self.large_align
+        } else {
+            GRANULE_BYTES
+        };
+        self.data.fit(largest, align)
+    }
+
+    /// Whether `[offset, offset + len)` of the data region is free.
+    pub fn is_free(&self, offset: u64, len: u64) -> bool {
+        self.data.is_free(offset, len)
+    }
+
     /// Registers a connection. Operations from unknown connections register it implicitly.
     pub fn connect(&mut self, conn: ConnId) {
         self.conns.entry(conn).or_default();

@@ -589,3 +589,50 @@ fn a_writer_populates_preallocated_pages_only() {
     );
     drop(c);
 }
+
+/// The server's shared-memory pages mapped in its own page tables (kB):
+/// what it has written of the arena.
+fn rss_shmem_kb(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `--warm-ahead on` (the default): after a put, the server allocates and
+/// writes, while idle, the range where the next put of that table would
+/// land, so its resident arena grows by about the table; `off`: it does not.
+#[test]
+fn warm_ahead_allocates_where_the_next_put_goes() {
+    for (flag, grows) in [("on", true), ("off", false)] {
+        let server = Server::start_with(&[
+            "--memory",
+            "256M",
+            "--preallocate",
+            "off",
+            "--warm-ahead",
+            flag,
+        ]);
+        let client = server.client();
+        let (schema, batches) = table(1_000_000, 4, 7);
+        let info = client.put("t", &schema, &batches).unwrap();
+        let after_put = rss_shmem_kb(&server);
+        let want = after_put + info.bytes / 1024 * 9 / 10;
+        let deadline = Instant::now() + Duration::from_secs(if grows { 20 } else { 2 });
+        while rss_shmem_kb(&server) < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let now = rss_shmem_kb(&server);
+        assert_eq!(
+            now >= want,
+            grows,
+            "--warm-ahead {flag}: {after_put} kB after a put of {} bytes, {now} kB later",
+            info.bytes
+        );
+        // The next put lands there and reads back whole.
+        client.put("t", &schema, &batches).unwrap();
+        assert_eq!(client.get("t").unwrap().rows, 1_000_000);
+    }
+}

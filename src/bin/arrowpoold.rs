@@ -56,6 +56,13 @@ struct Args {
     /// 4G; none on reserved hugepages, a pool other programs share) or `off`.
     #[arg(long, default_value = "auto", value_parser = parse_preallocate)]
     preallocate: Preallocate,
+    /// After each put or ingest, allocate in the background (while idle) the
+    /// memory where the next put of the largest table would land, so that a
+    /// replacement put copies into pages that exist: commits up to one more
+    /// table of RAM (what a replacement holds anyway while old and new
+    /// coexist), never more than --memory. `on` or `off`.
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    warm_ahead: bool,
     /// Read buffers kept for Parquet ingests, so an ingest reads into memory
     /// that exists (heap outside --memory, at most SIZE while no ingest runs;
     /// allocated in the background after start unless --preallocate off, at
@@ -188,6 +195,14 @@ fn parse_preallocate(s: &str) -> Result<Preallocate, String> {
     }
 }
 
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
+}
+
 fn parse_size_or_off(s: &str) -> Result<u64, String> {
     match s {
         "off" => Ok(0),
@@ -250,6 +265,7 @@ fn main() -> ExitCode {
             Preallocate::Bytes(n) => Some(n),
         },
         ingest_buffers_bytes: args.ingest_buffers,
+        warm_ahead: args.warm_ahead,
         state_dir: args.state_dir,
         quarantine: std::time::Duration::from_secs(args.quarantine),
         state_hugetlbfs: args.state_hugetlbfs,
