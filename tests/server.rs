@@ -591,14 +591,19 @@ fn a_writer_populates_preallocated_pages_only() {
 }
 
 /// The server's shared-memory pages mapped in its own page tables (kB):
-/// what it has written of the arena.
+/// what it has written of the arena (small pages or reserved hugepages).
 fn rss_shmem_kb(server: &Server) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssShmem:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    ["RssShmem:", "HugetlbPages:"]
+        .iter()
+        .map(|key| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// `--warm-ahead on` (the default): after a put, the server allocates and
