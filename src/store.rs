@@ -1274,6 +1274,16 @@ impl Store {
         self.data.fit(largest, align)
     }
 
+    /// Whether any writer holds a pending chunk or manifest room (a put,
+    /// publish or ingest under way).
+    pub fn has_pending(&self) -> bool {
+        !self.manifests.is_empty()
+            || self
+                .chunks
+                .values()
+                .any(|c| matches!(c.state, ChunkState::Pending { .. }))
+    }
+
     /// Whether `[offset, offset + len)` of the data region is free.
     pub fn is_free(&self, offset: u64, len: u64) -> bool {
         self.data.is_free(offset, len)

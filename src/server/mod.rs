@@ -209,41 +209,73 @@ fn preallocate(shared: &Shared, budget: u64) {
 /// second put beyond it) took 3.8-4.1 s, nearly all of it the client's
 /// `MADV_POPULATE_WRITE` zeroing fresh pages (the VM's host had reclaimed
 /// the long-free memory: touching it cost ~1.3 s per GiB, recently freed
-/// memory ~0.35 s). Stops a step early when the range is taken meanwhile
-/// (a put arrived: its writer populates it, and two writers faulting the
-/// same new pages slow each other down several times). The pages are the
+/// memory ~0.35 s). Starts once the store has gone `WARM_QUIET` without a
+/// publish, and stops at the next 32 MiB step when a writer has something
+/// pending or the range is taken (a put arrived: its writer populates what
+/// it reserved, and two writers faulting the same new pages slow each other
+/// down several times). The pages are the
 /// server's from then on, as pages of any object are; never more than
 /// `--memory`; off with `--warm-ahead off` (and with `--prefault`, which
 /// allocates everything at start).
 fn warm_ahead(shared: &Shared) {
-    const STEP: u64 = 32 << 20;
+    use event_listener::Listener;
+    let stop = || shared.shutting_down.load(Ordering::Relaxed);
     loop {
-        let listener = shared.pool.versions_changed.listen();
-        if shared.shutting_down.load(Ordering::Relaxed) {
-            return;
+        let next = shared.pool.versions_changed.listen();
+        warm_next_put(shared);
+        // The next publish (a timeout only to notice shutdown)...
+        let mut next = Some(next);
+        while let Some(l) = next.take() {
+            if stop() {
+                return;
+            }
+            let fresh = shared.pool.versions_changed.listen();
+            if l.wait_timeout(Duration::from_secs(1)).is_none() {
+                next = Some(fresh);
+            }
         }
-        let Some((offset, len)) = shared.pool.store().next_put_range() else {
-            // Nothing to warm for until a version is published.
-            event_listener::Listener::wait_timeout(listener, std::time::Duration::from_secs(1));
-            continue;
-        };
-        let end = offset.saturating_add(len);
-        let mut at = offset;
-        while at < end && !shared.shutting_down.load(Ordering::Relaxed) {
-            let n = STEP.min(end - at);
-            if !shared.pool.store().is_free(at, n) {
+        // ...then `WARM_QUIET` without another: puts that follow each other
+        // (a loader writing several tables) are not slowed by the warming.
+        loop {
+            if stop() {
+                return;
+            }
+            let l = shared.pool.versions_changed.listen();
+            if l.wait_timeout(WARM_QUIET).is_none() {
                 break;
             }
-            match shared.pool.arena.ensure_allocated(at, n) {
-                Ok(()) => shared.pool.arena.mapping().populate_write_once(at, n),
-                Err(e) => {
-                    eprintln!("arrowpoold: warming the arena ahead stopped: {e}");
-                    return;
-                }
-            }
-            at += n;
         }
-        event_listener::Listener::wait_timeout(listener, std::time::Duration::from_secs(1));
+    }
+}
+
+/// How long the store must go without a publish before the server warms the
+/// next put's range.
+const WARM_QUIET: Duration = Duration::from_secs(1);
+
+/// One round of `warm_ahead`: the next put's range, 32 MiB at a time, until
+/// done, or a writer has something pending (a put under way, which populates
+/// what it reserved), or the range is taken.
+fn warm_next_put(shared: &Shared) {
+    const STEP: u64 = 32 << 20;
+    let Some((offset, len)) = shared.pool.store().next_put_range() else {
+        return;
+    };
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    while at < end && !shared.shutting_down.load(Ordering::Relaxed) {
+        let n = STEP.min(end - at);
+        {
+            let store = shared.pool.store();
+            if store.has_pending() || !store.is_free(at, n) {
+                return;
+            }
+        }
+        if let Err(e) = shared.pool.arena.ensure_allocated(at, n) {
+            eprintln!("arrowpoold: warming the arena ahead stopped: {e}");
+            return;
+        }
+        shared.pool.arena.mapping().populate_write_once(at, n);
+        at += n;
     }
 }
 
