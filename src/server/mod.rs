@@ -203,20 +203,25 @@ fn preallocate(shared: &Shared, budget: u64) {
 /// mapping) the range where the next put of the largest current table would
 /// land (`Store::next_put_range`), while the server is idle: a replacement
 /// put then copies into pages that exist instead of faulting in new ones.
-/// That is the memory such a put commits anyway (old and new version side
-/// by side), committed ahead of it. Measured on the 2-core VM: the second put of a 1.29 GB table
-/// into a fresh `--memory 4G` server (its first quarter preallocated, the
-/// second put beyond it) took 3.8-4.1 s, nearly all of it the client's
-/// `MADV_POPULATE_WRITE` zeroing fresh pages (the VM's host had reclaimed
+/// That is the memory such a put commits anyway (old and new version side by
+/// side), committed ahead of it.
+///
+/// Measured on the 2-core VM: the second put of a 1.29 GB table into a fresh
+/// `--memory 4G` server (its first quarter preallocated, the second put
+/// beyond it) took 3.6-4.1 s, nearly all of it the client's
+/// `MADV_POPULATE_WRITE` zeroing fresh pages (the VM's host had taken back
 /// the long-free memory: touching it cost ~1.3 s per GiB, recently freed
-/// memory ~0.35 s). Starts once the store has gone `WARM_QUIET` without a
-/// publish, and stops at the next 32 MiB step when a writer has something
-/// pending or the range is taken (a put arrived: its writer populates what
-/// it reserved, and two writers faulting the same new pages slow each other
-/// down several times). The pages are the
-/// server's from then on, as pages of any object are; never more than
-/// `--memory`; off with `--warm-ahead off` (and with `--prefault`, which
-/// allocates everything at start).
+/// memory ~0.35 s); with this, after a pause, 0.3 s.
+///
+/// Starts once the store has gone `WARM_QUIET` without a publish, and stops
+/// at the next 32 MiB step when a writer has something pending or the range
+/// is taken (a put arrived: its writer populates what it reserved, and two
+/// writers faulting the same new pages slow each other down several times).
+/// A put that takes the range during a step is not harmed: `fallocate` only
+/// fills holes and `MADV_POPULATE_WRITE` only maps pages, neither changes a
+/// byte a writer wrote. The pages are the server's from then on, as pages of
+/// any object are; never more than `--memory`; off with `--warm-ahead off`
+/// (and with `--prefault`, which allocates everything at start).
 fn warm_ahead(shared: &Shared) {
     use event_listener::Listener;
     let stop = || shared.shutting_down.load(Ordering::Relaxed);
