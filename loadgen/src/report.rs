@@ -446,8 +446,9 @@ pub fn summary(raw: &Raw) -> String {
     if let (Some(f), Some(g)) = (raw.timings.get("put_first"), raw.timings.get("put_second")) {
         let _ = writeln!(
             s,
-            "- The first two puts land in pages the arena allocates for them ({} and {}); the put row is \
-             the steady state, alternating between ranges whose pages exist.",
+            "- The first two puts land in pages the arena allocates for them ({} and {}, the second after \
+             6 s, in which the server warms its range: `--warm-ahead`); the put row is the steady state, \
+             alternating between ranges whose pages exist.",
             human_s(f.p50_us as f64 / 1e6),
             human_s(g.p50_us as f64 / 1e6)
         );
