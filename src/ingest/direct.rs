@@ -260,28 +260,13 @@ pub fn decode(
         .map_err(|e| (Some(k), e))?;
         for (b, (&n, &null_count)) in batch_rows.iter().zip(&nulls).enumerate() {
             let (v, x) = places[b][k];
-            let validity = if null_count == 0 {
-                BufferRef {
-                    offset: 0,
-                    length: 0,
-                }
+            let validity_len = if null_count == 0 {
+                0
             } else {
-                BufferRef {
-                    offset: base + v,
-                    length: (n as u64).div_ceil(8),
-                }
+                (n as u64).div_ceil(8)
             };
-            let values = if n == 0 {
-                BufferRef {
-                    offset: 0,
-                    length: 0,
-                }
-            } else {
-                BufferRef {
-                    offset: base + x,
-                    length: n as u64 * c.width,
-                }
-            };
+            let validity = buffer(base + v, validity_len);
+            let values = buffer(base + x, n as u64 * c.width);
             layouts[b].push(ColumnLayout {
                 nodes: vec![Node {
                     length: n as i64,
@@ -293,6 +278,19 @@ pub fn decode(
         }
     }
     Ok(layouts)
+}
+
+/// A buffer of `length` bytes at arena offset `offset`; an empty one has no
+/// place (as the manifest of an IPC file records it).
+fn buffer(offset: u64, length: u64) -> BufferRef {
+    if length == 0 {
+        BufferRef {
+            offset: 0,
+            length: 0,
+        }
+    } else {
+        BufferRef { offset, length }
+    }
 }
 
 /// One column, all batches (`(validity range, values range, rows)` in

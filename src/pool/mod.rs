@@ -370,25 +370,24 @@ impl Pool {
         size: u64,
         write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<(ObjectId, u64, Manifest), PutError<E>> {
-        let r = self
-            .reserve(conn, name, ObjectKind::Table, size)
-            .map_err(PutError::Pool)?;
-        let abort = |e| {
-            let _ = self.store().abort(conn, r.object_id);
-            e
-        };
-        let dest = self.writable(&r).map_err(|e| abort(PutError::Pool(e)))?;
-        let written = write(dest).map_err(|e| abort(PutError::Write(e)))? as u64;
-        if written > r.capacity {
-            return Err(abort(PutError::Pool(PoolError::OutsideArena {
-                offset: r.offset,
+        let (id, (offset, written)) = self.write_raw_chunk(conn, name, size, |dest, offset| {
+            write(dest).map(|n| (offset, n as u64))
+        })?;
+        let checked = if written > size {
+            Err(PoolError::OutsideArena {
+                offset,
                 len: written,
-            })));
+            })
+        } else {
+            self.check_table(offset, written, id)
+        };
+        match checked {
+            Ok(manifest) => Ok((id, written, manifest)),
+            Err(e) => {
+                let _ = self.store().abort(conn, id);
+                Err(PutError::Pool(e))
+            }
         }
-        let manifest = self
-            .check_table(r.offset, written, r.object_id)
-            .map_err(|e| abort(PutError::Pool(e)))?;
-        Ok((r.object_id, written, manifest))
     }
 
     /// A server-side writer's chunk of raw buffers that it lays out itself

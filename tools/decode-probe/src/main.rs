@@ -13,17 +13,39 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_buffer::ToByteSlice;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::basic::{Encoding, Type};
 use parquet::column::page::{Page, PageReader};
-use parquet::encodings::rle::RleDecoder;
-use arrow_buffer::ToByteSlice;
 use parquet::column::reader::{get_column_reader, ColumnReader};
+use parquet::encodings::rle::RleDecoder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 const STEP: usize = 64 * 1024;
+
+/// Reads `n` values of `r` in `STEP`s into `buf`, each step copied into
+/// `out`; returns the values read.
+fn in_steps<T: parquet::data_type::DataType>(
+    mut r: parquet::column::reader::ColumnReaderImpl<T>,
+    buf: &mut Vec<T::T>,
+    out: &mut [u8],
+    n: usize,
+) -> usize
+where
+    T::T: arrow_buffer::ArrowNativeType,
+{
+    let mut got = 0;
+    while got < n {
+        buf.clear();
+        let (k, _, _) = r.read_records(STEP.min(n - got), None, None, buf).unwrap();
+        let s = buf.to_byte_slice();
+        out[got * 8..got * 8 + s.len()].copy_from_slice(s);
+        got += k;
+    }
+    got
+}
 
 fn bytes_of_mut(v: &mut [u64]) -> &mut [u8] {
     // SAFETY: u64 has no invalid bit patterns and u8 has alignment 1.
@@ -148,28 +170,12 @@ fn main() {
                     SerializedPageReader::new(Arc::new(data.clone()), rgm.column(c), n, None)
                         .unwrap();
                 let reader = get_column_reader(schema.column(c), Box::new(pages));
-                let mut got = 0;
-                match reader {
-                    ColumnReader::Int64ColumnReader(mut r) => {
-                        while got < n {
-                            i64s.clear();
-                            let (k, _, _) = r.read_records(STEP.min(n - got), None, None, &mut i64s).unwrap();
-                            let s = i64s.to_byte_slice();
-                            dest_bytes[(at + got) * 8..(at + got) * 8 + s.len()].copy_from_slice(s);
-                            got += k;
-                        }
-                    }
-                    ColumnReader::DoubleColumnReader(mut r) => {
-                        while got < n {
-                            f64s.clear();
-                            let (k, _, _) = r.read_records(STEP.min(n - got), None, None, &mut f64s).unwrap();
-                            let s = f64s.to_byte_slice();
-                            dest_bytes[(at + got) * 8..(at + got) * 8 + s.len()].copy_from_slice(s);
-                            got += k;
-                        }
-                    }
+                let out = &mut dest_bytes[at * 8..(at + n) * 8];
+                let got = match reader {
+                    ColumnReader::Int64ColumnReader(r) => in_steps(r, &mut i64s, out, n),
+                    ColumnReader::DoubleColumnReader(r) => in_steps(r, &mut f64s, out, n),
                     _ => panic!("not INT64/DOUBLE"),
-                }
+                };
                 assert_eq!(got, n);
                 at += n;
             }
