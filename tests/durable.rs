@@ -204,7 +204,10 @@ fn verify(server: &Server, known: &mut Known) {
     let in_flight = known.in_flight.take();
     for (name, (version, content)) in known.acked.clone() {
         let flight = in_flight.as_ref().filter(|(n, _)| *n == name);
+        let asked = Instant::now();
         let mut got = read(&c, &name, &content);
+        // No answer for a long time: what the server is doing, while it is.
+        let stuck = (asked.elapsed() > Duration::from_secs(30)).then(|| server.diagnose());
         // A spilled version may not fit back while the bytes the killed
         // server had handed out, or the versions its readers held (orphans),
         // are held back: read it once they are not.
@@ -246,9 +249,9 @@ fn verify(server: &Server, known: &mut Known) {
                     _ => String::new(),
                 };
                 panic!(
-                    "{name}: expected version {version} (or the request in flight), found {:?}: {detail}; server log:\n{}",
+                    "{name}: expected version {version} (or the request in flight), found {:?}: {detail}; {}",
                     other.as_ref().map(|(v, _)| *v),
-                    server.stderr()
+                    stuck.unwrap_or_else(|| server.diagnose())
                 )
             }
         }

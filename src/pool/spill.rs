@@ -297,7 +297,10 @@ impl Pool {
                 s.file.display()
             ))
         };
-        let size = std::fs::metadata(&s.file).map_err(failed)?.len().max(1);
+        // Room for the file's last block whole, so that it is read directly
+        // (the chunk's length is still the file's).
+        let size =
+            super::spill_io::room_for(std::fs::metadata(&s.file).map_err(failed)?.len()).max(1);
         match s.kind {
             ObjectKind::Table => {
                 let (id, written, manifest) =

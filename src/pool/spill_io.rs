@@ -248,8 +248,15 @@ impl Drop for SpillWriter {
     }
 }
 
+/// The room to read a file of `len` bytes into for `read_into` to read it
+/// directly: its last block whole.
+pub fn room_for(len: u64) -> u64 {
+    len.next_multiple_of(ALIGN as u64)
+}
+
 /// Reads the `len` bytes of the file at `path` into `dest[..len]`: directly
-/// into `dest` when it is aligned and has room for the last block whole,
+/// into `dest` when it is aligned and has room for the last block whole
+/// (`room_for`),
 /// else (or when the filesystem refuses direct I/O) through the page cache.
 /// Fails if the file does not have exactly `len` bytes.
 pub fn read_into(path: &Path, dest: &mut [u8], len: usize) -> io::Result<()> {

@@ -67,6 +67,21 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// For a failure where the server stopped answering: what each of its
+    /// threads is doing now, then the end of its log (failure output is
+    /// often cut in the middle, so the end must come last and be short).
+    pub fn diagnose(&self) -> String {
+        let log = self.stderr();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!(
+            "{}\nthe server log's last {} of {} lines:\n{tail}",
+            threads_of(self.child.id()),
+            lines.len().min(40),
+            lines.len()
+        )
+    }
+
     /// Stats once all earlier fire-and-forget releases have been processed:
     /// a fresh connection's request is served after them only eventually, so poll.
     pub fn wait_until(
@@ -87,6 +102,48 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Each thread of process `pid`: its name, state and kernel wait channel
+/// (and kernel stack, as root), then user stacks from `gdb` when it is
+/// installed.
+pub fn threads_of(pid: u32) -> String {
+    let mut out = format!("threads of process {pid}:\n");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for t in tasks.flatten() {
+        let p = t.path();
+        let stat = read(p.join("stat"));
+        let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next());
+        out += &format!(
+            "  {} {:?} state {} wchan {}\n",
+            t.file_name().to_string_lossy(),
+            read(p.join("comm")).trim(),
+            state.unwrap_or("?"),
+            read(p.join("wchan")).trim()
+        );
+        for l in read(p.join("stack")).lines().take(12) {
+            out += &format!("      {l}\n");
+        }
+    }
+    let gdb = Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+        .args(["-ex", "set pagination off", "-ex", "thread apply all bt 14"])
+        .stdin(Stdio::null())
+        .output();
+    if let Ok(o) = gdb {
+        let text = String::from_utf8_lossy(&o.stdout);
+        let frames: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("Thread ") || l.starts_with('#'))
+            .collect();
+        if !frames.is_empty() {
+            out += &format!("gdb:\n{}\n", frames.join("\n"));
+        }
+    }
+    out
 }
 
 impl Drop for Server {
