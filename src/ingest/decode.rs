@@ -42,14 +42,10 @@ pub fn decode_unit(
     match result {
         Ok(Ok(batches)) => Ok(batches),
         Ok(Err(e)) => Err(fail(e)),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown".into());
-            Err(fail(format!("the decoder failed on corrupt data ({what})")))
-        }
+        Err(panic) => Err(fail(format!(
+            "the decoder failed on corrupt data ({})",
+            crate::util::panic_message(&*panic)
+        ))),
     }
 }
 

@@ -249,12 +249,10 @@ pub fn decode(
             column(metadata, row_group, c, &found, chunks, dest)
         }))
         .map_err(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown".into());
-            format!("the decoder failed on corrupt data ({what})")
+            format!(
+                "the decoder failed on corrupt data ({})",
+                crate::util::panic_message(&*panic)
+            )
         })
         .and_then(|r| r)
         .map_err(|e| (Some(k), e))?;

@@ -163,12 +163,7 @@ pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, CheckError> {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if QUIET.with(Cell::get) {
-                let message = info
-                    .payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let message = crate::util::panic_message(info.payload());
                 let at = info
                     .location()
                     .map(|l| format!(" at {}:{}", l.file(), l.line()));

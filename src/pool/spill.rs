@@ -202,7 +202,17 @@ impl Pool {
             std::fs::rename(&tmp, &file)?;
             Ok(n)
         };
-        match write() {
+        // A panic here (arrow's writer over a version's batches) must not
+        // leave the version pinned as being written: that would hold every
+        // request short of room waiting for it.
+        let written =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)).unwrap_or_else(|panic| {
+                Err(std::io::Error::other(format!(
+                    "the writer panicked ({})",
+                    crate::util::panic_message(&*panic)
+                )))
+            });
+        match written {
             Ok(n) => Ok((file, n)),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);

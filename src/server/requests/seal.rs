@@ -8,13 +8,15 @@ use super::{bytes, pool_error, Ctx, Reply};
 
 /// Objects of this size or more are sealed on the blocking pool: a 1 GB
 /// table's check takes tens of milliseconds (on every core), which the other
-/// connections of this core should not wait for.
+/// connections of this core should not wait for. With `--spill-dir` every
+/// seal is: a table's manifest room may have to be made by writing other
+/// versions to disk (as for `create`).
 const SEAL_OFF_CORE_BYTES: u64 = 16 << 20;
 
 pub async fn apply(ctx: &Ctx<'_>, req: Seal) -> Reply {
     let (pool, conn) = (ctx.shared.pool.clone(), ctx.conn);
     let seal = move || pool.seal(conn, req.object_id, req.length);
-    let result = if req.length < SEAL_OFF_CORE_BYTES {
+    let result = if req.length < SEAL_OFF_CORE_BYTES && ctx.shared.pool.spill_dir().is_none() {
         seal()
     } else {
         match compio::runtime::spawn_blocking(seal).await {
