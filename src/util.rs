@@ -54,6 +54,16 @@ pub fn unpin_current_thread() {
     }
 }
 
+/// The message of a panic payload (`catch_unwind`'s error, a panic hook's
+/// `payload()`), or "unknown".
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,14 +83,4 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 29), "1.5 GiB");
     }
-}
-
-/// The message of a panic payload (`catch_unwind`'s error, a panic hook's
-/// `payload()`), or "unknown".
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown".into())
 }

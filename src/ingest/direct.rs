@@ -374,7 +374,7 @@ where
                 if c.optional && defs.iter().any(|&d| d != 1) {
                     return Err(ParquetError::General("definition levels above 1".into()));
                 }
-                step.copy_from_slice(vals.to_byte_slice());
+                crate::ipc::stream_copy::copy(step, vals.to_byte_slice());
                 if c.optional {
                     set_bits(bitmap, got, records);
                 }

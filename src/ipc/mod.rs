@@ -13,6 +13,7 @@ mod check;
 mod layout;
 #[deny(unsafe_code)]
 pub mod manifest;
+pub mod stream_copy;
 pub mod write;
 
 pub(crate) use check::quietly;

@@ -179,7 +179,7 @@ impl Write for Region<'_> {
         let Some(dst) = self.dest.get_mut(self.at..end) else {
             return Err(std::io::Error::other("IPC batch larger than laid out"));
         };
-        dst.copy_from_slice(b);
+        super::stream_copy::copy(dst, b);
         self.at = end;
         Ok(buf.len())
     }
