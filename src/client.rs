@@ -985,12 +985,14 @@ impl Client {
 
     /// The whole table as one IPC file in one chunk, sealed. A large table is
     /// copied by several threads (runs of batches each, `ipc::write`): one
-    /// thread's copy is bounded by memory latency, not bandwidth.
+    /// thread's copy is bounded by memory latency, not bandwidth; and with
+    /// streaming stores (`ipc::stream_copy`), even on one thread (one batch,
+    /// or `ARROWPOOL_COPY_THREADS=1`).
     fn put_whole(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
         let threads = copy_threads();
         let bound = crate::ipc::file_size_bound(schema, batches);
         let (sealed, bytes) =
-            if threads > 1 && batches.len() > 1 && bound >= PARALLEL_COPY_BYTES_MIN {
+            if bound >= PARALLEL_COPY_BYTES_MIN {
                 let layout = crate::ipc::write::layout(schema, batches)?;
                 let size = layout.file_len() as u64;
                 self.put_object(name, ObjectKind::Table, size, |dest| {
@@ -1413,8 +1415,8 @@ const UNREAD_RETRY_WAIT: Duration = Duration::from_secs(2);
 /// server closed the connection.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(1);
 
-/// Tables smaller than this are copied by one thread: starting threads costs
-/// more than it saves.
+/// Tables smaller than this are copied by one thread with arrow's writer:
+/// starting threads costs more than it saves.
 const PARALLEL_COPY_BYTES_MIN: usize = 64 << 20;
 /// Most threads copying one put.
 const COPY_THREADS_MAX: usize = 4;
