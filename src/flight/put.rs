@@ -88,7 +88,7 @@ fn put_message(dest: &mut [u8], at: usize, header: &[u8], body: &[u8]) -> usize 
     dest[h..h + header.len()].copy_from_slice(header);
     dest[h + header.len()..h + meta].fill(0);
     let b = h + meta;
-    dest[b..b + body.len()].copy_from_slice(body);
+    crate::ipc::stream_copy::copy(&mut dest[b..b + body.len()], body);
     let end = b + pad8(body.len());
     dest[b + body.len()..end].fill(0);
     end
