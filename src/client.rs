@@ -991,20 +991,19 @@ impl Client {
     fn put_whole(&self, name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<PutInfo> {
         let threads = copy_threads();
         let bound = crate::ipc::file_size_bound(schema, batches);
-        let (sealed, bytes) =
-            if bound >= PARALLEL_COPY_BYTES_MIN {
-                let layout = crate::ipc::write::layout(schema, batches)?;
-                let size = layout.file_len() as u64;
-                self.put_object(name, ObjectKind::Table, size, |dest| {
-                    let (n, _) =
-                        crate::ipc::write::write(dest, schema, batches, &layout, threads, &|_| {})?;
-                    Ok(n)
-                })?
-            } else {
-                self.put_object(name, ObjectKind::Table, bound as u64, |dest| {
-                    Ok(crate::ipc::write_file(dest, schema, batches)?)
-                })?
-            };
+        let (sealed, bytes) = if bound >= PARALLEL_COPY_BYTES_MIN {
+            let layout = crate::ipc::write::layout(schema, batches)?;
+            let size = layout.file_len() as u64;
+            self.put_object(name, ObjectKind::Table, size, |dest| {
+                let (n, _) =
+                    crate::ipc::write::write(dest, schema, batches, &layout, threads, &|_| {})?;
+                Ok(n)
+            })?
+        } else {
+            self.put_object(name, ObjectKind::Table, bound as u64, |dest| {
+                Ok(crate::ipc::write_file(dest, schema, batches)?)
+            })?
+        };
         Ok(PutInfo {
             version: sealed.version,
             rows: sealed.rows,

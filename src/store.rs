@@ -1189,6 +1189,19 @@ impl Store {
             .is_some_and(|c| c.lease_count > 0)
     }
 
+    /// The versions being written to disk now (spills and the copy ahead),
+    /// as `name vN` for a log line.
+    pub fn being_written(&self) -> Vec<String> {
+        let Some(c) = self.conns.get(&SPILL_CONN) else {
+            return Vec::new();
+        };
+        c.leases
+            .keys()
+            .filter_map(|id| self.versions.get(id))
+            .map(|v| format!("{:?} v{}", v.name, v.number))
+            .collect()
+    }
+
     /// Writing a copy ahead failed: nothing changes.
     pub fn abort_copy(&mut self, id: ObjectId) {
         self.copying = None;

@@ -114,6 +114,15 @@ impl Pool {
                     self.waiting_for_room
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     waited += COPY_WAIT_STEP;
+                    // A write to disk this slow is worth an operator's line
+                    // (a stalled disk), every 5 s while it lasts.
+                    if waited.as_millis() % 5000 == 0 {
+                        eprintln!(
+                            "arrowpoold: a request has waited {} s for room while {} is written to disk",
+                            waited.as_secs(),
+                            self.store().being_written().join(", ")
+                        );
+                    }
                 }
                 r => return r.map_err(PoolError::from),
             }
