@@ -116,7 +116,7 @@ impl Pool {
                     waited += COPY_WAIT_STEP;
                     // A write to disk this slow is worth an operator's line
                     // (a stalled disk), every 5 s while it lasts.
-                    if waited.as_millis() % 5000 == 0 {
+                    if waited.as_millis().is_multiple_of(5000) {
                         eprintln!(
                             "arrowpoold: a request has waited {} s for room while {} is written to disk",
                             waited.as_secs(),
