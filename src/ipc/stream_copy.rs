@@ -90,8 +90,12 @@ fn streaming(dst: &mut [u8], src: &[u8]) {
     unsafe { _mm_sfence() };
 }
 
+// Only the x86-64 copy (and the tests) use these.
+#[cfg(any(target_arch = "x86_64", test))]
 const LINE: usize = 64;
+#[cfg(any(target_arch = "x86_64", test))]
 const PAGE: usize = 4096;
+#[cfg(any(target_arch = "x86_64", test))]
 const BLOCK: usize = 4 * PAGE;
 
 /// One 64-byte line from `s` (any alignment) to `d` (64-byte aligned), with
